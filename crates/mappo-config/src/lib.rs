@@ -1,0 +1,510 @@
+//! Configuration for mappo: every hyperparameter, its default, TOML loading,
+//! `--set key=value` overrides and validation.
+//!
+//! A [`Config`] is built from the defaults, then a TOML file (optional), then
+//! dotted `KEY=VALUE` overrides, in that order. Every key a user writes is
+//! checked against the known keys before deserialisation, so an unknown or
+//! mistyped key is refused with an error that names it and lists what is
+//! allowed; [`Config::validate`] then checks ranges.
+//!
+//! The defaults follow the seed prototype's `Config` except where a better
+//! value was measured (documented on each field and in `configs/default.toml`);
+//! `configs/seed.toml` keeps the seed's values exactly.
+//!
+//! This crate also holds [`Rng`], the one seeded random number generator every
+//! other crate draws from (candle's CPU RNG cannot be seeded).
+
+mod error;
+mod rng;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+pub use rng::Rng;
+
+/// The whole resolved configuration of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The environment: which one and its parameters.
+    pub env: EnvConfig,
+    /// The actor-critic network.
+    pub model: ModelConfig,
+    /// PPO hyperparameters.
+    pub ppo: PpoConfig,
+    /// Training loop: budget, seed, logging and checkpoint cadence.
+    pub train: TrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            env: EnvConfig::default(),
+            model: ModelConfig::default(),
+            ppo: PpoConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Which environment to train on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvConfig {
+    /// `synthetic` (the seed's cosine-similarity env). Default `synthetic`.
+    pub kind: String,
+    /// Dimension of the synthetic prompt embeddings (the observation). Default 32.
+    pub embed_dim: usize,
+    /// Number of agents (actions). Default 4.
+    pub num_agents: usize,
+    /// Standard deviation of the Gaussian noise added to each reward. Default 0.1.
+    pub reward_noise: f64,
+}
+
+impl Default for EnvConfig {
+    fn default() -> Self {
+        Self { kind: "synthetic".into(), embed_dim: 32, num_agents: 4, reward_noise: 0.1 }
+    }
+}
+
+/// The actor-critic network: a shared two-layer ReLU encoder and two heads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Width of both encoder layers. Default 64.
+    pub hidden_dim: usize,
+    /// Width of a learned linear projection applied to the observation before
+    /// the encoder (e.g. 384→32 for sentence embeddings); 0 = none. Default 0.
+    pub projection_dim: usize,
+    /// Orthogonal-init gain of the encoder layers. Default √2 (the seed's ReLU gain).
+    pub init_gain_hidden: f64,
+    /// Orthogonal-init gain of the policy head. Default 0.01 (CleanRL); the seed used √2.
+    pub init_gain_policy: f64,
+    /// Orthogonal-init gain of the value head. Default 1.0 (CleanRL); the seed used √2.
+    pub init_gain_value: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            hidden_dim: 64,
+            projection_dim: 0,
+            init_gain_hidden: std::f64::consts::SQRT_2,
+            init_gain_policy: 0.01,
+            init_gain_value: 1.0,
+        }
+    }
+}
+
+/// PPO hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoConfig {
+    /// Learning rate of the actor optimizer (shared encoder + policy head). Default 3e-4.
+    pub lr_actor: f64,
+    /// Learning rate of the critic optimizer (value head). Default 1e-3.
+    pub lr_critic: f64,
+    /// Adam epsilon. Default 1e-5 (CleanRL); the seed's torch default is 1e-8.
+    pub adam_eps: f64,
+    /// Discount factor. Default 0.99.
+    pub gamma: f64,
+    /// GAE lambda. Default 0.95.
+    pub gae_lambda: f64,
+    /// Clipping range of the surrogate objective. Default 0.2.
+    pub clip_eps: f64,
+    /// Entropy bonus coefficient. Default 0.01.
+    pub entropy_coef: f64,
+    /// Value-loss coefficient. Default 0.5.
+    pub value_coef: f64,
+    /// Global gradient-norm clip (0 disables). Default 0.5.
+    pub max_grad_norm: f64,
+    /// PPO epochs per update. Default 4.
+    pub epochs: usize,
+    /// Minibatches per epoch (1 = the whole batch, as the seed). Default 1.
+    pub minibatches: usize,
+    /// Normalise advantages (per minibatch). Default true.
+    pub norm_adv: bool,
+    /// Clip the value loss around the old values with `clip_eps`. Default false.
+    pub clip_value: bool,
+    /// Linearly anneal both learning rates to 0 over the run. Default false.
+    pub anneal_lr: bool,
+    /// Stop an update's epochs early when approx_kl exceeds this (0 disables). Default 0.
+    pub target_kl: f64,
+}
+
+impl Default for PpoConfig {
+    fn default() -> Self {
+        Self {
+            lr_actor: 3e-4,
+            lr_critic: 1e-3,
+            adam_eps: 1e-5,
+            gamma: 0.99,
+            gae_lambda: 0.95,
+            clip_eps: 0.2,
+            entropy_coef: 0.01,
+            value_coef: 0.5,
+            max_grad_norm: 0.5,
+            epochs: 4,
+            minibatches: 1,
+            norm_adv: true,
+            clip_value: false,
+            anneal_lr: false,
+            target_kl: 0.0,
+        }
+    }
+}
+
+/// The training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Number of PPO updates. Default 2000.
+    pub total_updates: u64,
+    /// Parallel environments (prompts) per step. Default 128.
+    pub batch_size: usize,
+    /// Steps collected per environment per update (1 for one-step episodes). Default 1.
+    pub rollout_len: usize,
+    /// Write a checkpoint every this many updates (and at the end). Default 500.
+    pub save_interval: u64,
+    /// Log metrics every this many updates. Default 100.
+    pub log_interval: u64,
+    /// Measure greedy oracle agreement every this many updates (0 disables). Default 50.
+    pub eval_interval: u64,
+    /// Prompts used by the periodic greedy evaluation. Default 4096.
+    pub eval_prompts: usize,
+    /// Seed of every random draw of the run. Default 42.
+    pub seed: u64,
+    /// Device: `cpu` (default), `auto` or `cuda:N`.
+    pub device: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            total_updates: 2000,
+            batch_size: 128,
+            rollout_len: 1,
+            save_interval: 500,
+            log_interval: 100,
+            eval_interval: 50,
+            eval_prompts: 4096,
+            seed: 42,
+            device: "cpu".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Builds a config from the defaults, an optional TOML file and dotted
+    /// `KEY=VALUE` overrides (applied in order), then validates it.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut tree = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Io { path: path.display().to_string(), source: e })?;
+            tree = parse_toml(&text, &path.display().to_string())?;
+        }
+        for ov in overrides {
+            apply_override(&mut tree, ov)?;
+        }
+        Self::from_table(tree)
+    }
+
+    /// Parses a complete TOML document (as saved in run directories and checkpoints).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::from_table(parse_toml(text, origin)?)
+    }
+
+    fn from_table(tree: toml::Table) -> Result<Self, ConfigError> {
+        let defaults = default_table();
+        check_keys(&tree, &defaults, "")?;
+        let cfg: Config = toml::Value::Table(tree)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                key: String::new(),
+                message: e.message().to_string(),
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as a TOML document (every key, resolved).
+    pub fn to_toml_string(&self) -> String {
+        // Serialising plain structs of numbers, strings and bools cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every value's range; the error names the key and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+            ConfigError::Invalid { key: key.into(), message: format!("{value} is not allowed: {allowed}") }
+        }
+        let positive = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(key, v, "must be a finite number > 0")) }
+        };
+        let non_negative = |key: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(bad(key, v, "must be a finite number >= 0")) }
+        };
+        let unit = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(bad(key, v, "must be in [0, 1]")) }
+        };
+        let at_least = |key: &str, v: u64, min: u64| {
+            if v >= min { Ok(()) } else { Err(bad(key, v, &format!("must be an integer >= {min}"))) }
+        };
+        if self.env.kind != "synthetic" {
+            return Err(bad("env.kind", &self.env.kind, "one of: synthetic"));
+        }
+        at_least("env.embed_dim", self.env.embed_dim as u64, 1)?;
+        at_least("env.num_agents", self.env.num_agents as u64, 2)?;
+        non_negative("env.reward_noise", self.env.reward_noise)?;
+        at_least("model.hidden_dim", self.model.hidden_dim as u64, 1)?;
+        positive("model.init_gain_hidden", self.model.init_gain_hidden)?;
+        positive("model.init_gain_policy", self.model.init_gain_policy)?;
+        positive("model.init_gain_value", self.model.init_gain_value)?;
+        let p = &self.ppo;
+        positive("ppo.lr_actor", p.lr_actor)?;
+        positive("ppo.lr_critic", p.lr_critic)?;
+        positive("ppo.adam_eps", p.adam_eps)?;
+        unit("ppo.gamma", p.gamma)?;
+        unit("ppo.gae_lambda", p.gae_lambda)?;
+        positive("ppo.clip_eps", p.clip_eps)?;
+        non_negative("ppo.entropy_coef", p.entropy_coef)?;
+        non_negative("ppo.value_coef", p.value_coef)?;
+        non_negative("ppo.max_grad_norm", p.max_grad_norm)?;
+        at_least("ppo.epochs", p.epochs as u64, 1)?;
+        at_least("ppo.minibatches", p.minibatches as u64, 1)?;
+        non_negative("ppo.target_kl", p.target_kl)?;
+        let t = &self.train;
+        at_least("train.total_updates", t.total_updates, 1)?;
+        at_least("train.batch_size", t.batch_size as u64, 1)?;
+        at_least("train.rollout_len", t.rollout_len as u64, 1)?;
+        at_least("train.save_interval", t.save_interval, 1)?;
+        at_least("train.log_interval", t.log_interval, 1)?;
+        at_least("train.eval_prompts", t.eval_prompts as u64, 1)?;
+        if p.minibatches > t.batch_size * t.rollout_len {
+            return Err(bad(
+                "ppo.minibatches",
+                p.minibatches,
+                "must be at most train.batch_size * train.rollout_len",
+            ));
+        }
+        let dev = t.device.as_str();
+        let cuda_ok = dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(dev == "cpu" || dev == "auto" || dev == "cuda" || cuda_ok) {
+            return Err(bad("train.device", dev, "one of: auto, cpu, cuda, cuda:N"));
+        }
+        Ok(())
+    }
+
+    /// Every dotted key this config knows, sorted (for help texts and errors).
+    pub fn known_keys() -> Vec<String> {
+        fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(sub) => walk(sub, &key, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&default_table(), "", &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn default_table() -> toml::Table {
+    match toml::Table::try_from(Config::default()) {
+        Ok(t) => t,
+        Err(_) => toml::Table::new(),
+    }
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        ConfigError::Syntax {
+            origin: origin.to_string(),
+            line,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "a boolean (true or false)",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Checks that every key of `user` exists in `defaults` with a compatible type.
+fn check_keys(user: &toml::Table, defaults: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (k, v) in user {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let Some(def) = defaults.get(k) else {
+            let mut allowed: Vec<&str> = defaults.keys().map(String::as_str).collect();
+            allowed.sort();
+            return Err(ConfigError::UnknownKey { key, allowed: allowed.join(", ") });
+        };
+        match (def, v) {
+            (toml::Value::Table(d), toml::Value::Table(u)) => check_keys(u, d, &key)?,
+            (toml::Value::Float(_), toml::Value::Float(_) | toml::Value::Integer(_)) => {}
+            (toml::Value::Integer(_), toml::Value::Integer(i)) if *i < 0 => {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{i} is not allowed: must be a non-negative integer"),
+                });
+            }
+            (d, u) if std::mem::discriminant(d) == std::mem::discriminant(u) => {}
+            (d, u) => {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("expected {}, found {}", type_name(d), type_name(u)),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one `a.b.c=value` override. The value is read as TOML (`1e-3`,
+/// `true`, `"text"`); anything that does not parse as TOML is taken as a string.
+fn apply_override(tree: &mut toml::Table, ov: &str) -> Result<(), ConfigError> {
+    let Some((key, raw)) = ov.split_once('=') else {
+        return Err(ConfigError::BadOverride { arg: ov.into() });
+    };
+    let key = key.trim();
+    let raw = raw.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(ConfigError::BadOverride { arg: ov.into() });
+    }
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = tree;
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            node.insert((*part).to_string(), value);
+            break;
+        }
+        let entry =
+            node.entry((*part).to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: parts[..=i].join("."),
+                    message: "is a value, not a table".into(),
+                });
+            }
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(kv: &[&str]) -> Result<Config, ConfigError> {
+        let v: Vec<String> = kv.iter().map(|s| s.to_string()).collect();
+        Config::load(None, &v)
+    }
+
+    #[test]
+    fn defaults_are_the_seeds_where_documented() {
+        let c = Config::default();
+        assert_eq!(c.env.embed_dim, 32);
+        assert_eq!(c.env.num_agents, 4);
+        assert_eq!(c.model.hidden_dim, 64);
+        assert_eq!(c.ppo.gamma, 0.99);
+        assert_eq!(c.ppo.gae_lambda, 0.95);
+        assert_eq!(c.ppo.clip_eps, 0.2);
+        assert_eq!(c.ppo.value_coef, 0.5);
+        assert_eq!(c.ppo.max_grad_norm, 0.5);
+        assert_eq!(c.train.total_updates, 2000);
+        assert_eq!(c.train.batch_size, 128);
+        assert_eq!(c.ppo.epochs, 4);
+        assert_eq!(c.train.save_interval, 500);
+        assert_eq!(c.train.seed, 42);
+        assert_eq!(c.env.reward_noise, 0.1);
+        c.validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn overrides_apply_with_dotted_keys() {
+        let c = set(&["train.total_updates=7", "train.seed=9", "ppo.lr_actor=1e-3", "ppo.anneal_lr=true"])
+            .expect("valid");
+        assert_eq!(c.train.total_updates, 7);
+        assert_eq!(c.train.seed, 9);
+        assert_eq!(c.ppo.lr_actor, 1e-3);
+        assert!(c.ppo.anneal_lr);
+        // integers are accepted where a float is expected
+        assert_eq!(set(&["ppo.gamma=1"]).expect("valid").ppo.gamma, 1.0);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_allowed_keys() {
+        let e = set(&["ppo.learning_rate=0.1"]).expect_err("unknown");
+        let msg = e.to_string();
+        assert!(msg.contains("ppo.learning_rate"), "{msg}");
+        assert!(msg.contains("lr_actor"), "{msg}");
+        let e = set(&["nope.x=1"]).expect_err("unknown section");
+        assert!(e.to_string().contains("`nope`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_range_are_named() {
+        let e = set(&["train.batch_size=abc"]).expect_err("type");
+        assert!(e.to_string().contains("train.batch_size"), "{e}");
+        assert!(e.to_string().contains("integer"), "{e}");
+        for (kv, key) in [
+            ("ppo.lr_actor=-1", "ppo.lr_actor"),
+            ("ppo.lr_critic=0", "ppo.lr_critic"),
+            ("ppo.clip_eps=0", "ppo.clip_eps"),
+            ("train.batch_size=0", "train.batch_size"),
+            ("env.num_agents=1", "env.num_agents"),
+            ("env.embed_dim=0", "env.embed_dim"),
+            ("train.total_updates=-5", "train.total_updates"),
+            ("ppo.gamma=1.5", "ppo.gamma"),
+            ("train.device=tpu", "train.device"),
+            ("env.kind=mystery", "env.kind"),
+        ] {
+            let e = set(&[kv]).expect_err(kv);
+            assert!(e.to_string().contains(key), "{kv}: {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let e = Config::from_toml_str("[ppo]\nlr_actor = 1e-3\nclip_eps = = 2\n", "x.toml").expect_err("syntax");
+        let msg = e.to_string();
+        assert!(msg.contains("x.toml") && msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = set(&["ppo.target_kl=0.02", "train.device=cuda:1"]).expect("valid");
+        let back = Config::from_toml_str(&c.to_toml_string(), "saved").expect("parse back");
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn malformed_override_is_refused() {
+        assert!(matches!(set(&["novalue"]), Err(ConfigError::BadOverride { .. })));
+        assert!(matches!(set(&["a..b=1"]), Err(ConfigError::BadOverride { .. })));
+        let e = set(&["ppo=3"]).expect_err("table replaced by value");
+        assert!(e.to_string().contains("ppo"), "{e}");
+    }
+}
