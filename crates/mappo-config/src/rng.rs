@@ -20,7 +20,12 @@ impl Rng {
     /// A generator seeded from `seed`.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
+        let s = [
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+            splitmix64(&mut x),
+        ];
         Self { s }
     }
 
@@ -42,7 +47,11 @@ impl Rng {
     /// Restores a state saved with [`Rng::state`]. An all-zero state (never
     /// produced by [`Rng::new`]) is replaced by a fixed non-zero one.
     pub fn from_state(s: [u64; 4]) -> Self {
-        if s == [0; 4] { Self::new(0) } else { Self { s } }
+        if s == [0; 4] {
+            Self::new(0)
+        } else {
+            Self { s }
+        }
     }
 
     /// The next 64 random bits.
@@ -74,9 +83,28 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
-    /// `n` standard normal draws as f32.
+    /// `n` standard normal draws as f32 (Box–Muller pairs: both the sine
+    /// and the cosine of each pair are used).
     pub fn normal_vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal() as f32).collect()
+        let mut out = vec![0f32; n];
+        self.fill_normal(&mut out);
+        out
+    }
+
+    /// Fills `out` with standard normal draws (Box–Muller pairs).
+    pub fn fill_normal(&mut self, out: &mut [f32]) {
+        let mut chunks = out.chunks_exact_mut(2);
+        for pair in &mut chunks {
+            let u1 = 1.0 - self.uniform();
+            let u2 = self.uniform();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            pair[0] = (r * c) as f32;
+            pair[1] = (r * s) as f32;
+        }
+        if let [last] = chunks.into_remainder() {
+            *last = self.normal() as f32;
+        }
     }
 
     /// Uniform integer in `0..n` (`n > 0`), without modulo bias.
@@ -135,14 +163,19 @@ mod tests {
         let mut c = Rng::from_state(a.state());
         assert_eq!(a.next_u64(), c.next_u64());
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
-        assert_ne!(Rng::derived(1, "env").next_u64(), Rng::derived(1, "eval").next_u64());
+        assert_ne!(
+            Rng::derived(1, "env").next_u64(),
+            Rng::derived(1, "eval").next_u64()
+        );
     }
 
     #[test]
     fn normal_moments() {
         let mut r = Rng::new(7);
         let n = 200_000;
-        let xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+        let mut xs: Vec<f64> = (0..n).map(|_| r.normal()).collect();
+        xs.extend(r.normal_vec(n + 1).into_iter().map(f64::from));
+        let n = xs.len();
         let mean = xs.iter().sum::<f64>() / n as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01, "{mean}");

@@ -1,0 +1,291 @@
+//! `mappo`: train a PPO prompt router, evaluate it, route prompts.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use mappo_config::Config;
+use mappo_train::{
+    EvalReport, Observer, RunOptions, SyntheticSetup, UpdateMetrics, evaluate_checkpoint_synthetic,
+    latest_valid_checkpoint, select_device,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "mappo",
+    version,
+    about = "Learn with PPO which of N specialist agents should answer a prompt, then route prompts",
+    long_about = "mappo trains a small actor-critic over prompt embeddings with PPO (a learned prompt \
+router), evaluates it and routes prompts from a checkpoint.\n\nQuick start:\n  mappo train            \
+# synthetic environment, default config\n  mappo eval --checkpoint <path printed by train> --json"
+)]
+struct Cli {
+    /// Log filter (e.g. info, debug, mappo_train=debug). Also read from RUST_LOG.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a router with PPO. The last line of stdout is the final checkpoint's path.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint greedily (argmax) on fresh prompts.
+    Eval(EvalArgs),
+    /// Print every config key with its default value (TOML).
+    Config,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// TOML config file (keys not in it keep their defaults; see `mappo config`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set train.total_updates=500 --set ppo.lr_actor=1e-3 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default: runs/<config name>-seed<seed>-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue a run: a run directory (its latest valid checkpoint) or a checkpoint file.
+    /// The config comes from the checkpoint.
+    #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
+    resume: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N (overrides train.device).
+    #[arg(long)]
+    device: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Checkpoint file written by `mappo train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Number of fresh prompts.
+    #[arg(long, default_value_t = 10_000)]
+    episodes: usize,
+    /// Seed of the fresh prompts (the agents come from the checkpoint's run).
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.cmd {
+        Cmd::Train(a) => train(a),
+        Cmd::Eval(a) => eval(a),
+        Cmd::Config => {
+            print!("{}", Config::default().to_toml_string());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+struct Progress {
+    bar: ProgressBar,
+    last_agreement: Option<f64>,
+}
+
+impl Observer for Progress {
+    fn on_update(&mut self, m: &UpdateMetrics, _secs: f64) {
+        self.bar.set_position(m.update);
+        if m.update % 10 == 0 {
+            let agree = self
+                .last_agreement
+                .map(|a| format!(" agree {a:.3}"))
+                .unwrap_or_default();
+            self.bar
+                .set_message(format!("reward {:.3}{agree}", m.mean_reward));
+        }
+    }
+    fn on_eval(&mut self, _u: u64, r: &EvalReport) {
+        self.last_agreement = Some(r.oracle_agreement);
+    }
+}
+
+fn default_out(config: Option<&Path>, seed: u64) -> PathBuf {
+    let name = config
+        .and_then(|c| c.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or("default".into());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut p = PathBuf::from(format!("runs/{name}-seed{seed}-{secs}"));
+    let mut i = 1;
+    while p.exists() {
+        p = PathBuf::from(format!("runs/{name}-seed{seed}-{secs}-{i}"));
+        i += 1;
+    }
+    p
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let (cfg, out, resume_from) = match &a.resume {
+        Some(r) => {
+            if a.config.is_some() || !a.set.is_empty() {
+                bail!(
+                    "--resume continues a run with the config stored in its checkpoint; drop --config/--set"
+                );
+            }
+            let (path, ckpt) = if r.is_dir() {
+                latest_valid_checkpoint(r, &Device::Cpu)?
+            } else {
+                (r.clone(), mappo_train::Checkpoint::load(r, &Device::Cpu)?)
+            };
+            let run_dir = if r.is_dir() {
+                r.clone()
+            } else {
+                path.parent()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            };
+            (
+                ckpt.config.clone(),
+                a.out.clone().unwrap_or(run_dir),
+                Some(path),
+            )
+        }
+        None => {
+            let mut sets = a.set.clone();
+            if let Some(d) = &a.device {
+                sets.push(format!("train.device=\"{d}\""));
+            }
+            let cfg = Config::load(a.config.as_deref(), &sets)?;
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| default_out(a.config.as_deref(), cfg.train.seed));
+            (cfg, out, None)
+        }
+    };
+    limit_threads(cfg.train.threads);
+    let device_spec = a.device.clone().unwrap_or_else(|| cfg.train.device.clone());
+    let (device, why) = select_device(&device_spec)?;
+    tracing::info!("device {why}");
+    if cfg.env.kind != "synthetic" {
+        bail!(
+            "env.kind `{}` is not supported by `mappo train` yet",
+            cfg.env.kind
+        );
+    }
+    let mut setup = SyntheticSetup::on(&cfg, &device)?;
+    if let Some(p) = &resume_from {
+        let ckpt = mappo_train::Checkpoint::load(p, &device)?;
+        setup.trainer.restore(&ckpt, p)?;
+        tracing::info!(update = ckpt.update, "resumed from {}", p.display());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut opts = RunOptions::new(&out);
+    opts.stop = Some(stop.clone());
+    let bar = if a.quiet || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(cfg.train.total_updates);
+        b.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} updates ({per_sec}, eta {eta}) {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    bar.set_position(setup.trainer.update_count());
+    let mut progress = Progress {
+        bar,
+        last_agreement: None,
+    };
+    let summary = mappo_train::run(
+        &mut setup.trainer,
+        Some(&setup.evaluator),
+        &opts,
+        &mut progress,
+    )?;
+    progress.bar.finish_and_clear();
+    let _ = stop.load(Ordering::SeqCst);
+    let reached = match summary.reached_target {
+        Some((u, s)) => {
+            format!("greedy oracle agreement reached 0.95 at update {u} after {s:.2} s of training")
+        }
+        None => "greedy oracle agreement did not reach 0.95".into(),
+    };
+    tracing::info!(
+        updates = summary.updates,
+        ms_per_update = format!("{:.3}", summary.ms_per_update),
+        train_seconds = format!("{:.2}", summary.train_seconds),
+        "done; {reached}"
+    );
+    if let Some(r) = &summary.last_eval {
+        tracing::info!(
+            oracle_agreement = format!("{:.4}", r.oracle_agreement),
+            normalized_reward = format!("{:.4}", r.normalized_reward),
+            "final periodic evaluation"
+        );
+    }
+    let summary_path = out.join("summary.json");
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", summary_path.display()))?;
+    println!("{}", summary.final_checkpoint.display());
+    Ok(())
+}
+
+/// Applies `train.threads` by setting `RAYON_NUM_THREADS`, which candle reads
+/// on every matrix product, unless the user set it already.
+fn limit_threads(threads: usize) {
+    if threads == 0 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    // SAFETY: called from `main`'s thread before this process starts any
+    // other thread (no progress-bar ticker, signal handler or thread pool
+    // exists yet), so nothing can read the environment concurrently.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    if a.episodes == 0 {
+        bail!("--episodes must be at least 1");
+    }
+    let r = evaluate_checkpoint_synthetic(&a.checkpoint, a.episodes, a.seed, &device)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("prompts            {}", r.n);
+        println!("mean reward        {:.4}", r.mean_reward);
+        println!("oracle reward      {:.4}", r.oracle_reward);
+        println!("random reward      {:.4}", r.random_reward);
+        println!("normalized reward  {:.4}", r.normalized_reward);
+        println!("oracle agreement   {:.4}", r.oracle_agreement);
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The text embedder: sentence-transformers/all-MiniLM-L6-v2 in candle.
+//!
+//! [`Embedder`] reproduces sentence-transformers' `encode(..., normalize_embeddings=True)`:
+//! WordPiece tokenization truncated at 256 tokens (the model's `max_seq_length`; its
+//! tokenizer.json says 128), padding to the longest text of each batch, the 6-layer BERT
+//! encoder with the attention mask, mean pooling over the mask, then L2 normalisation.
+//! Rows match sentence-transformers to a cosine of at least 0.9999.
+//!
+//! The files come from [`default_model_dir`] (`$MAPPO_MODEL_DIR`, else the user cache);
+//! `cargo xtask fetch-model` puts them there. [`Embedder::load`] checks every file's sha256
+//! and names the file and the fix when one is missing or corrupt.
+//!
+//! Throughput: texts are sorted by token count and embedded in batches of similar length
+//! (little padding), and the encoder is a hand-fused candle implementation
+//! (see `embed/bert.rs`) that works on any candle device.
+
+mod bert;
+mod files;
+mod kernels;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+pub use files::{
+    CONFIG_JSON, FETCH_HINT, MODEL_DIR_ENV, MODEL_FILES, MODEL_ID, MODEL_SAFETENSORS, ModelFile,
+    TOKENIZER_JSON, default_model_dir,
+};
+
+/// Maximum tokens per text, [CLS] and [SEP] included (sentence-transformers' max_seq_length).
+pub const MAX_SEQ_LEN: usize = 256;
+
+/// Default number of texts per forward pass.
+pub const DEFAULT_BATCH_SIZE: usize = 64;
+
+/// Errors of the embedder. File errors name the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// A model file is missing.
+    #[error("model file {} is missing: run `{FETCH_HINT}` (or set {MODEL_DIR_ENV})", path.display())]
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A model file could not be read.
+    #[error("cannot read model file {}: {source}; run `{FETCH_HINT}`", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model file does not have the expected sha256.
+    #[error(
+        "model file {} is truncated or corrupt (sha256 {actual}, expected {expected}): \
+         run `{FETCH_HINT}` to fetch it again",
+        path.display()
+    )]
+    HashMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The expected sha256.
+        expected: String,
+        /// The sha256 found.
+        actual: String,
+    },
+    /// A model file has the right hash but could not be parsed (should not happen).
+    #[error("cannot load model file {}: {message}; run `{FETCH_HINT}`", path.display())]
+    InvalidFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The tokenizer failed on the input.
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    /// The batch size must be at least 1.
+    #[error("batch size must be at least 1")]
+    ZeroBatchSize,
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl EmbedError {
+    fn from_problem(path: PathBuf, problem: files::FileProblem) -> Self {
+        match problem {
+            files::FileProblem::Missing => EmbedError::MissingFile { path },
+            files::FileProblem::Unreadable(source) => EmbedError::Io { path, source },
+            files::FileProblem::HashMismatch { expected, actual } => EmbedError::HashMismatch {
+                path,
+                expected: expected.to_string(),
+                actual,
+            },
+        }
+    }
+}
+
+/// Checks that `dir` holds config.json, tokenizer.json and model.safetensors with their
+/// expected sha256. The error names the first bad file and the fix (`cargo xtask fetch-model`).
+pub fn verify_model_dir(dir: &Path) -> Result<(), EmbedError> {
+    for file in &MODEL_FILES {
+        files::check_file(dir, file)
+            .map_err(|p| EmbedError::from_problem(dir.join(file.name), p))?;
+    }
+    Ok(())
+}
+
+/// Reads a model file whole and checks its sha256.
+fn read_verified(dir: &Path, file: &ModelFile) -> Result<Vec<u8>, EmbedError> {
+    let path = dir.join(file.name);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            EmbedError::MissingFile { path: path.clone() }
+        } else {
+            EmbedError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        }
+    })?;
+    files::check_bytes(file, &bytes).map_err(|p| EmbedError::from_problem(path, p))?;
+    Ok(bytes)
+}
+
+/// Time spent in each stage of the last embedding call (host wall-clock; on an asynchronous
+/// device, `forward` includes only the launch time and `pool` the final synchronisation).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Tokenization, sorting and building the id/mask tensors.
+    pub tokenize: Duration,
+    /// The BERT encoder.
+    pub forward: Duration,
+    /// Mean pooling, normalisation, restoring the input order (and copying to the host).
+    pub pool: Duration,
+}
+
+/// all-MiniLM-L6-v2 sentence embedder (384 dimensions, unit norm).
+pub struct Embedder {
+    model: bert::Model,
+    tokenizer: Tokenizer,
+    device: Device,
+    batch_size: usize,
+    model_hash: String,
+    timings: std::sync::Mutex<StageTimings>,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("device", &self.device)
+            .field("batch_size", &self.batch_size)
+            .field("model_hash", &self.model_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Embedder {
+    /// Loads the model from `model_dir` (see [`default_model_dir`]) onto `device`, checking
+    /// the sha256 of config.json, tokenizer.json and model.safetensors.
+    pub fn load(model_dir: &Path, device: &Device) -> Result<Self, EmbedError> {
+        let config_bytes = read_verified(model_dir, &CONFIG_JSON)?;
+        let tokenizer_bytes = read_verified(model_dir, &TOKENIZER_JSON)?;
+        let weights = read_verified(model_dir, &MODEL_SAFETENSORS)?;
+        let model_hash = MODEL_SAFETENSORS.sha256.to_string();
+
+        let invalid = |file: &ModelFile, message: String| EmbedError::InvalidFile {
+            path: model_dir.join(file.name),
+            message,
+        };
+        let config: bert::Config = serde_json::from_slice(&config_bytes)
+            .map_err(|e| invalid(&CONFIG_JSON, e.to_string()))?;
+
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+            .map_err(|e| invalid(&TOKENIZER_JSON, e.to_string()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_SEQ_LEN,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                ..Default::default()
+            }))
+            .map_err(|e| invalid(&TOKENIZER_JSON, e.to_string()))?;
+        // We pad each length-sorted batch ourselves.
+        tokenizer.with_padding(None);
+
+        let tensors = candle_core::safetensors::load_buffer(&weights, device)
+            .map_err(|e| invalid(&MODEL_SAFETENSORS, e.to_string()))?;
+        drop(weights);
+        let model = bert::Model::load(tensors, &config, device)
+            .map_err(|e| invalid(&MODEL_SAFETENSORS, e.to_string()))?;
+
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            model_hash,
+            timings: std::sync::Mutex::new(StageTimings::default()),
+        })
+    }
+
+    /// Sets the number of texts per forward pass (default [`DEFAULT_BATCH_SIZE`]).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Result<Self, EmbedError> {
+        if batch_size == 0 {
+            return Err(EmbedError::ZeroBatchSize);
+        }
+        self.batch_size = batch_size;
+        Ok(self)
+    }
+
+    /// Whether to run the encoder's glue (attention, GELU, LayerNorm, pooling) as fused CPU
+    /// kernels (default: yes on the CPU; other devices always use plain candle ops).
+    /// Turning them off on the CPU runs the device-generic path, e.g. to compare the two.
+    pub fn with_fused_cpu_kernels(mut self, fused: bool) -> Self {
+        self.model.set_fused(fused);
+        self
+    }
+
+    /// Texts per forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Embedding dimension (384).
+    pub fn dim(&self) -> usize {
+        self.model.hidden_size()
+    }
+
+    /// sha256 of model.safetensors (lower-case hex), for cache keys.
+    pub fn model_hash(&self) -> &str {
+        &self.model_hash
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Stage timings of the last embedding call.
+    pub fn last_timings(&self) -> StageTimings {
+        self.timings.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    /// Token counts of `texts` after truncation, [CLS] and [SEP] included.
+    pub fn count_tokens(&self, texts: &[&str]) -> Result<Vec<usize>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        Ok(encodings.iter().map(|e| e.get_ids().len()).collect())
+    }
+
+    /// Embeds `texts`: one unit-norm row of [`dim`](Self::dim) floats per text, in order.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_with_progress(texts, |_, _| {})
+    }
+
+    /// Like [`embed`](Self::embed), calling `progress(done, total)` after each batch.
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let t = self.embed_tensor_with_progress(texts, progress)?;
+        let t0 = Instant::now();
+        let rows = t.to_vec2::<f32>()?;
+        if let Ok(mut tm) = self.timings.lock() {
+            tm.pool += t0.elapsed();
+        }
+        Ok(rows)
+    }
+
+    /// Embeds `texts` into an `[n, 384]` f32 tensor on the model's device, rows in order.
+    pub fn embed_tensor(&self, texts: &[&str]) -> Result<Tensor, EmbedError> {
+        self.embed_tensor_with_progress(texts, |_, _| {})
+    }
+
+    /// Like [`embed_tensor`](Self::embed_tensor), calling `progress(done, total)` after
+    /// each batch.
+    pub fn embed_tensor_with_progress(
+        &self,
+        texts: &[&str],
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Tensor, EmbedError> {
+        let mut timings = StageTimings::default();
+        let n = texts.len();
+        if n == 0 {
+            return Ok(Tensor::zeros((0, self.dim()), DType::F32, &self.device)?);
+        }
+
+        // Tokenize everything, then sort by token count so that batches need little padding.
+        let t0 = Instant::now();
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let mut order: Vec<usize> = (0..n).collect();
+        // Longest first, as sentence-transformers does: the first batch is the largest, so a
+        // device running out of memory fails at once.
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        timings.tokenize += t0.elapsed();
+
+        let mut pooled = Vec::with_capacity(n.div_ceil(self.batch_size));
+        let mut done = 0;
+        for chunk in order.chunks(self.batch_size) {
+            let t0 = Instant::now();
+            let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+            let batch = bert::Batch::new(&ids, &self.device)?;
+            timings.tokenize += t0.elapsed();
+
+            let t0 = Instant::now();
+            let hidden = self.model.encode(&batch)?;
+            timings.forward += t0.elapsed();
+
+            let t0 = Instant::now();
+            pooled.push(self.model.pool(&batch, &hidden)?);
+            timings.pool += t0.elapsed();
+
+            done += chunk.len();
+            progress(done, n);
+        }
+
+        // Restore the input order with one gather on the device.
+        let t0 = Instant::now();
+        let sorted = Tensor::cat(&pooled, 0)?;
+        let mut inverse = vec![0u32; n];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i] = pos as u32;
+        }
+        let inverse = Tensor::from_vec(inverse, n, &self.device)?;
+        let out = sorted.index_select(&inverse, 0)?;
+        timings.pool += t0.elapsed();
+
+        if let Ok(mut tm) = self.timings.lock() {
+            *tm = timings;
+        }
+        Ok(out)
+    }
+}

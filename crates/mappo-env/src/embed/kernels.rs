@@ -1,0 +1,454 @@
+//! Fused CPU kernels for the BERT encoder, as candle custom ops.
+//!
+//! candle runs each elementwise op as its own pass (and its own dispatch to a thread pool);
+//! on a 2-core machine the glue between the matmuls cost as much as the matmuls. These ops
+//! fuse that glue: embedding lookup + position + LayerNorm, bias + multi-head attention over
+//! the unpadded keys, bias + erf-GELU, bias + residual + LayerNorm, and masked mean pooling +
+//! L2 normalisation. They are CPU-only; `bert.rs` uses plain candle ops on other devices.
+//!
+//! All inputs are f32 and row-major contiguous `[tokens, width]`, token `t` being position
+//! `t % seq_len` of text `t / seq_len`; `lengths[b]` tokens of text `b` are real, the rest
+//! padding. Work is spread over rayon's global pool, the pool gemm uses too.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, InplaceOp1, InplaceOp2, Layout, Result, Shape,
+};
+use rayon::prelude::*;
+
+fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn input_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: expected f32 data");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+fn check_width(l: &Layout, width: usize, op: &str) -> Result<usize> {
+    let (rows, w) = l.shape().dims2()?;
+    if w != width {
+        candle_core::bail!("{op}: expected width {width}, got {w}");
+    }
+    Ok(rows)
+}
+
+/// Rows per rayon task: about four tasks per thread, at least one row.
+fn rows_per_task(rows: usize) -> usize {
+    (rows / (4 * rayon::current_num_threads())).max(1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scalar helpers written so that LLVM vectorises the loops that call them: fixed-width
+// accumulators for reductions, branch-free polynomial approximations for erf and exp.
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Sum of squared deviations from `mean`.
+#[inline(always)]
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|x| (x - mean) * (x - mean))
+        .sum();
+    for c in chunks {
+        for l in 0..LANES {
+            let d = c[l] - mean;
+            acc[l] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// erf for f32: the rational approximation used by Eigen and XLA (a few ulp).
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024_1e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_599_8e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    p *= x;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_2e-3;
+    q = x2 * q + -1.426_474e-2;
+    p / q
+}
+
+/// GELU, erf form (BERT's "gelu").
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// exp for f32 (Cephes' polynomial, about 2 ulp); inputs below -87 give ~0.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer kept in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // 2^n from n's bits: t's mantissa holds 0x40_0000 + n.
+    let pow2n = f32::from_bits((t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
+    y * pow2n
+}
+
+/// In place: `row = LayerNorm(row)` (two-pass variance, as PyTorch).
+#[inline(always)]
+fn layer_norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mean = sum(row) / n;
+    let var = sum_sq_dev(row, mean) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+        *x = (*x - mean) * rstd * g + b;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// `out[t] = LayerNorm(word[ids[t]] + pos_type[t % seq_len])`; op2 on (word table, ids).
+pub(crate) struct Embed<'a> {
+    pub pos_type: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+    pub seq_len: usize,
+}
+
+impl CustomOp2 for Embed<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-embed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let h = self.gamma.len();
+        let vocab = check_width(l1, h, name)?;
+        let table = input(s1, l1, name)?;
+        let ids = match l2.contiguous_offsets() {
+            Some((a, b)) => &s2.as_slice::<u32>()?[a..b],
+            None => candle_core::bail!("{name}: ids must be contiguous"),
+        };
+        let t = ids.len();
+        if self.seq_len == 0 || t % self.seq_len != 0 || self.pos_type.len() < self.seq_len * h {
+            candle_core::bail!("{name}: bad sequence length {}", self.seq_len);
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            candle_core::bail!("{name}: token id {bad} out of the vocabulary ({vocab})");
+        }
+        let mut out = vec![0f32; t * h];
+        let rpt = rows_per_task(t);
+        out.par_chunks_mut(rpt * h)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (r, row) in chunk.chunks_exact_mut(h).enumerate() {
+                    let tok = c * rpt + r;
+                    let id = ids[tok] as usize;
+                    let pos = tok % self.seq_len;
+                    let w = &table[id * h..(id + 1) * h];
+                    let p = &self.pos_type[pos * h..(pos + 1) * h];
+                    for ((o, a), b) in row.iter_mut().zip(w).zip(p) {
+                        *o = a + b;
+                    }
+                    layer_norm_row(row, self.gamma, self.beta, self.eps);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((t, h))))
+    }
+}
+
+/// Multi-head self-attention over the fused `[tokens, 3 * hidden]` q|k|v projection
+/// (without its bias, added here); keys beyond each text's length are masked out, and the
+/// rows of padding tokens are left at zero. Output `[tokens, hidden]`.
+pub(crate) struct Attention<'a> {
+    pub bias: &'a [f32],
+    pub lengths: &'a [usize],
+    pub seq_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (heads, d, seq) = (self.heads, self.head_dim, self.seq_len);
+        let h = heads * d;
+        let t = check_width(l, 3 * h, name)?;
+        let qkv = input(s, l, name)?;
+        if self.bias.len() != 3 * h || t != self.lengths.len() * seq {
+            candle_core::bail!("{name}: inconsistent shapes");
+        }
+        if self.lengths.iter().any(|&n| n > seq) {
+            candle_core::bail!("{name}: a length exceeds the sequence length");
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; t * h];
+        out.par_chunks_mut(seq * h)
+            .enumerate()
+            .for_each(|(b, text_out)| {
+                let len = self.lengths[b];
+                let rows = &qkv[b * seq * 3 * h..(b * seq + len) * 3 * h];
+                let mut q = vec![0f32; d];
+                let mut k = vec![0f32; len * d];
+                let mut v = vec![0f32; len * d];
+                let mut scores = vec![0f32; len];
+                for head in 0..heads {
+                    let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
+                    for j in 0..len {
+                        let row = &rows[j * 3 * h..(j + 1) * 3 * h];
+                        for c in 0..d {
+                            k[j * d + c] = row[ko + c] + self.bias[ko + c];
+                            v[j * d + c] = row[vo + c] + self.bias[vo + c];
+                        }
+                    }
+                    for i in 0..len {
+                        let row = &rows[i * 3 * h..(i + 1) * 3 * h];
+                        for c in 0..d {
+                            q[c] = (row[qo + c] + self.bias[qo + c]) * scale;
+                        }
+                        let mut max = f32::NEG_INFINITY;
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            *s = dot(&q, &k[j * d..(j + 1) * d]);
+                            max = max.max(*s);
+                        }
+                        for s in scores.iter_mut() {
+                            *s = exp(*s - max);
+                        }
+                        let inv = 1.0 / sum(&scores);
+                        let o = &mut text_out[i * h + head * d..i * h + (head + 1) * d];
+                        for (j, &p) in scores.iter().enumerate() {
+                            let p = p * inv;
+                            for (oc, vc) in o.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                                *oc += p * vc;
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((t, h))))
+    }
+}
+
+/// In place: `x = gelu(x + bias)`.
+pub(crate) struct BiasGelu<'a> {
+    pub bias: &'a [f32],
+}
+
+impl InplaceOp1 for BiasGelu<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let name = self.name();
+        let w = self.bias.len();
+        let t = check_width(l, w, name)?;
+        let x = input_mut(s, l, name)?;
+        x.par_chunks_mut(rows_per_task(t) * w).for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(w) {
+                for (x, b) in row.iter_mut().zip(self.bias) {
+                    *x = gelu(*x + b);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// In place: `x = LayerNorm(x + bias + residual)`; op2 on (x, residual).
+pub(crate) struct BiasResidualLayerNorm<'a> {
+    pub bias: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+impl InplaceOp2 for BiasResidualLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-bias-residual-layernorm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let name = self.name();
+        let w = self.bias.len();
+        let t = check_width(l1, w, name)?;
+        if check_width(l2, w, name)? != t {
+            candle_core::bail!("{name}: residual shape mismatch");
+        }
+        let res = input(s2, l2, name)?;
+        let x = input_mut(s1, l1, name)?;
+        let rpt = rows_per_task(t);
+        x.par_chunks_mut(rpt * w)
+            .zip(res.par_chunks(rpt * w))
+            .for_each(|(xc, rc)| {
+                for (row, r) in xc.chunks_exact_mut(w).zip(rc.chunks_exact(w)) {
+                    for ((x, b), r) in row.iter_mut().zip(self.bias).zip(r) {
+                        *x += b + r;
+                    }
+                    layer_norm_row(row, self.gamma, self.beta, self.eps);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Mean over each text's real tokens, then L2 normalisation: `[tokens, h]` → `[texts, h]`.
+pub(crate) struct MeanPoolNormalize<'a> {
+    pub lengths: &'a [usize],
+    pub seq_len: usize,
+}
+
+impl CustomOp1 for MeanPoolNormalize<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-mean-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (t, h) = l.shape().dims2()?;
+        let x = input(s, l, name)?;
+        let n = self.lengths.len();
+        if t != n * self.seq_len || self.lengths.iter().any(|&k| k > self.seq_len) {
+            candle_core::bail!("{name}: inconsistent shapes");
+        }
+        let mut out = vec![0f32; n * h];
+        out.par_chunks_mut(h).enumerate().for_each(|(b, o)| {
+            let len = self.lengths[b];
+            for i in 0..len {
+                let row = &x[(b * self.seq_len + i) * h..(b * self.seq_len + i + 1) * h];
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            // sentence-transformers: sum / max(count, 1e-9), then x / max(|x|, 1e-12).
+            let inv = 1.0 / (len as f32).max(1e-9);
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+            let norm = dot(o, o).sqrt().max(1e-12);
+            for o in o.iter_mut() {
+                *o /= norm;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, h))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_libm() {
+        let mut worst: f32 = 0.0;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((erf(x) - libm_erf(x)).abs());
+        }
+        assert!(worst < 2e-6, "max |erf error| {worst}");
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        let mut worst: f32 = 0.0;
+        for i in -87_000..=20_000 {
+            let x = i as f32 * 1e-3;
+            let e = x.exp();
+            worst = worst.max(((exp(x) - e) / e).abs());
+        }
+        assert!(worst < 1e-6, "max relative exp error {worst}");
+        assert!(exp(-1e30) < 1e-37);
+    }
+
+    // erf via f64 series / continued fraction is overkill; std has no erf, so use the
+    // identity with the complementary error function computed by numerical integration.
+    fn libm_erf(x: f32) -> f32 {
+        // Simpson's rule on 2/sqrt(pi) * exp(-t^2) from 0 to x, in f64.
+        let x = x as f64;
+        let n = 2000;
+        let hstep = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..n {
+            let w = if i % 2 == 1 { 4.0 } else { 2.0 };
+            s += w * f(i as f64 * hstep);
+        }
+        (s * hstep / 3.0 * 2.0 / std::f64::consts::PI.sqrt()) as f32
+    }
+}

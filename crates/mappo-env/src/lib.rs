@@ -1,0 +1,118 @@
+//! Environments for mappo: where prompts come from and what routing them earns.
+//!
+//! Every environment is *batched*: it holds `num_envs` independent episodes
+//! and [`Env::reset`] / [`Env::step`] act on all of them at once, so the
+//! trainer runs one forward pass per step for the whole batch.
+//!
+//! * [`Env`] — the trait the trainer calls: observations as a `[num_envs, obs_dim]`
+//!   tensor on the environment's device, rewards and `done` / `truncated` flags
+//!   per row. One-step episodes (a prompt is routed once) and multi-step
+//!   episodes (multi-turn conversations) use the same trait.
+//! * [`KnownRewards`] — environments that know every action's expected reward
+//!   expose it, so evaluation can report oracle and random baselines.
+//! * [`SyntheticEnv`] — the seed's cosine-similarity router, batched.
+//! * [`embed`] — all-MiniLM-L6-v2 in candle, for real text.
+
+pub mod embed;
+mod synthetic;
+
+use candle_core::{Device, Tensor};
+use thiserror::Error;
+
+pub use mappo_config::Rng;
+pub use synthetic::SyntheticEnv;
+
+/// Sizes of an environment's observation and action spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvSpec {
+    /// Width of one observation row.
+    pub obs_dim: usize,
+    /// Number of discrete actions (agents).
+    pub num_actions: usize,
+    /// Number of episodes stepped together (rows of every tensor).
+    pub num_envs: usize,
+}
+
+/// What one batched step returns.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Reward of each row's chosen action.
+    pub reward: Vec<f32>,
+    /// The episode ended in a terminal state (no bootstrapping).
+    pub done: Vec<bool>,
+    /// The episode was cut short (e.g. a turn limit): its return is
+    /// bootstrapped from the value of `final_obs`.
+    pub truncated: Vec<bool>,
+    /// The next observation of every row, rows whose episode ended already
+    /// reset; `None` when every row's episode ended (call [`Env::reset`]).
+    pub next_obs: Option<Tensor>,
+    /// For truncated rows, the observation they ended in (`[num_envs, obs_dim]`,
+    /// other rows unspecified); `None` when no row was truncated.
+    pub final_obs: Option<Tensor>,
+}
+
+/// A batched environment.
+pub trait Env {
+    /// The environment's sizes.
+    fn spec(&self) -> EnvSpec;
+    /// The device its observation tensors live on.
+    fn device(&self) -> &Device;
+    /// Starts a new episode in every row and returns the observations.
+    fn reset(&mut self, rng: &mut Rng) -> Result<Tensor, EnvError>;
+    /// Applies one action per row (`actions.len() == num_envs`).
+    fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError>;
+}
+
+/// Environments that know the expected (noise-free) reward of every action for
+/// the current observations: enables oracle and random baselines.
+pub trait KnownRewards: Env {
+    /// Row-major `[num_envs, num_actions]` expected rewards for the current observations.
+    fn expected_rewards(&self) -> Vec<f32>;
+
+    /// The best action of each row (ties go to the lowest index).
+    fn oracle_actions(&self) -> Vec<u32> {
+        let r = self.expected_rewards();
+        let a = self.spec().num_actions.max(1);
+        r.chunks(a).map(|row| argmax(row) as u32).collect()
+    }
+}
+
+/// Index of the largest element (first on ties; 0 for an empty slice).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Errors of environments.
+#[derive(Debug, Error)]
+pub enum EnvError {
+    /// A tensor operation failed.
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The number of actions does not match the number of rows.
+    #[error("expected {expected} actions (one per row), got {got}")]
+    ActionCount {
+        /// Rows.
+        expected: usize,
+        /// Actions given.
+        got: usize,
+    },
+    /// An action index out of range.
+    #[error("action {action} in row {row} is out of range: there are {num_actions} agents")]
+    BadAction {
+        /// The row.
+        row: usize,
+        /// The action.
+        action: u32,
+        /// Number of actions.
+        num_actions: usize,
+    },
+    /// `step` was called before `reset`.
+    #[error("step called before reset")]
+    NotReset,
+}

@@ -1,0 +1,349 @@
+//! The PPO trainer: batched collection, GAE, clipped-surrogate epochs with
+//! separate actor and critic Adam optimizers, global grad-norm clipping,
+//! checkpoint state.
+
+use candle_core::{DType, Device, Tensor};
+use mappo_buffer::{Batch, Gae, Rollout, Transition};
+use mappo_config::{Config, Rng};
+use mappo_env::Env;
+use mappo_nn::{Adam, AdamSettings, Policy, global_grad_norm, sample_actions};
+use serde::Serialize;
+
+use crate::loss::{LossStats, ppo_loss_head};
+use crate::{Checkpoint, TrainError};
+
+/// What one update measured (the fields of a `metrics.jsonl` line, with
+/// the wall-clock ones added by the run loop).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpdateMetrics {
+    /// Updates completed, this one included.
+    pub update: u64,
+    /// Mean reward of the collected batch.
+    pub mean_reward: f64,
+    /// Mean policy entropy (last minibatch of the last epoch).
+    pub entropy: f64,
+    /// Clipped-surrogate policy loss (same minibatch).
+    pub policy_loss: f64,
+    /// Value loss, mean squared error (same minibatch).
+    pub value_loss: f64,
+    /// k3 estimate of KL(old ‖ new) (same minibatch).
+    pub approx_kl: f64,
+    /// Share of samples whose ratio was clipped (same minibatch).
+    pub clipfrac: f64,
+    /// 1 − Var(returns − values) / Var(returns) over the batch.
+    pub explained_variance: f64,
+    /// Global gradient norm before clipping (last minibatch).
+    pub grad_norm: f64,
+    /// Actor learning rate used.
+    pub lr_actor: f64,
+    /// Epochs run (fewer than configured when target_kl stopped early).
+    pub epochs: usize,
+}
+
+/// PPO over any batched [`Env`] and any [`Policy`].
+pub struct Trainer<E: Env, P: Policy> {
+    cfg: Config,
+    env: E,
+    policy: P,
+    actor: Adam,
+    critic: Adam,
+    rng: Rng,
+    update: u64,
+    device: Device,
+    rollout: Rollout,
+}
+
+impl<E: Env, P: Policy> std::fmt::Debug for Trainer<E, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("update", &self.update)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl<E: Env, P: Policy> Trainer<E, P> {
+    /// A trainer at update 0. The trainer's RNG (action sampling, prompts,
+    /// reward noise, minibatch shuffles) is derived from `cfg.train.seed`.
+    pub fn new(cfg: Config, env: E, policy: P) -> Result<Self, TrainError> {
+        let spec = env.spec();
+        if spec.num_actions != policy.num_actions() {
+            return Err(TrainError::Setup(format!(
+                "the environment has {} actions but the policy {}",
+                spec.num_actions,
+                policy.num_actions()
+            )));
+        }
+        let device = env.device().clone();
+        let adam = |lr| AdamSettings {
+            lr,
+            eps: cfg.ppo.adam_eps,
+            ..AdamSettings::default()
+        };
+        let actor = Adam::new(policy.actor_vars(), adam(cfg.ppo.lr_actor))?;
+        let critic = Adam::new(policy.critic_vars(), adam(cfg.ppo.lr_critic))?;
+        let rng = Rng::derived(cfg.train.seed, "trainer");
+        let rollout = Rollout::new(spec.num_envs);
+        Ok(Self {
+            cfg,
+            env,
+            policy,
+            actor,
+            critic,
+            rng,
+            update: 0,
+            device,
+            rollout,
+        })
+    }
+
+    /// Updates completed.
+    pub fn update_count(&self) -> u64 {
+        self.update
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The device everything runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One PPO update: collect a batch, compute advantages, run the epochs.
+    pub fn step(&mut self) -> Result<UpdateMetrics, TrainError> {
+        let p = self.cfg.ppo.clone();
+        if p.anneal_lr {
+            let frac = 1.0 - self.update as f64 / self.cfg.train.total_updates as f64;
+            self.actor.set_lr(frac * p.lr_actor);
+            self.critic.set_lr(frac * p.lr_critic);
+        }
+        let last_values = self.collect()?;
+        let gae = self
+            .rollout
+            .gae(&last_values, p.gamma as f32, p.gae_lambda as f32)?;
+        let explained_variance = explained_variance(self.rollout.values(), &gae.returns);
+        let rewards = self.rollout.rewards();
+        let mean_reward =
+            rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rewards.len().max(1) as f64;
+        let (stats, grad_norm, epochs) = self.optimise(&gae)?;
+        self.update += 1;
+        for (name, v) in [
+            ("policy loss", stats.policy_loss),
+            ("value loss", stats.value_loss),
+            ("gradient norm", grad_norm),
+        ] {
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    update: self.update,
+                    what: name.to_string(),
+                });
+            }
+        }
+        Ok(UpdateMetrics {
+            update: self.update,
+            mean_reward,
+            entropy: stats.entropy,
+            policy_loss: stats.policy_loss,
+            value_loss: stats.value_loss,
+            approx_kl: stats.approx_kl,
+            clipfrac: stats.clipfrac,
+            explained_variance,
+            grad_norm,
+            lr_actor: self.actor.lr(),
+            epochs,
+        })
+    }
+
+    /// Collects `rollout_len` batched steps (one forward pass per step for the
+    /// whole batch); returns V of the observations after the last step.
+    fn collect(&mut self) -> Result<Vec<f32>, TrainError> {
+        self.rollout.clear();
+        let steps = self.cfg.train.rollout_len;
+        let mut obs = Some(self.env.reset(&mut self.rng)?);
+        for t in 0..steps {
+            let o = match obs.take() {
+                Some(o) => o,
+                None => self.env.reset(&mut self.rng)?,
+            };
+            let out = self.policy.forward(&o)?;
+            let sampled = sample_actions(&out.logits.detach(), &mut self.rng, false)?;
+            let values = out.values.detach().to_vec1::<f32>()?;
+            let step = self.env.step(&sampled.actions, &mut self.rng)?;
+            let truncated_values = match &step.final_obs {
+                Some(f) => self.policy.forward(f)?.values.detach().to_vec1::<f32>()?,
+                None => Vec::new(),
+            };
+            self.rollout.push(Transition {
+                obs: &o,
+                actions: &sampled.actions,
+                log_probs: &sampled.log_probs,
+                values: &values,
+                rewards: &step.reward,
+                done: &step.done,
+                truncated: &step.truncated,
+                truncated_values: &truncated_values,
+            })?;
+            obs = step.next_obs;
+            if t + 1 == steps {
+                if let Some(o) = &obs {
+                    return Ok(self.policy.forward(o)?.values.detach().to_vec1::<f32>()?);
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn optimise(&mut self, gae: &Gae) -> Result<(LossStats, f64, usize), TrainError> {
+        let p = self.cfg.ppo.clone();
+        let whole = if p.minibatches <= 1 {
+            Some(self.rollout.batch(gae, p.norm_adv, &self.device)?)
+        } else {
+            None
+        };
+        let mut last = None;
+        let mut grad_norm = 0.0;
+        let mut epochs = 0;
+        for epoch in 0..p.epochs {
+            let batches = match &whole {
+                Some(b) => vec![b.clone()],
+                None => self.rollout.minibatches(
+                    gae,
+                    p.minibatches,
+                    p.norm_adv,
+                    &mut self.rng,
+                    &self.device,
+                )?,
+            };
+            let n = batches.len();
+            let want_stats = epoch + 1 == p.epochs || p.target_kl > 0.0;
+            for (i, mb) in batches.iter().enumerate() {
+                let (stats, norm) = self.minibatch_step(mb, want_stats && i + 1 == n)?;
+                grad_norm = norm;
+                if stats.is_some() {
+                    last = stats;
+                }
+            }
+            epochs += 1;
+            if p.target_kl > 0.0 {
+                if let Some(s) = &last {
+                    if s.approx_kl > p.target_kl {
+                        break;
+                    }
+                }
+            }
+        }
+        let stats = last.ok_or_else(|| TrainError::Setup("no PPO epoch ran".into()))?;
+        Ok((stats, grad_norm, epochs))
+    }
+
+    fn minibatch_step(
+        &mut self,
+        mb: &Batch,
+        want_stats: bool,
+    ) -> Result<(Option<LossStats>, f64), TrainError> {
+        let p = &self.cfg.ppo;
+        let out = self.policy.forward(&mb.obs)?;
+        let logits_host = out.logits.detach().flatten_all()?.to_vec1::<f32>()?;
+        let values_host = out.values.detach().to_vec1::<f32>()?;
+        let (stats, g) = ppo_loss_head(&logits_host, &values_host, mb, p);
+        // Surrogate whose parameter gradients equal the loss's (see `loss`).
+        let dev = out.logits.device();
+        let g_logits = Tensor::from_vec(g.logits, out.logits.shape(), dev)?;
+        let g_values = Tensor::from_vec(g.values, out.values.shape(), dev)?;
+        let surrogate =
+            ((&out.logits * &g_logits)?.sum_all()? + (&out.values * &g_values)?.sum_all()?)?;
+        let grads = surrogate.backward()?;
+        let mut all = self.actor.grads(&grads);
+        all.extend(self.critic.grads(&grads));
+        let norm = global_grad_norm(&all)?;
+        let scale = if p.max_grad_norm > 0.0 && norm > p.max_grad_norm {
+            p.max_grad_norm / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        if norm.is_finite() {
+            self.actor.step(&grads, scale)?;
+            self.critic.step(&grads, scale)?;
+        }
+        Ok((want_stats.then_some(stats), norm))
+    }
+
+    /// The trainer's whole state as a checkpoint.
+    pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
+        let mut tensors = std::collections::HashMap::new();
+        for nv in self.policy.all_vars() {
+            tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
+        }
+        let (a, sa) = self.actor.state("adam.actor")?;
+        let (c, sc) = self.critic.state("adam.critic")?;
+        tensors.extend(a.into_iter().chain(c).map(|(k, t)| (k, t)));
+        Ok(Checkpoint {
+            config: self.cfg.clone(),
+            update: self.update,
+            rng_state: self.rng.state(),
+            adam_steps: (sa, sc),
+            tensors,
+        })
+    }
+
+    /// Restores weights, optimizer moments, RNG and update count. The
+    /// checkpoint must come from the same model shape.
+    pub fn restore(&mut self, ckpt: &Checkpoint, path: &std::path::Path) -> Result<(), TrainError> {
+        load_policy_weights(&self.policy, ckpt, path)?;
+        let get = |n: &str| ckpt.tensors.get(n).cloned();
+        let wrap = |e: mappo_nn::NnError| TrainError::Checkpoint {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        };
+        self.actor
+            .load_state("adam.actor", ckpt.adam_steps.0, get)
+            .map_err(wrap)?;
+        self.critic
+            .load_state("adam.critic", ckpt.adam_steps.1, get)
+            .map_err(wrap)?;
+        self.rng = Rng::from_state(ckpt.rng_state);
+        self.update = ckpt.update;
+        Ok(())
+    }
+}
+
+/// Copies a checkpoint's `policy.*` tensors into `policy`, checking names and shapes.
+pub fn load_policy_weights<P: Policy + ?Sized>(
+    policy: &P,
+    ckpt: &Checkpoint,
+    path: &std::path::Path,
+) -> Result<(), TrainError> {
+    for nv in policy.all_vars() {
+        let t = ckpt.tensor(path, &format!("policy.{}", nv.name), nv.var.dims())?;
+        nv.var
+            .set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// `1 − Var(y − pred) / Var(y)` (population variances); NaN when Var(y) = 0.
+pub fn explained_variance(pred: &[f32], y: &[f32]) -> f64 {
+    let var = |it: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = it.collect();
+        let n = v.len().max(1) as f64;
+        let m = v.iter().sum::<f64>() / n;
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n
+    };
+    let vy = var(&mut y.iter().map(|&x| f64::from(x)));
+    if vy == 0.0 {
+        return f64::NAN;
+    }
+    let vr = var(&mut y
+        .iter()
+        .zip(pred)
+        .map(|(&a, &b)| f64::from(a) - f64::from(b)));
+    1.0 - vr / vy
+}
