@@ -572,3 +572,31 @@ mod tests {
         assert!(e.to_string().contains("ppo"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    fn shipped(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs")
+            .join(name)
+    }
+
+    #[test]
+    fn default_toml_is_the_builtin_default() {
+        let c = Config::load(Some(&shipped("default.toml")), &[]).expect("configs/default.toml");
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn seed_toml_keeps_the_seeds_values() {
+        let c = Config::load(Some(&shipped("seed.toml")), &[]).expect("configs/seed.toml");
+        assert_eq!(c.ppo.lr_actor, 3e-4);
+        assert_eq!(c.ppo.lr_critic, 1e-3);
+        assert_eq!(c.ppo.adam_eps, 1e-8);
+        assert!(!c.ppo.anneal_lr);
+        assert_eq!(c.model.init_gain_policy, std::f64::consts::SQRT_2);
+        assert_eq!(c.train.total_updates, 2000);
+    }
+}

@@ -1,0 +1,214 @@
+//! The `mappo` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mappo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(args)
+        .output()
+        .expect("run mappo")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn last_line(o: &Output) -> PathBuf {
+    PathBuf::from(stdout(o).lines().last().expect("stdout has a line").trim())
+}
+
+fn train(dir: &Path, sets: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--quiet",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    mappo(&args)
+}
+
+#[test]
+fn train_then_eval_json() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let o = train(
+        &run,
+        &[
+            "train.total_updates=300",
+            "train.save_interval=100",
+            "train.eval_interval=100",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = last_line(&o);
+    assert!(
+        ckpt.is_file(),
+        "last stdout line must be the final checkpoint: {ckpt:?}"
+    );
+    assert!(ckpt.ends_with("update-0000300.safetensors"));
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/update-0000100.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f}");
+    }
+    let o = mappo(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().expect("utf-8"),
+        "--episodes",
+        "2000",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("missing {k}: {v}"));
+    let (mean, oracle, random) = (
+        get("mean_reward"),
+        get("oracle_reward"),
+        get("random_reward"),
+    );
+    assert!(oracle > random);
+    let norm = get("normalized_reward");
+    assert!((norm - (mean - random) / (oracle - random)).abs() < 1e-9);
+    assert!(norm > 0.8, "well above random (0): {norm}");
+    assert!(get("oracle_agreement") > 0.6, "random agrees on 1/4: {v}");
+    assert_eq!(v["n"].as_u64(), Some(2000));
+}
+
+#[test]
+fn resume_from_run_dir_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let full = tmp.path().join("full");
+    let sets = [
+        "train.total_updates=60",
+        "train.save_interval=20",
+        "train.eval_interval=0",
+    ];
+    let o = train(&full, &sets);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(last_line(&o)).expect("read");
+    // The same run with its last checkpoint removed, resumed from update 40.
+    let part = tmp.path().join("part");
+    let o = train(&part, &sets);
+    assert!(o.status.success());
+    std::fs::remove_file(last_line(&o)).expect("rm");
+    std::fs::write(part.join("checkpoints/update-0000050.safetensors"), b"torn").expect("garbage");
+    let o = mappo(&[
+        "train",
+        "--quiet",
+        "--resume",
+        part.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("update-0000040"),
+        "resumes from the latest valid checkpoint: {}",
+        stderr(&o)
+    );
+    let b = std::fs::read(last_line(&o)).expect("read");
+    let (ta, tb) = (tensors(&a), tensors(&b));
+    assert_eq!(ta, tb, "resumed run must end bit-identical");
+}
+
+fn tensors(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let st = safetensors_names(bytes);
+    st.into_iter().collect()
+}
+
+/// (name, raw bytes) of every tensor, sorted by name; parses the safetensors
+/// header by hand so that this test checks the file format independently.
+fn safetensors_names(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in header.as_object().expect("object") {
+        if k == "__metadata__" {
+            continue;
+        }
+        let off = v["data_offsets"].as_array().expect("offsets");
+        let (s, e) = (
+            off[0].as_u64().expect("s") as usize,
+            off[1].as_u64().expect("e") as usize,
+        );
+        out.insert(k.clone(), data[s..e].to_vec());
+    }
+    out
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_nonzero_without_panic() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("x");
+    for (set, needle) in [
+        ("ppo.lr_actorr=1", "ppo.lr_actorr"),
+        ("ppo.lr_actor=-1", "ppo.lr_actor"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("env.num_agents=1", "env.num_agents"),
+        ("ppo.clip_eps=zero", "ppo.clip_eps"),
+        ("train.total_updates=-3", "train.total_updates"),
+        ("nonsense", "KEY=VALUE"),
+    ] {
+        let o = train(&out, &[set]);
+        assert_eq!(o.status.code(), Some(1), "{set}");
+        let err = stderr(&o);
+        assert!(err.contains(needle), "{set}: {err}");
+        assert!(!err.contains("panicked"), "{set}: {err}");
+    }
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[ppo]\nclip_eps = 0.2\nepochs = = 4\n").expect("write");
+    let o = mappo(&[
+        "train",
+        "--config",
+        bad.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.toml") && stderr(&o).contains("line 3"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint at all").expect("write");
+    let missing = tmp.path().join("missing.safetensors");
+    for p in [&garbage, &missing] {
+        let o = mappo(&["eval", "--checkpoint", p.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = stderr(&o);
+        assert!(
+            err.contains(p.file_name().and_then(|n| n.to_str()).expect("name")),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let o = mappo(&["--help"]);
+    assert!(o.status.success());
+    for w in ["train", "eval", "config"] {
+        assert!(stdout(&o).contains(w), "{w}");
+    }
+    let o = mappo(&["train", "--help"]);
+    assert!(stdout(&o).contains("--resume") && stdout(&o).contains("--set"));
+}
