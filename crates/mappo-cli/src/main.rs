@@ -249,11 +249,24 @@ fn train(a: TrainArgs) -> Result<()> {
             "final periodic evaluation"
         );
     }
+    let mut summary_json = serde_json::to_value(&summary)?;
+    if let Some(mib) = peak_rss_mib() {
+        summary_json["peak_rss_mib"] = serde_json::json!(mib);
+        tracing::info!("peak memory (RSS) {mib:.1} MiB");
+    }
     let summary_path = out.join("summary.json");
-    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary_json)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     println!("{}", summary.final_checkpoint.display());
     Ok(())
+}
+
+/// The process's peak resident memory in MiB (Linux: VmHWM), if known.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Applies `train.threads` by setting `RAYON_NUM_THREADS`, which candle reads
