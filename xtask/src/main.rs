@@ -1,0 +1,38 @@
+//! `cargo xtask`: project automation (fetch-model, fetch-data, bench).
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod fetch_data;
+mod fetch_model;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "mappo's project automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fetch all-MiniLM-L6-v2 (config.json, tokenizer.json, model.safetensors) and verify sha256.
+    FetchModel(fetch_model::Args),
+    /// Everything a fresh clone needs, then the whole test suite (what CI runs).
+    Test(test::Args),
+    /// Measure training speed (ms per update, release build), optionally side by side with the
+    /// seed's Python program.
+    Bench(bench::Args),
+    /// Convert a public data set into data/<name>/{train,val,test}.jsonl.
+    FetchData(fetch_data::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::FetchModel(a) => fetch_model::run(a),
+        Cmd::FetchData(a) => fetch_data::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Test(a) => test::run(a),
+    }
+}
