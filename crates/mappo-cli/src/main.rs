@@ -1,6 +1,6 @@
 //! `mappo`: train a PPO prompt router, evaluate it, route prompts.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mappo_config::Config;
 use mappo_train::{
+    TextSetup,
     EvalReport, Observer, RunOptions, SyntheticSetup, UpdateMetrics, evaluate_checkpoint_synthetic,
     latest_valid_checkpoint, select_device,
 };
@@ -38,6 +39,10 @@ enum Cmd {
     Train(TrainArgs),
     /// Evaluate a checkpoint greedily (argmax) on fresh prompts.
     Eval(EvalArgs),
+    /// Route texts with a text-env checkpoint: the chosen agent and every agent's probability.
+    Route(RouteArgs),
+    /// Embed texts with all-MiniLM-L6-v2 (JSON lines in, JSON lines out).
+    Embed(EmbedArgs),
     /// Print every config key with its default value (TOML).
     Config,
 }
@@ -82,6 +87,47 @@ struct EvalArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Labelled corpus (JSON lines) for a text-env checkpoint: reports accuracy,
+    /// per-agent precision and recall and the confusion matrix.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// Checkpoint of a text-env run.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// One JSON object per text (index, name, probabilities) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Texts to route; read one per line from stdin when none are given.
+    texts: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// JSON lines with a "text" field (default: stdin).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Where to write {"text": ..., "embedding": [384 floats]} lines (default: stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Directory of all-MiniLM-L6-v2 (default: $MAPPO_MODEL_DIR or the user cache).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() {
@@ -97,6 +143,8 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Train(a) => train(a),
         Cmd::Eval(a) => eval(a),
+        Cmd::Route(a) => route(a),
+        Cmd::Embed(a) => embed(a),
         Cmd::Config => {
             print!("{}", Config::default().to_toml_string());
             Ok(())
@@ -192,44 +240,18 @@ fn train(a: TrainArgs) -> Result<()> {
     let device_spec = a.device.clone().unwrap_or_else(|| cfg.train.device.clone());
     let (device, why) = select_device(&device_spec)?;
     tracing::info!("device {why}");
-    if cfg.env.kind != "synthetic" {
-        bail!(
-            "env.kind `{}` is not supported by `mappo train` yet",
-            cfg.env.kind
-        );
-    }
-    let mut setup = SyntheticSetup::on(&cfg, &device)?;
-    if let Some(p) = &resume_from {
-        let ckpt = mappo_train::Checkpoint::load(p, &device)?;
-        setup.trainer.restore(&ckpt, p)?;
-        tracing::info!(update = ckpt.update, "resumed from {}", p.display());
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut opts = RunOptions::new(&out);
-    opts.stop = Some(stop.clone());
-    let bar = if a.quiet || !std::io::stderr().is_terminal() {
-        ProgressBar::hidden()
+    let quiet = a.quiet || !std::io::stderr().is_terminal();
+    let ctx = RunCtx { cfg: &cfg, out: &out, resume_from: resume_from.as_deref(), device: &device, quiet };
+    let summary = if cfg.env.kind == "text" {
+        let mut embed_bar = EmbedBar::new(quiet);
+        let mut setup = TextSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
+        embed_bar.finish();
+        tracing::info!(prompts = setup.corpus_rows, agents = cfg.env.agents.len(), "text environment ready");
+        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
     } else {
-        let b = ProgressBar::new(cfg.train.total_updates);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} updates ({per_sec}, eta {eta}) {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
+        let mut setup = SyntheticSetup::on(&cfg, &device)?;
+        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
     };
-    bar.set_position(setup.trainer.update_count());
-    let mut progress = Progress {
-        bar,
-        last_agreement: None,
-    };
-    let summary = mappo_train::run(
-        &mut setup.trainer,
-        Some(&setup.evaluator),
-        &opts,
-        &mut progress,
-    )?;
-    progress.bar.finish_and_clear();
-    let _ = stop.load(Ordering::SeqCst);
     let reached = match summary.reached_target {
         Some((u, s)) => {
             format!("greedy oracle agreement reached 0.95 at update {u} after {s:.2} s of training")
@@ -261,6 +283,99 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+struct RunCtx<'a> {
+    cfg: &'a Config,
+    out: &'a Path,
+    resume_from: Option<&'a Path>,
+    device: &'a Device,
+    quiet: bool,
+}
+
+fn train_loop<E: mappo_env::Env, P: mappo_nn::Policy>(
+    ctx: &RunCtx<'_>,
+    trainer: &mut mappo_train::Trainer<E, P>,
+    evaluator: &mappo_train::GreedyEvaluator,
+) -> Result<mappo_train::RunSummary> {
+    if let Some(p) = ctx.resume_from {
+        let ckpt = mappo_train::Checkpoint::load(p, ctx.device)?;
+        trainer.restore(&ckpt, p)?;
+        tracing::info!(update = ckpt.update, "resumed from {}", p.display());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C: leave now.
+                std::process::exit(130);
+            }
+        }) {
+            tracing::warn!("cannot install the Ctrl-C handler: {e}");
+        }
+    }
+    let mut opts = RunOptions::new(ctx.out);
+    opts.stop = Some(stop);
+    let bar = if ctx.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(ctx.cfg.train.total_updates);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} updates ({per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    };
+    bar.set_position(trainer.update_count());
+    let mut progress = Progress { bar, last_agreement: None };
+    let summary = mappo_train::run(trainer, Some(evaluator), &opts, &mut progress)?;
+    progress.bar.finish_and_clear();
+    if summary.interrupted {
+        tracing::warn!("interrupted: checkpoint written at update {}", summary.updates);
+    }
+    Ok(summary)
+}
+
+/// A progress bar for embedding work (stderr).
+struct EmbedBar {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl EmbedBar {
+    fn new(quiet: bool) -> Self {
+        Self { bar: None, quiet }
+    }
+
+    fn update(&mut self, what: &str, done: usize, total: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{msg} [{bar:40.green/blue}] {pos}/{len} texts ({per_sec}, eta {eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        });
+        bar.set_length(total as u64);
+        bar.set_message(what.to_string());
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.finish_and_clear();
+            self.bar = None;
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// The process's peak resident memory in MiB (Linux: VmHWM), if known.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -289,6 +404,25 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
+    if let Some(corpus) = &a.corpus {
+        let mut bar = EmbedBar::new(a.quiet || !std::io::stderr().is_terminal());
+        let r = mappo_train::evaluate_corpus(&a.checkpoint, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        bar.finish();
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("prompts    {}", r.n);
+            println!("accuracy   {:.4}", r.accuracy);
+            println!("mean reward {:.4}", r.mean_reward);
+            println!("{:<20} {:>9} {:>9} {:>8}", "agent", "precision", "recall", "support");
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+            for s in &r.per_agent {
+                println!("{:<20} {:>9} {:>9} {:>8}", s.agent, f(s.precision), f(s.recall), s.support);
+            }
+            println!("confusion (rows: label, columns: routed to): {:?}", r.confusion);
+        }
+        return Ok(());
+    }
     let r = evaluate_checkpoint_synthetic(&a.checkpoint, a.episodes, a.seed, &device)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -300,5 +434,75 @@ fn eval(a: EvalArgs) -> Result<()> {
         println!("normalized reward  {:.4}", r.normalized_reward);
         println!("oracle agreement   {:.4}", r.oracle_agreement);
     }
+    Ok(())
+}
+
+fn route(a: RouteArgs) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    let texts: Vec<String> = if a.texts.is_empty() {
+        let mut v = Vec::new();
+        for line in std::io::stdin().lock().lines() {
+            v.push(line.context("reading stdin")?);
+        }
+        v
+    } else {
+        a.texts.clone()
+    };
+    let router = mappo_train::Router::load(&a.checkpoint, &device)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for r in router.route(&refs)? {
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            let probs: Vec<String> = router
+                .agents()
+                .iter()
+                .zip(&r.probabilities)
+                .map(|(n, p)| format!("{n}={p:.3}"))
+                .collect();
+            println!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
+        }
+    }
+    Ok(())
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    let dir = a.model_dir.clone().unwrap_or_else(mappo_env::embed::default_model_dir);
+    let embedder = mappo_env::embed::Embedder::load(&dir, &device)?;
+    let reader: Box<dyn BufRead> = match &a.input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let origin = a.input.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdin".into());
+    let mut texts = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{origin}, line {}: cannot read", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{origin}, line {}: not valid JSON", n + 1))?;
+        match v.get("text") {
+            Some(serde_json::Value::String(t)) => texts.push(t.clone()),
+            _ => bail!("{origin}, line {}: expected an object with a string \"text\"", n + 1),
+        }
+    }
+    let mut bar = EmbedBar::new(a.quiet || !std::io::stderr().is_terminal());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let rows = embedder.embed_with_progress(&refs, |d, t| bar.update("embedding", d, t))?;
+    bar.finish();
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for (t, e) in texts.iter().zip(rows) {
+        writeln!(out, "{}", serde_json::json!({"text": t, "embedding": e}))?;
+    }
+    out.flush()?;
     Ok(())
 }

@@ -53,7 +53,8 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
-    /// `synthetic` (the seed's cosine-similarity env). Default `synthetic`.
+    /// `synthetic` (the seed's cosine-similarity env) or `text` (a corpus of
+    /// prompts embedded with all-MiniLM-L6-v2). Default `synthetic`.
     pub kind: String,
     /// Dimension of the synthetic prompt embeddings (the observation). Default 32.
     pub embed_dim: usize,
@@ -61,6 +62,24 @@ pub struct EnvConfig {
     pub num_agents: usize,
     /// Standard deviation of the Gaussian noise added to each reward. Default 0.1.
     pub reward_noise: f64,
+    /// Text env: training corpus, JSON lines `{"text": ..., "label": ...}`
+    /// (relative paths are taken from the working directory).
+    pub corpus: String,
+    /// Text env: corpus for the periodic greedy evaluation ("" = a sample of
+    /// the training corpus).
+    pub eval_corpus: String,
+    /// Text env: the agents (`[[env.agents]]` tables with `name`, `description`).
+    /// Their number replaces `num_agents`.
+    pub agents: Vec<AgentSpec>,
+    /// Text env reward: `label` (1 if the chosen agent is the prompt's label,
+    /// else 0) or `cosine` (cosine between the prompt's and the agent
+    /// description's embeddings). Plus `reward_noise`. Default `label`.
+    pub reward: String,
+    /// Directory of all-MiniLM-L6-v2 ("" = `$MAPPO_MODEL_DIR`, else the user
+    /// cache; `cargo xtask fetch-model` fills it).
+    pub model_dir: String,
+    /// Directory of the embedding cache ("" = the user cache, `mappo/embeddings`).
+    pub cache_dir: String,
 }
 
 impl Default for EnvConfig {
@@ -70,8 +89,32 @@ impl Default for EnvConfig {
             embed_dim: 32,
             num_agents: 4,
             reward_noise: 0.1,
+            corpus: String::new(),
+            eval_corpus: String::new(),
+            agents: Vec::new(),
+            reward: "label".into(),
+            model_dir: String::new(),
+            cache_dir: String::new(),
         }
     }
+}
+
+impl EnvConfig {
+    /// Number of actions: the agents listed for the text env, else `num_agents`.
+    pub fn action_count(&self) -> usize {
+        if self.kind == "text" { self.agents.len() } else { self.num_agents }
+    }
+}
+
+/// An agent prompts can be routed to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Its name: corpus labels refer to it.
+    pub name: String,
+    /// Its specialty in a sentence or two (embedded for the `cosine` reward).
+    #[serde(default)]
+    pub description: String,
 }
 
 /// The actor-critic network: a shared two-layer ReLU encoder and two heads.
@@ -287,9 +330,36 @@ impl Config {
                 Err(bad(key, v, &format!("must be an integer >= {min}")))
             }
         };
-        if self.env.kind != "synthetic" {
-            return Err(bad("env.kind", &self.env.kind, "one of: synthetic"));
+        match self.env.kind.as_str() {
+            "synthetic" => {}
+            "text" => {
+                if self.env.corpus.is_empty() {
+                    return Err(bad("env.corpus", "\"\"", "the text env needs a corpus file (JSON lines)"));
+                }
+                if self.env.agents.len() < 2 {
+                    return Err(bad(
+                        "env.agents",
+                        self.env.agents.len(),
+                        "the text env needs at least 2 [[env.agents]] with a name",
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for a in &self.env.agents {
+                    if a.name.trim().is_empty() || !seen.insert(a.name.as_str()) {
+                        return Err(bad(
+                            "env.agents",
+                            format!("{:?}", a.name),
+                            "agent names must be non-empty and unique",
+                        ));
+                    }
+                }
+                if self.env.reward != "label" && self.env.reward != "cosine" {
+                    return Err(bad("env.reward", &self.env.reward, "one of: label, cosine"));
+                }
+            }
+            other => return Err(bad("env.kind", other, "one of: synthetic, text")),
         }
+
         at_least("env.embed_dim", self.env.embed_dim as u64, 1)?;
         at_least("env.num_agents", self.env.num_agents as u64, 2)?;
         non_negative("env.reward_noise", self.env.reward_noise)?;

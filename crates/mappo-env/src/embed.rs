@@ -2,17 +2,23 @@
 //!
 //! [`Embedder`] reproduces sentence-transformers' `encode(..., normalize_embeddings=True)`:
 //! WordPiece tokenization truncated at 256 tokens (the model's `max_seq_length`; its
-//! tokenizer.json says 128), padding to the longest text of each batch, the 6-layer BERT
-//! encoder with the attention mask, mean pooling over the mask, then L2 normalisation.
-//! Rows match sentence-transformers to a cosine of at least 0.9999.
+//! tokenizer.json says 128), the 6-layer BERT encoder attending only to each text's own
+//! tokens (the attention mask), mean pooling over those tokens, then L2 normalisation.
+//! Rows match sentence-transformers to a cosine of at least 0.9999 (tested against
+//! `shared/fixtures/minilm_reference.json`).
 //!
 //! The files come from [`default_model_dir`] (`$MAPPO_MODEL_DIR`, else the user cache);
 //! `cargo xtask fetch-model` puts them there. [`Embedder::load`] checks every file's sha256
 //! and names the file and the fix when one is missing or corrupt.
 //!
-//! Throughput: texts are sorted by token count and embedded in batches of similar length
-//! (little padding), and the encoder is a hand-fused candle implementation
-//! (see `embed/bert.rs`) that works on any candle device.
+//! Throughput: texts are sorted by token count (longest first) and embedded in batches of
+//! similar length; the encoder (`embed/bert.rs`) is candle with one fused q|k|v gemm per
+//! layer. On the CPU, tokens are packed without padding and the glue between the gemms
+//! (embedding + LayerNorm, attention, bias + GELU, bias + residual + LayerNorm, pooling)
+//! runs as fused candle custom ops (`embed/kernels.rs`); other devices (CUDA) run the same
+//! model as plain candle ops with padding and the attention mask, with no per-text host
+//! round trips. Texts per second on 2 CPU cores match sentence-transformers (see
+//! `examples/embed_bench.rs`).
 
 mod bert;
 mod files;
@@ -34,6 +40,11 @@ pub const MAX_SEQ_LEN: usize = 256;
 
 /// Default number of texts per forward pass.
 pub const DEFAULT_BATCH_SIZE: usize = 64;
+
+/// Default cap on tokens per forward pass (texts × longest text): batches of long texts
+/// hold fewer texts, which bounds memory (attention is quadratic) and keeps the CPU gemms
+/// in cache. CLINC150-like prompts (≈ 11 tokens) never reach it.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
 
 /// Errors of the embedder. File errors name the file and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +89,8 @@ pub enum EmbedError {
     /// The tokenizer failed on the input.
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
-    /// The batch size must be at least 1.
-    #[error("batch size must be at least 1")]
+    /// The batch size (texts or tokens) must be at least 1.
+    #[error("batch sizes must be at least 1")]
     ZeroBatchSize,
     /// A tensor operation failed.
     #[error(transparent)]
@@ -145,6 +156,7 @@ pub struct Embedder {
     tokenizer: Tokenizer,
     device: Device,
     batch_size: usize,
+    max_batch_tokens: usize,
     model_hash: String,
     timings: std::sync::Mutex<StageTimings>,
 }
@@ -154,6 +166,7 @@ impl std::fmt::Debug for Embedder {
         f.debug_struct("Embedder")
             .field("device", &self.device)
             .field("batch_size", &self.batch_size)
+            .field("max_batch_tokens", &self.max_batch_tokens)
             .field("model_hash", &self.model_hash)
             .finish_non_exhaustive()
     }
@@ -199,6 +212,7 @@ impl Embedder {
             tokenizer,
             device: device.clone(),
             batch_size: DEFAULT_BATCH_SIZE,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             model_hash,
             timings: std::sync::Mutex::new(StageTimings::default()),
         })
@@ -221,9 +235,24 @@ impl Embedder {
         self
     }
 
-    /// Texts per forward pass.
+    /// Caps the tokens per forward pass (default [`DEFAULT_MAX_BATCH_TOKENS`]); a text
+    /// longer than the cap still gets a batch of its own.
+    pub fn with_max_batch_tokens(mut self, max_batch_tokens: usize) -> Result<Self, EmbedError> {
+        if max_batch_tokens == 0 {
+            return Err(EmbedError::ZeroBatchSize);
+        }
+        self.max_batch_tokens = max_batch_tokens;
+        Ok(self)
+    }
+
+    /// Maximum texts per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// Maximum tokens (texts × longest text) per forward pass.
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch_tokens
     }
 
     /// Embedding dimension (384).
@@ -305,12 +334,24 @@ impl Embedder {
         order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
         timings.tokenize += t0.elapsed();
 
-        let mut pooled = Vec::with_capacity(n.div_ceil(self.batch_size));
+        // Batches: consecutive runs of the sorted order, at most `batch_size` texts and
+        // `max_batch_tokens` tokens (counting the batch's first, longest text for every row).
+        let mut batches = Vec::with_capacity(n.div_ceil(self.batch_size));
+        let mut start = 0;
+        while start < n {
+            let longest = encodings[order[start]].get_ids().len().max(1);
+            let take = (self.max_batch_tokens / longest).clamp(1, self.batch_size);
+            let end = (start + take).min(n);
+            batches.push(&order[start..end]);
+            start = end;
+        }
+
+        let mut pooled = Vec::with_capacity(batches.len());
         let mut done = 0;
-        for chunk in order.chunks(self.batch_size) {
+        for chunk in batches {
             let t0 = Instant::now();
             let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-            let batch = bert::Batch::new(&ids, &self.device)?;
+            let batch = self.model.batch(&ids)?;
             timings.tokenize += t0.elapsed();
 
             let t0 = Instant::now();

@@ -15,12 +15,14 @@
 
 pub mod embed;
 mod synthetic;
+pub mod text;
 
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
 pub use mappo_config::Rng;
 pub use synthetic::SyntheticEnv;
+pub use text::{DatasetEnv, Prompt, load_corpus};
 
 /// Sizes of an environment's observation and action spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,19 @@ pub trait Env {
     fn reset(&mut self, rng: &mut Rng) -> Result<Tensor, EnvError>;
     /// Applies one action per row (`actions.len() == num_envs`).
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError>;
+    /// State that must survive a checkpoint (e.g. the position in a data
+    /// stream). The trainer resets every update, so most environments have none.
+    fn state(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// Restores what [`Env::state`] returned.
+    fn restore_state(&mut self, state: &[u64]) -> Result<(), EnvError> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(EnvError::Setup(format!("this environment keeps no state, got {state:?}")))
+        }
+    }
 }
 
 /// Environments that know the expected (noise-free) reward of every action for
@@ -115,4 +130,20 @@ pub enum EnvError {
     /// `step` was called before `reset`.
     #[error("step called before reset")]
     NotReset,
+    /// A corpus file cannot be used.
+    #[error("corpus {path}{}: {problem}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Corpus {
+        /// The file.
+        path: String,
+        /// 1-based line, when the problem is on one.
+        line: Option<usize>,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The embedder failed (model files, tokenizer, ...).
+    #[error(transparent)]
+    Embed(Box<embed::EmbedError>),
+    /// The pieces given do not fit together.
+    #[error("{0}")]
+    Setup(String),
 }

@@ -29,6 +29,8 @@ pub struct Checkpoint {
     pub rng_state: [u64; 4],
     /// Adam step counts (actor, critic).
     pub adam_steps: (u64, u64),
+    /// The environment's state (see `Env::state`), e.g. its position in the corpus.
+    pub env_state: Vec<u64>,
     /// Every tensor, by name.
     pub tensors: HashMap<String, Tensor>,
 }
@@ -61,6 +63,8 @@ impl Checkpoint {
             "adam_critic_step".to_string(),
             self.adam_steps.1.to_string(),
         );
+        let env_state = self.env_state.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        meta.insert("env_state".to_string(), env_state);
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let data: Vec<(&str, &Tensor)> = names
@@ -117,6 +121,14 @@ impl Checkpoint {
         let rng_state: [u64; 4] = words
             .try_into()
             .map_err(|_| ckpt_err(path, "metadata `rng` must hold four words"))?;
+        let env_state = match meta.get("env_state").map(String::as_str) {
+            None | Some("") => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .map(str::parse::<u64>)
+                .collect::<Result<_, _>>()
+                .map_err(|_| ckpt_err(path, "metadata `env_state` is malformed"))?,
+        };
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| ckpt_err(path, format!("corrupt tensor data ({e})")))?;
         Ok(Self {
@@ -124,6 +136,7 @@ impl Checkpoint {
             update,
             rng_state,
             adam_steps,
+            env_state,
             tensors,
         })
     }

@@ -24,6 +24,7 @@ mod eval;
 mod loss;
 mod run;
 mod setup;
+mod text;
 mod trainer;
 
 use thiserror::Error;
@@ -34,6 +35,10 @@ pub use loss::{HeadGrads, LossStats, ppo_loss_head};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary, latest_valid_checkpoint, run};
 pub use setup::{
     SyntheticSetup, evaluate_checkpoint_synthetic, load_checkpoint_policy, select_device,
+};
+pub use text::{
+    AgentScore, CorpusReport, EmbedProgress, EmbeddedCorpus, Routed, Router, TextSetup, embed_corpus,
+    evaluate_corpus, load_embedder, model_dir,
 };
 pub use trainer::{Trainer, UpdateMetrics, explained_variance, load_policy_weights};
 

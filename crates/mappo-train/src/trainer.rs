@@ -290,6 +290,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             update: self.update,
             rng_state: self.rng.state(),
             adam_steps: (sa, sc),
+            env_state: self.env.state(),
             tensors,
         })
     }
@@ -309,6 +310,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         self.critic
             .load_state("adam.critic", ckpt.adam_steps.1, get)
             .map_err(wrap)?;
+        self.env.restore_state(&ckpt.env_state)?;
         self.rng = Rng::from_state(ckpt.rng_state);
         self.update = ckpt.update;
         Ok(())

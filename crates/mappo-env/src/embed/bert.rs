@@ -86,59 +86,66 @@ struct Layer {
     ln_out: LayerNorm,
 }
 
-/// A padded batch of token ids, right-padded to its longest text.
+/// A batch of token ids: packed without padding for the fused CPU kernels, or right-padded
+/// to its longest text (with a mask) for the generic path.
 pub struct Batch {
-    /// `[texts * seq_len]` u32.
+    /// Packed: `[tokens]`; padded: `[texts * seq_len]`. u32.
     ids: Tensor,
-    /// `[texts, seq_len]` f32, 1 for real tokens (generic path only).
+    /// Packed layout: text `b` owns rows `offsets[b]..offsets[b + 1]`.
+    offsets: Vec<usize>,
+    /// Packed layout: each token's position in its text.
+    positions: Vec<u32>,
+    /// Padded layout: `[texts, seq_len]` f32, 1 for real tokens.
     mask: Option<Tensor>,
-    lengths: Vec<usize>,
+    texts: usize,
     seq_len: usize,
 }
 
 impl Batch {
-    /// Pads `ids` (one slice per text) into a batch on `device`.
-    pub fn new(ids: &[&[u32]], device: &Device) -> Result<Self> {
+    fn packed(ids: &[&[u32]], device: &Device) -> Result<Self> {
+        let total: usize = ids.iter().map(|x| x.len()).sum();
+        let mut flat = Vec::with_capacity(total);
+        let mut offsets = Vec::with_capacity(ids.len() + 1);
+        let mut positions = Vec::with_capacity(total);
+        offsets.push(0);
+        for row in ids {
+            flat.extend_from_slice(row);
+            positions.extend(0..row.len() as u32);
+            offsets.push(flat.len());
+        }
+        Ok(Self {
+            ids: Tensor::from_vec(flat, total, device)?,
+            offsets,
+            positions,
+            mask: None,
+            texts: ids.len(),
+            seq_len: 0,
+        })
+    }
+
+    fn padded(ids: &[&[u32]], device: &Device) -> Result<Self> {
         let n = ids.len();
         let seq_len = ids.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
         let mut flat = vec![0u32; n * seq_len];
+        let mut mask = vec![0f32; n * seq_len];
         for (r, row) in ids.iter().enumerate() {
             flat[r * seq_len..r * seq_len + row.len()].copy_from_slice(row);
+            mask[r * seq_len..r * seq_len + row.len()].fill(1.0);
         }
-        let lengths: Vec<usize> = ids.iter().map(|x| x.len()).collect();
-        let mask = if device.is_cpu() {
-            None
-        } else {
-            let mut m = vec![0f32; n * seq_len];
-            for (r, &len) in lengths.iter().enumerate() {
-                m[r * seq_len..r * seq_len + len].fill(1.0);
-            }
-            Some(Tensor::from_vec(m, (n, seq_len), device)?)
-        };
         Ok(Self {
             ids: Tensor::from_vec(flat, n * seq_len, device)?,
-            mask,
-            lengths,
+            offsets: Vec::new(),
+            positions: Vec::new(),
+            mask: Some(Tensor::from_vec(mask, (n, seq_len), device)?),
+            texts: n,
             seq_len,
         })
     }
 
-    fn texts(&self) -> usize {
-        self.lengths.len()
-    }
-
-    fn mask(&self) -> Result<Tensor> {
-        match &self.mask {
-            Some(m) => Ok(m.clone()),
-            None => {
-                let (n, l) = (self.texts(), self.seq_len);
-                let mut m = vec![0f32; n * l];
-                for (r, &len) in self.lengths.iter().enumerate() {
-                    m[r * l..r * l + len].fill(1.0);
-                }
-                Tensor::from_vec(m, (n, l), self.ids.device())
-            }
-        }
+    fn mask(&self) -> Result<&Tensor> {
+        self.mask
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("a packed batch has no mask".into()))
     }
 }
 
@@ -290,18 +297,23 @@ impl Model {
         self.hidden
     }
 
+    /// Lays out a batch of token-id sequences (each at most `max_position_embeddings` long)
+    /// for [`encode`](Self::encode).
+    pub fn batch(&self, ids: &[&[u32]]) -> Result<Batch> {
+        let device = self.word.device();
+        if self.fused {
+            Batch::packed(ids, device)
+        } else {
+            Batch::padded(ids, device)
+        }
+    }
+
     /// Uses the fused CPU kernels (only possible, and the default, on the CPU).
     pub fn set_fused(&mut self, fused: bool) {
         self.fused = fused && self.word.device().is_cpu();
     }
 
-    /// The unit-norm, mask-mean-pooled embeddings of a batch: `[texts, hidden]`.
-    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = self.encode(batch)?;
-        self.pool(batch, &hidden)
-    }
-
-    /// Last hidden states `[texts * seq_len, hidden]`.
+    /// Last hidden states, `[tokens, hidden]` in the batch's layout.
     pub fn encode(&self, batch: &Batch) -> Result<Tensor> {
         if self.fused {
             self.encode_fused(batch)
@@ -314,11 +326,10 @@ impl Model {
     pub fn pool(&self, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
         if self.fused {
             return hidden.apply_op1_no_bwd(&kernels::MeanPoolNormalize {
-                lengths: &batch.lengths,
-                seq_len: batch.seq_len,
+                offsets: &batch.offsets,
             });
         }
-        let (n, l, h) = (batch.texts(), batch.seq_len, self.hidden);
+        let (n, l, h) = (batch.texts, batch.seq_len, self.hidden);
         let mask = batch.mask()?.unsqueeze(2)?; // [n, l, 1]
         let sum = hidden.reshape((n, l, h))?.broadcast_mul(&mask)?.sum(1)?;
         let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
@@ -339,15 +350,14 @@ impl Model {
                 gamma: &self.ln_emb.gamma_host,
                 beta: &self.ln_emb.beta_host,
                 eps: self.ln_emb.eps,
-                seq_len: batch.seq_len,
+                positions: &batch.positions,
             },
         )?;
         for layer in &self.layers {
             let qkv = layer.qkv.matmul(&x)?;
             let ctx = qkv.apply_op1_no_bwd(&kernels::Attention {
                 bias: &layer.qkv.b_host,
-                lengths: &batch.lengths,
-                seq_len: batch.seq_len,
+                offsets: &batch.offsets,
                 heads: self.heads,
                 head_dim: self.head_dim,
             })?;
@@ -381,7 +391,7 @@ impl Model {
     }
 
     fn encode_generic(&self, batch: &Batch) -> Result<Tensor> {
-        let (n, l, h) = (batch.texts(), batch.seq_len, self.hidden);
+        let (n, l, h) = (batch.texts, batch.seq_len, self.hidden);
         let (heads, d) = (self.heads, self.head_dim);
         let words = self.word.index_select(&batch.ids, 0)?.reshape((n, l, h))?;
         let x = words.broadcast_add(&self.pos_type.narrow(0, 0, l)?)?;

@@ -1,0 +1,277 @@
+//! The real-text setup: corpus → cached MiniLM embeddings → a
+//! [`DatasetEnv`] with the configured reward model; corpus evaluation with
+//! accuracy, per-agent precision/recall and a confusion matrix; routing.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use mappo_config::{Config, Rng};
+use mappo_env::embed::{Embedder, default_model_dir};
+use mappo_env::text::{cosine_rewards, default_cache_dir, embed_cached, label_rewards};
+use mappo_env::{DatasetEnv, Prompt, load_corpus};
+use mappo_nn::{ActorCritic, Policy, sample_actions};
+use serde::Serialize;
+
+use crate::{Checkpoint, GreedyEvaluator, TrainError, Trainer, load_checkpoint_policy};
+
+/// Progress of long embedding work: `(what, done, total)`.
+pub type EmbedProgress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// The model directory a config points to (or the default).
+pub fn model_dir(cfg: &Config) -> PathBuf {
+    if cfg.env.model_dir.is_empty() { default_model_dir() } else { PathBuf::from(&cfg.env.model_dir) }
+}
+
+fn cache_dir(cfg: &Config) -> PathBuf {
+    if cfg.env.cache_dir.is_empty() { default_cache_dir() } else { PathBuf::from(&cfg.env.cache_dir) }
+}
+
+/// Loads the embedder a config asks for.
+pub fn load_embedder(cfg: &Config, device: &Device) -> Result<Embedder, TrainError> {
+    Embedder::load(&model_dir(cfg), device).map_err(|e| TrainError::Env(e.into()))
+}
+
+/// A corpus embedded (with the cache) and scored by the config's reward model.
+#[derive(Debug)]
+pub struct EmbeddedCorpus {
+    /// The prompts.
+    pub prompts: Vec<Prompt>,
+    /// Row-major `[n, dim]` unit embeddings.
+    pub embeddings: Vec<f32>,
+    /// Embedding width (384).
+    pub dim: usize,
+    /// Row-major `[n, agents]` expected rewards.
+    pub expected: Vec<f32>,
+}
+
+/// Loads, embeds and scores a corpus.
+pub fn embed_corpus(
+    cfg: &Config,
+    embedder: &Embedder,
+    path: &Path,
+    progress: EmbedProgress<'_>,
+) -> Result<EmbeddedCorpus, TrainError> {
+    let prompts = load_corpus(path, &cfg.env.agents)?;
+    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let what = format!("embedding {}", path.display());
+    let (embeddings, _) = embed_cached(embedder, &texts, &cache_dir(cfg), |d, t| progress(&what, d, t))?;
+    let dim = embedder.dim();
+    let na = cfg.env.agents.len();
+    let expected = match cfg.env.reward.as_str() {
+        "cosine" => {
+            let descs: Vec<&str> = cfg.env.agents.iter().map(|a| a.description.as_str()).collect();
+            let agent_rows = embedder.embed(&descs).map_err(|e| TrainError::Env(e.into()))?;
+            let flat: Vec<f32> = agent_rows.into_iter().flatten().collect();
+            cosine_rewards(&embeddings, &flat, dim)
+        }
+        _ => {
+            if let Some(i) = prompts.iter().position(|p| p.label.is_none()) {
+                return Err(TrainError::Env(mappo_env::EnvError::Corpus {
+                    path: path.display().to_string(),
+                    line: None,
+                    problem: format!(
+                        "prompt {} has no label, which the `label` reward needs (use env.reward = \"cosine\" for unlabelled corpora)",
+                        i + 1
+                    ),
+                }));
+            }
+            label_rewards(&prompts, na)
+        }
+    };
+    Ok(EmbeddedCorpus { prompts, embeddings, dim, expected })
+}
+
+/// The text router: trainer and periodic evaluator.
+#[derive(Debug)]
+pub struct TextSetup {
+    /// The trainer at update 0.
+    pub trainer: Trainer<DatasetEnv, ActorCritic>,
+    /// Greedy evaluation on `env.eval_corpus` (or a sample of the training corpus).
+    pub evaluator: GreedyEvaluator,
+    /// Rows of the training corpus.
+    pub corpus_rows: usize,
+}
+
+impl TextSetup {
+    /// Embeds the corpora (cached) and builds the trainer on `device`.
+    pub fn on(cfg: &Config, device: &Device, progress: EmbedProgress<'_>) -> Result<Self, TrainError> {
+        let embedder = load_embedder(cfg, device)?;
+        let train = embed_corpus(cfg, &embedder, Path::new(&cfg.env.corpus), progress)?;
+        let na = cfg.env.agents.len();
+        let t = &cfg.train;
+        let env = DatasetEnv::new(
+            &train.embeddings,
+            train.dim,
+            train.expected.clone(),
+            na,
+            t.batch_size,
+            cfg.env.reward_noise,
+            t.seed,
+            device,
+        )?;
+        let mut eval_env = if cfg.env.eval_corpus.is_empty() {
+            let n = t.eval_prompts.min(train.prompts.len());
+            DatasetEnv::new(&train.embeddings, train.dim, train.expected, na, n, 0.0, t.seed ^ 1, device)?
+        } else {
+            let ev = embed_corpus(cfg, &embedder, Path::new(&cfg.env.eval_corpus), progress)?;
+            let n = ev.prompts.len();
+            DatasetEnv::new(&ev.embeddings, ev.dim, ev.expected, na, n, 0.0, t.seed ^ 1, device)?
+        };
+        let evaluator = GreedyEvaluator::new(&mut eval_env, &mut Rng::derived(t.seed, "periodic-eval"))?;
+        let mut rng = Rng::derived(t.seed, "init");
+        let policy = ActorCritic::new(train.dim, na, &cfg.model, &mut rng, device)?;
+        Ok(Self { trainer: Trainer::new(cfg.clone(), env, policy)?, evaluator, corpus_rows: train.prompts.len() })
+    }
+}
+
+/// Precision, recall and support of one agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentScore {
+    /// Agent name.
+    pub agent: String,
+    /// Of the prompts routed to it, the share labelled with it (NaN → null when none).
+    pub precision: Option<f64>,
+    /// Of the prompts labelled with it, the share routed to it.
+    pub recall: Option<f64>,
+    /// Prompts labelled with it.
+    pub support: usize,
+    /// Prompts routed to it.
+    pub predicted: usize,
+}
+
+/// Greedy routing of a labelled corpus.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorpusReport {
+    /// Labelled prompts evaluated.
+    pub n: usize,
+    /// Share routed to their label.
+    pub accuracy: f64,
+    /// Mean expected reward (the checkpoint's reward model) of the greedy choices.
+    pub mean_reward: f64,
+    /// Per agent.
+    pub per_agent: Vec<AgentScore>,
+    /// `confusion[label][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// Agent names, in index order.
+    pub agents: Vec<String>,
+}
+
+/// Evaluates a text checkpoint greedily on a labelled corpus.
+pub fn evaluate_corpus(
+    ckpt_path: &Path,
+    corpus: &Path,
+    device: &Device,
+    progress: EmbedProgress<'_>,
+) -> Result<CorpusReport, TrainError> {
+    let ckpt = Checkpoint::load(ckpt_path, device)?;
+    let cfg = text_config(&ckpt, ckpt_path)?;
+    let embedder = load_embedder(cfg, device)?;
+    let data = embed_corpus(cfg, &embedder, corpus, progress)?;
+    let policy = load_checkpoint_policy(&ckpt, ckpt_path, data.dim, device)?;
+    let n = data.prompts.len();
+    let obs = Tensor::from_slice(&data.embeddings, (n, data.dim), device)?;
+    let greedy = sample_actions(&policy.forward(&obs)?.logits, &mut Rng::new(0), true)?.actions;
+    let na = cfg.env.agents.len();
+    let mut confusion = vec![vec![0usize; na]; na];
+    let (mut correct, mut labelled, mut reward) = (0usize, 0usize, 0f64);
+    for (i, (p, &a)) in data.prompts.iter().zip(&greedy).enumerate() {
+        reward += f64::from(data.expected[i * na + a as usize]);
+        if let Some(l) = p.label {
+            labelled += 1;
+            correct += usize::from(l == a as usize);
+            confusion[l][a as usize] += 1;
+        }
+    }
+    let per_agent = (0..na)
+        .map(|k| {
+            let support: usize = confusion[k].iter().sum();
+            let predicted: usize = confusion.iter().map(|row| row[k]).sum();
+            let tp = confusion[k][k] as f64;
+            AgentScore {
+                agent: cfg.env.agents[k].name.clone(),
+                precision: (predicted > 0).then(|| tp / predicted as f64),
+                recall: (support > 0).then(|| tp / support as f64),
+                support,
+                predicted,
+            }
+        })
+        .collect();
+    Ok(CorpusReport {
+        n: labelled,
+        accuracy: correct as f64 / labelled.max(1) as f64,
+        mean_reward: reward / n.max(1) as f64,
+        per_agent,
+        confusion,
+        agents: cfg.env.agents.iter().map(|a| a.name.clone()).collect(),
+    })
+}
+
+fn text_config<'a>(ckpt: &'a Checkpoint, path: &Path) -> Result<&'a Config, TrainError> {
+    if ckpt.config.env.kind != "text" {
+        return Err(TrainError::Checkpoint {
+            path: path.display().to_string(),
+            problem: format!(
+                "it was trained on the `{}` environment; this command needs a text-env checkpoint",
+                ckpt.config.env.kind
+            ),
+        });
+    }
+    Ok(&ckpt.config)
+}
+
+/// One routed text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Routed {
+    /// The text.
+    pub text: String,
+    /// Chosen agent's index (the most probable).
+    pub agent_index: usize,
+    /// Chosen agent's name.
+    pub agent: String,
+    /// π(agent | text) for every agent, in index order.
+    pub probabilities: Vec<f32>,
+}
+
+/// A loaded router: embedder and policy from a text checkpoint.
+#[derive(Debug)]
+pub struct Router {
+    embedder: Embedder,
+    policy: ActorCritic,
+    agents: Vec<String>,
+    device: Device,
+}
+
+impl Router {
+    /// Loads the checkpoint and the embedder its config names.
+    pub fn load(ckpt_path: &Path, device: &Device) -> Result<Self, TrainError> {
+        let ckpt = Checkpoint::load(ckpt_path, device)?;
+        let cfg = text_config(&ckpt, ckpt_path)?;
+        let embedder = load_embedder(cfg, device)?;
+        let policy = load_checkpoint_policy(&ckpt, ckpt_path, embedder.dim(), device)?;
+        let agents = cfg.env.agents.iter().map(|a| a.name.clone()).collect();
+        Ok(Self { embedder, policy, agents, device: device.clone() })
+    }
+
+    /// The agents' names.
+    pub fn agents(&self) -> &[String] {
+        &self.agents
+    }
+
+    /// Routes texts: one forward pass for all of them.
+    pub fn route(&self, texts: &[&str]) -> Result<Vec<Routed>, TrainError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let emb = self.embedder.embed_tensor(texts).map_err(|e| TrainError::Env(e.into()))?;
+        let logits = self.policy.forward(&emb.to_device(&self.device)?)?.logits;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        Ok(texts
+            .iter()
+            .zip(probs)
+            .map(|(t, p)| {
+                let i = mappo_env::argmax(&p);
+                Routed { text: t.to_string(), agent_index: i, agent: self.agents[i].clone(), probabilities: p }
+            })
+            .collect())
+    }
+}
