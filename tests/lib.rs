@@ -43,10 +43,7 @@ pub fn assert_checkpoints_identical(a: &Path, b: &Path) {
 }
 
 fn bits(t: &candle_core::Tensor) -> Vec<u32> {
-    let v: Vec<f32> = t
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .expect("f32 tensor");
+    let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).expect("f32 tensor");
     v.into_iter().map(f32::to_bits).collect()
 }
 

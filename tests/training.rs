@@ -9,11 +9,7 @@ use mappo_tests::{assert_checkpoints_identical, metrics_without_time, small_conf
 use mappo_train::{NoObserver, Observer, RunOptions, SyntheticSetup, UpdateMetrics, run};
 
 fn weights(p: &impl Policy, name: &str) -> Vec<f32> {
-    let v = p
-        .all_vars()
-        .into_iter()
-        .find(|v| v.name == name)
-        .expect("param");
+    let v = p.all_vars().into_iter().find(|v| v.name == name).expect("param");
     v.var.flatten_all().and_then(|t| t.to_vec1()).expect("host")
 }
 
@@ -21,46 +17,20 @@ fn weights(p: &impl Policy, name: &str) -> Vec<f32> {
 fn learns_well_above_random_and_trains_the_shared_encoder() {
     let cfg = small_config(300, &[]);
     let mut setup = SyntheticSetup::new(&cfg).expect("setup");
-    let before = setup
-        .evaluator
-        .evaluate(setup.trainer.policy())
-        .expect("eval");
+    let before = setup.evaluator.evaluate(setup.trainer.policy()).expect("eval");
     let enc0 = weights(setup.trainer.policy(), "encoder.0.weight");
     let dir = tempfile::tempdir().expect("tmp");
-    let s = run(
-        &mut setup.trainer,
-        Some(&setup.evaluator),
-        &RunOptions::new(dir.path()),
-        &mut NoObserver,
-    )
-    .expect("run");
+    let s = run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
+        .expect("run");
     let after = s.last_eval.expect("evaluated");
     // Random routing agrees with the oracle on 1/4 of prompts and has normalised reward 0.
-    assert!(
-        after.oracle_agreement > 0.6,
-        "agreement {}",
-        after.oracle_agreement
-    );
-    assert!(
-        after.normalized_reward > 0.8,
-        "normalized {}",
-        after.normalized_reward
-    );
-    assert!(
-        after.normalized_reward > before.normalized_reward + 0.3,
-        "{before:?} -> {after:?}"
-    );
+    assert!(after.oracle_agreement > 0.6, "agreement {}", after.oracle_agreement);
+    assert!(after.normalized_reward > 0.8, "normalized {}", after.normalized_reward);
+    assert!(after.normalized_reward > before.normalized_reward + 0.3, "{before:?} -> {after:?}");
     let enc1 = weights(setup.trainer.policy(), "encoder.0.weight");
     let moved = enc0.iter().zip(&enc1).filter(|(a, b)| a != b).count();
-    assert!(
-        moved > enc0.len() / 2,
-        "the shared encoder must be trained: {moved} of {} moved",
-        enc0.len()
-    );
-    assert!(
-        s.final_checkpoint
-            .ends_with("checkpoints/update-0000300.safetensors")
-    );
+    assert!(moved > enc0.len() / 2, "the shared encoder must be trained: {moved} of {} moved", enc0.len());
+    assert!(s.final_checkpoint.ends_with("checkpoints/update-0000300.safetensors"));
     assert!(dir.path().join("config.toml").exists());
 }
 
@@ -70,28 +40,18 @@ fn same_seed_same_run_bit_for_bit_and_another_seed_differs() {
         let cfg = small_config(60, &[&format!("train.seed={seed}")]);
         let mut setup = SyntheticSetup::new(&cfg).expect("setup");
         let dir = tempfile::tempdir().expect("tmp");
-        let s = run(
-            &mut setup.trainer,
-            Some(&setup.evaluator),
-            &RunOptions::new(dir.path()),
-            &mut NoObserver,
-        )
-        .expect("run");
+        let s =
+            run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
+                .expect("run");
         (dir, s.final_checkpoint)
     };
     let (da, a) = go(7);
     let (db, b) = go(7);
     assert_checkpoints_identical(&a, &b);
-    assert_eq!(
-        metrics_without_time(da.path()),
-        metrics_without_time(db.path())
-    );
+    assert_eq!(metrics_without_time(da.path()), metrics_without_time(db.path()));
     let (_dc, c) = go(8);
     let result = std::panic::catch_unwind(|| assert_checkpoints_identical(&a, &c));
-    assert!(
-        result.is_err(),
-        "a different seed must give a different run"
-    );
+    assert!(result.is_err(), "a different seed must give a different run");
 }
 
 struct StopAt(u64, Arc<AtomicBool>);
@@ -105,61 +65,33 @@ impl Observer for StopAt {
 
 #[test]
 fn interrupted_and_resumed_run_ends_bit_identical() {
-    for extra in [
-        &[][..],
-        &[
-            "ppo.minibatches=4",
-            "ppo.anneal_lr=true",
-            "ppo.clip_value=true",
-        ][..],
-    ] {
+    for extra in [&[][..], &["ppo.minibatches=4", "ppo.anneal_lr=true", "ppo.clip_value=true"][..]] {
         let cfg = small_config(80, extra);
         // Uninterrupted.
         let full = tempfile::tempdir().expect("tmp");
         let mut s1 = SyntheticSetup::new(&cfg).expect("setup");
-        let a = run(
-            &mut s1.trainer,
-            Some(&s1.evaluator),
-            &RunOptions::new(full.path()),
-            &mut NoObserver,
-        )
-        .expect("run")
-        .final_checkpoint;
+        let a = run(&mut s1.trainer, Some(&s1.evaluator), &RunOptions::new(full.path()), &mut NoObserver)
+            .expect("run")
+            .final_checkpoint;
         // Stopped after update 37 (not a save point), then resumed from its run directory.
         let part = tempfile::tempdir().expect("tmp");
         let stop = Arc::new(AtomicBool::new(false));
         let mut opts = RunOptions::new(part.path());
         opts.stop = Some(stop.clone());
         let mut s2 = SyntheticSetup::new(&cfg).expect("setup");
-        let first = run(
-            &mut s2.trainer,
-            Some(&s2.evaluator),
-            &opts,
-            &mut StopAt(37, stop),
-        )
-        .expect("run");
+        let first = run(&mut s2.trainer, Some(&s2.evaluator), &opts, &mut StopAt(37, stop)).expect("run");
         assert!(first.interrupted);
         assert_eq!(first.updates, 37);
         drop(s2);
         let (path, ckpt) =
-            mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu)
-                .expect("latest");
+            mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu).expect("latest");
         assert_eq!(ckpt.update, 37);
         let mut s3 = SyntheticSetup::new(&ckpt.config).expect("setup");
         s3.trainer.restore(&ckpt, &path).expect("restore");
-        let b = run(
-            &mut s3.trainer,
-            Some(&s3.evaluator),
-            &RunOptions::new(part.path()),
-            &mut NoObserver,
-        )
-        .expect("resume")
-        .final_checkpoint;
+        let b = run(&mut s3.trainer, Some(&s3.evaluator), &RunOptions::new(part.path()), &mut NoObserver)
+            .expect("resume")
+            .final_checkpoint;
         assert_checkpoints_identical(&a, &b);
-        assert_eq!(
-            metrics_without_time(full.path()),
-            metrics_without_time(part.path()),
-            "{extra:?}"
-        );
+        assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()), "{extra:?}");
     }
 }

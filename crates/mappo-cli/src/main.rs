@@ -11,9 +11,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mappo_config::Config;
 use mappo_train::{
-    TextSetup,
-    EvalReport, Observer, RunOptions, SyntheticSetup, UpdateMetrics, evaluate_checkpoint_synthetic,
-    latest_valid_checkpoint, select_device,
+    EvalReport, Observer, RunOptions, SyntheticSetup, TextSetup, UpdateMetrics,
+    evaluate_checkpoint_synthetic, latest_valid_checkpoint, select_device,
 };
 
 #[derive(Parser)]
@@ -134,9 +133,7 @@ fn main() {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -165,12 +162,8 @@ impl Observer for Progress {
     fn on_update(&mut self, m: &UpdateMetrics, _secs: f64) {
         self.bar.set_position(m.update);
         if m.update % 10 == 0 {
-            let agree = self
-                .last_agreement
-                .map(|a| format!(" agree {a:.3}"))
-                .unwrap_or_default();
-            self.bar
-                .set_message(format!("reward {:.3}{agree}", m.mean_reward));
+            let agree = self.last_agreement.map(|a| format!(" agree {a:.3}")).unwrap_or_default();
+            self.bar.set_message(format!("reward {:.3}{agree}", m.mean_reward));
         }
     }
     fn on_eval(&mut self, _u: u64, r: &EvalReport) {
@@ -183,10 +176,8 @@ fn default_out(config: Option<&Path>, seed: u64) -> PathBuf {
         .and_then(|c| c.file_stem())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or("default".into());
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut p = PathBuf::from(format!("runs/{name}-seed{seed}-{secs}"));
     let mut i = 1;
     while p.exists() {
@@ -217,11 +208,7 @@ fn train(a: TrainArgs) -> Result<()> {
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| PathBuf::from("."))
             };
-            (
-                ckpt.config.clone(),
-                a.out.clone().unwrap_or(run_dir),
-                Some(path),
-            )
+            (ckpt.config.clone(), a.out.clone().unwrap_or(run_dir), Some(path))
         }
         None => {
             let mut sets = a.set.clone();
@@ -229,10 +216,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 sets.push(format!("train.device=\"{d}\""));
             }
             let cfg = Config::load(a.config.as_deref(), &sets)?;
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| default_out(a.config.as_deref(), cfg.train.seed));
+            let out = a.out.clone().unwrap_or_else(|| default_out(a.config.as_deref(), cfg.train.seed));
             (cfg, out, None)
         }
     };
@@ -355,8 +339,10 @@ impl EmbedBar {
         let bar = self.bar.get_or_insert_with(|| {
             let b = ProgressBar::new(total as u64);
             b.set_style(
-                ProgressStyle::with_template("{msg} [{bar:40.green/blue}] {pos}/{len} texts ({per_sec}, eta {eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40.green/blue}] {pos}/{len} texts ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b
         });
@@ -406,7 +392,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(corpus) = &a.corpus {
         let mut bar = EmbedBar::new(a.quiet || !std::io::stderr().is_terminal());
-        let r = mappo_train::evaluate_corpus(&a.checkpoint, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        let r =
+            mappo_train::evaluate_corpus(&a.checkpoint, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
         bar.finish();
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
@@ -454,12 +441,8 @@ fn route(a: RouteArgs) -> Result<()> {
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
-            let probs: Vec<String> = router
-                .agents()
-                .iter()
-                .zip(&r.probabilities)
-                .map(|(n, p)| format!("{n}={p:.3}"))
-                .collect();
+            let probs: Vec<String> =
+                router.agents().iter().zip(&r.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
             println!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
         }
     }

@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn mappo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args(args)
-        .output()
-        .expect("run mappo")
+    Command::new(env!("CARGO_BIN_EXE_mappo")).args(args).output().expect("run mappo")
 }
 
 fn stdout(o: &Output) -> String {
@@ -23,12 +20,7 @@ fn last_line(o: &Output) -> PathBuf {
 }
 
 fn train(dir: &Path, sets: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--quiet",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ];
+    let mut args = vec!["train", "--quiet", "--out", dir.to_str().expect("utf-8 path")];
     for s in sets {
         args.push("--set");
         args.push(s);
@@ -40,45 +32,19 @@ fn train(dir: &Path, sets: &[&str]) -> Output {
 fn train_then_eval_json() {
     let tmp = tempfile::tempdir().expect("tmp");
     let run = tmp.path().join("run");
-    let o = train(
-        &run,
-        &[
-            "train.total_updates=300",
-            "train.save_interval=100",
-            "train.eval_interval=100",
-        ],
-    );
+    let o = train(&run, &["train.total_updates=300", "train.save_interval=100", "train.eval_interval=100"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ckpt = last_line(&o);
-    assert!(
-        ckpt.is_file(),
-        "last stdout line must be the final checkpoint: {ckpt:?}"
-    );
+    assert!(ckpt.is_file(), "last stdout line must be the final checkpoint: {ckpt:?}");
     assert!(ckpt.ends_with("update-0000300.safetensors"));
-    for f in [
-        "config.toml",
-        "metrics.jsonl",
-        "summary.json",
-        "checkpoints/update-0000100.safetensors",
-    ] {
+    for f in ["config.toml", "metrics.jsonl", "summary.json", "checkpoints/update-0000100.safetensors"] {
         assert!(run.join(f).exists(), "{f}");
     }
-    let o = mappo(&[
-        "eval",
-        "--checkpoint",
-        ckpt.to_str().expect("utf-8"),
-        "--episodes",
-        "2000",
-        "--json",
-    ]);
+    let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--episodes", "2000", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
     let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("missing {k}: {v}"));
-    let (mean, oracle, random) = (
-        get("mean_reward"),
-        get("oracle_reward"),
-        get("random_reward"),
-    );
+    let (mean, oracle, random) = (get("mean_reward"), get("oracle_reward"), get("random_reward"));
     assert!(oracle > random);
     let norm = get("normalized_reward");
     assert!((norm - (mean - random) / (oracle - random)).abs() < 1e-9);
@@ -91,11 +57,7 @@ fn train_then_eval_json() {
 fn resume_from_run_dir_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tmp");
     let full = tmp.path().join("full");
-    let sets = [
-        "train.total_updates=60",
-        "train.save_interval=20",
-        "train.eval_interval=0",
-    ];
+    let sets = ["train.total_updates=60", "train.save_interval=20", "train.eval_interval=0"];
     let o = train(&full, &sets);
     assert!(o.status.success(), "{}", stderr(&o));
     let a = std::fs::read(last_line(&o)).expect("read");
@@ -105,12 +67,7 @@ fn resume_from_run_dir_matches_an_uninterrupted_run() {
     assert!(o.status.success());
     std::fs::remove_file(last_line(&o)).expect("rm");
     std::fs::write(part.join("checkpoints/update-0000050.safetensors"), b"torn").expect("garbage");
-    let o = mappo(&[
-        "train",
-        "--quiet",
-        "--resume",
-        part.to_str().expect("utf-8"),
-    ]);
+    let o = mappo(&["train", "--quiet", "--resume", part.to_str().expect("utf-8")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("update-0000040"),
@@ -139,10 +96,7 @@ fn safetensors_names(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>
             continue;
         }
         let off = v["data_offsets"].as_array().expect("offsets");
-        let (s, e) = (
-            off[0].as_u64().expect("s") as usize,
-            off[1].as_u64().expect("e") as usize,
-        );
+        let (s, e) = (off[0].as_u64().expect("s") as usize, off[1].as_u64().expect("e") as usize);
         out.insert(k.clone(), data[s..e].to_vec());
     }
     out
@@ -169,19 +123,10 @@ fn config_errors_name_the_key_and_exit_nonzero_without_panic() {
     }
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[ppo]\nclip_eps = 0.2\nepochs = = 4\n").expect("write");
-    let o = mappo(&[
-        "train",
-        "--config",
-        bad.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let o =
+        mappo(&["train", "--config", bad.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("bad.toml") && stderr(&o).contains("line 3"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("bad.toml") && stderr(&o).contains("line 3"), "{}", stderr(&o));
 }
 
 #[test]
@@ -194,10 +139,7 @@ fn bad_checkpoints_are_clear_errors() {
         let o = mappo(&["eval", "--checkpoint", p.to_str().expect("utf-8")]);
         assert_eq!(o.status.code(), Some(1));
         let err = stderr(&o);
-        assert!(
-            err.contains(p.file_name().and_then(|n| n.to_str()).expect("name")),
-            "{err}"
-        );
+        assert!(err.contains(p.file_name().and_then(|n| n.to_str()).expect("name")), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -211,4 +153,50 @@ fn help_explains_the_commands() {
     }
     let o = mappo(&["train", "--help"]);
     assert!(stdout(&o).contains("--resume") && stdout(&o).contains("--set"));
+}
+
+#[test]
+fn sigkill_mid_run_then_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sets = [
+        "train.total_updates=2000",
+        "train.save_interval=5",
+        "train.eval_interval=0",
+        "train.log_interval=50",
+    ];
+    let full = tmp.path().join("full");
+    let o = train(&full, &sets);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(last_line(&o)).expect("read");
+    // The same run, killed with SIGKILL while it trains and writes checkpoints.
+    let part = tmp.path().join("part");
+    let mut args: Vec<String> =
+        vec!["train".into(), "--quiet".into(), "--out".into(), part.display().to_string()];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until a few checkpoints exist, then kill at an arbitrary moment.
+    let ckdir = part.join("checkpoints");
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_dir(&ckdir).map(|d| d.count()).unwrap_or(0);
+        if n >= 15 || t0.elapsed().as_secs() > 60 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the run must have been killed before finishing");
+    let o = mappo(&["train", "--quiet", "--resume", part.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b = std::fs::read(last_line(&o)).expect("read");
+    assert_eq!(tensors(&a), tensors(&b), "killed and resumed run must end bit-identical");
 }

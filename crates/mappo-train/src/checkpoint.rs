@@ -36,10 +36,7 @@ pub struct Checkpoint {
 }
 
 fn ckpt_err(path: &Path, problem: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.display().to_string(),
-        problem: problem.to_string(),
-    }
+    TrainError::Checkpoint { path: path.display().to_string(), problem: problem.to_string() }
 }
 
 impl Checkpoint {
@@ -51,26 +48,15 @@ impl Checkpoint {
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("config".to_string(), self.config.to_toml_string());
         meta.insert("update".to_string(), self.update.to_string());
-        let rng = self
-            .rng_state
-            .iter()
-            .map(|w| format!("{w:016x}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let rng = self.rng_state.iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(",");
         meta.insert("rng".to_string(), rng);
         meta.insert("adam_actor_step".to_string(), self.adam_steps.0.to_string());
-        meta.insert(
-            "adam_critic_step".to_string(),
-            self.adam_steps.1.to_string(),
-        );
+        meta.insert("adam_critic_step".to_string(), self.adam_steps.1.to_string());
         let env_state = self.env_state.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         meta.insert("env_state".to_string(), env_state);
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
-        let data: Vec<(&str, &Tensor)> = names
-            .iter()
-            .map(|n| (n.as_str(), &self.tensors[*n]))
-            .collect();
+        let data: Vec<(&str, &Tensor)> = names.iter().map(|n| (n.as_str(), &self.tensors[*n])).collect();
         let bytes = safetensors::serialize(data, Some(meta)).map_err(|e| ckpt_err(path, e))?;
         write_atomic(path, &bytes).map_err(|e| ckpt_err(path, format!("cannot write: {e}")))
     }
@@ -82,45 +68,29 @@ impl Checkpoint {
             .map_err(|e| ckpt_err(path, format!("not a safetensors file or truncated ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
-            meta.get(k).ok_or_else(|| {
-                ckpt_err(
-                    path,
-                    format!("not a mappo checkpoint (no `{k}` in its metadata)"),
-                )
-            })
+            meta.get(k)
+                .ok_or_else(|| ckpt_err(path, format!("not a mappo checkpoint (no `{k}` in its metadata)")))
         };
         if get("format")? != FORMAT {
             return Err(ckpt_err(
                 path,
-                format!(
-                    "unsupported format `{}` (this mappo reads {FORMAT})",
-                    get("format")?
-                ),
+                format!("unsupported format `{}` (this mappo reads {FORMAT})", get("format")?),
             ));
         }
-        let config = Config::from_toml_str(
-            get("config")?,
-            &format!("{} (embedded config)", path.display()),
-        )
-        .map_err(|e| ckpt_err(path, e))?;
+        let config = Config::from_toml_str(get("config")?, &format!("{} (embedded config)", path.display()))
+            .map_err(|e| ckpt_err(path, e))?;
         let parse_u64 = |k: &str| -> Result<u64, TrainError> {
-            get(k)?
-                .parse::<u64>()
-                .map_err(|_| ckpt_err(path, format!("metadata `{k}` is not an integer")))
+            get(k)?.parse::<u64>().map_err(|_| ckpt_err(path, format!("metadata `{k}` is not an integer")))
         };
         let update = parse_u64("update")?;
-        let adam_steps = (
-            parse_u64("adam_actor_step")?,
-            parse_u64("adam_critic_step")?,
-        );
+        let adam_steps = (parse_u64("adam_actor_step")?, parse_u64("adam_critic_step")?);
         let words: Vec<u64> = get("rng")?
             .split(',')
             .map(|w| u64::from_str_radix(w, 16))
             .collect::<Result<_, _>>()
             .map_err(|_| ckpt_err(path, "metadata `rng` is malformed"))?;
-        let rng_state: [u64; 4] = words
-            .try_into()
-            .map_err(|_| ckpt_err(path, "metadata `rng` must hold four words"))?;
+        let rng_state: [u64; 4] =
+            words.try_into().map_err(|_| ckpt_err(path, "metadata `rng` must hold four words"))?;
         let env_state = match meta.get("env_state").map(String::as_str) {
             None | Some("") => Vec::new(),
             Some(s) => s
@@ -131,29 +101,16 @@ impl Checkpoint {
         };
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| ckpt_err(path, format!("corrupt tensor data ({e})")))?;
-        Ok(Self {
-            config,
-            update,
-            rng_state,
-            adam_steps,
-            env_state,
-            tensors,
-        })
+        Ok(Self { config, update, rng_state, adam_steps, env_state, tensors })
     }
 
     /// Takes tensor `name`, checking its shape.
     pub fn tensor(&self, path: &Path, name: &str, dims: &[usize]) -> Result<Tensor, TrainError> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| ckpt_err(path, format!("missing tensor `{name}`")))?;
+        let t = self.tensors.get(name).ok_or_else(|| ckpt_err(path, format!("missing tensor `{name}`")))?;
         if t.dims() != dims {
             return Err(ckpt_err(
                 path,
-                format!(
-                    "tensor `{name}` has shape {:?} but the config's model needs {dims:?}",
-                    t.dims()
-                ),
+                format!("tensor `{name}` has shape {:?} but the config's model needs {dims:?}", t.dims()),
             ));
         }
         Ok(t.clone())
@@ -162,14 +119,8 @@ impl Checkpoint {
 
 /// Writes `bytes` to `path` via a fsynced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -199,11 +150,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let n = name
-                .strip_prefix("update-")?
-                .strip_suffix(".safetensors")?
-                .parse::<u64>()
-                .ok()?;
+            let n = name.strip_prefix("update-")?.strip_suffix(".safetensors")?.parse::<u64>().ok()?;
             Some((n, e.path()))
         })
         .collect();

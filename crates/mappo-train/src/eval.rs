@@ -38,11 +38,7 @@ impl GreedyEvaluator {
     /// Resets `env` once with `rng` and keeps its observations.
     pub fn new<E: KnownRewards>(env: &mut E, rng: &mut Rng) -> Result<Self, TrainError> {
         let obs = env.reset(rng)?;
-        Ok(Self {
-            obs,
-            expected: env.expected_rewards(),
-            num_actions: env.spec().num_actions,
-        })
+        Ok(Self { obs, expected: env.expected_rewards(), num_actions: env.spec().num_actions })
     }
 
     /// Number of observations.
@@ -79,11 +75,7 @@ impl GreedyEvaluator {
             mean_reward: mean,
             oracle_reward: oracle,
             random_reward: random,
-            normalized_reward: if span.abs() > 1e-12 {
-                (mean - random) / span
-            } else {
-                0.0
-            },
+            normalized_reward: if span.abs() > 1e-12 { (mean - random) / span } else { 0.0 },
             oracle_agreement: agree as f64 / nf,
         })
     }

@@ -33,9 +33,7 @@ pub use checkpoint::{Checkpoint, FORMAT, checkpoint_name, list_checkpoints, writ
 pub use eval::{EvalReport, GreedyEvaluator};
 pub use loss::{HeadGrads, LossStats, ppo_loss_head};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary, latest_valid_checkpoint, run};
-pub use setup::{
-    SyntheticSetup, evaluate_checkpoint_synthetic, load_checkpoint_policy, select_device,
-};
+pub use setup::{SyntheticSetup, evaluate_checkpoint_synthetic, load_checkpoint_policy, select_device};
 pub use text::{
     AgentScore, CorpusReport, EmbedProgress, EmbeddedCorpus, Routed, Router, TextSetup, embed_corpus,
     evaluate_corpus, load_embedder, model_dir,

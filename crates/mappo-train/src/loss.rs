@@ -46,12 +46,7 @@ pub struct HeadGrads {
 }
 
 /// Loss, statistics and output gradients for one minibatch.
-pub fn ppo_loss_head(
-    logits: &[f32],
-    values: &[f32],
-    mb: &Batch,
-    p: &PpoConfig,
-) -> (LossStats, HeadGrads) {
+pub fn ppo_loss_head(logits: &[f32], values: &[f32], mb: &Batch, p: &PpoConfig) -> (LossStats, HeadGrads) {
     let n = mb.len();
     let a = logits.len() / n.max(1);
     let nf = n.max(1) as f64;
@@ -65,11 +60,7 @@ pub fn ppo_loss_head(
     for i in 0..n {
         let row = &logits[i * a..(i + 1) * a];
         let m = row.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
-        let lse = m + row
-            .iter()
-            .map(|&v| (f64::from(v) - m).exp())
-            .sum::<f64>()
-            .ln();
+        let lse = m + row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln();
         let mut h = 0f64;
         for j in 0..a {
             logp[j] = f64::from(row[j]) - lse;
@@ -87,11 +78,7 @@ pub fn ppo_loss_head(
         kl += (r - 1.0) - log_ratio;
         clipped += usize::from((r - 1.0).abs() > eps);
         // d(−min)/d logπ_a: −Â·r unless the clipped term is the strict minimum.
-        let d_logp = if clip_term < unclipped {
-            0.0
-        } else {
-            -adv * r / nf
-        };
+        let d_logp = if clip_term < unclipped { 0.0 } else { -adv * r / nf };
         let c_ent = p.entropy_coef / nf;
         let g = &mut g_logits[i * a..(i + 1) * a];
         for j in 0..a {
@@ -127,13 +114,7 @@ pub fn ppo_loss_head(
         approx_kl: kl / nf,
         clipfrac: clipped as f64 / nf,
     };
-    (
-        stats,
-        HeadGrads {
-            logits: g_logits,
-            values: g_values,
-        },
-    )
+    (stats, HeadGrads { logits: g_logits, values: g_values })
 }
 
 #[cfg(test)]
@@ -152,17 +133,12 @@ mod tests {
     ) -> (f64, Vec<f32>, Vec<f32>) {
         let dev = Device::Cpu;
         let n = mb.len();
-        let l =
-            Var::from_tensor(&Tensor::from_slice(logits, (n, a), &dev).expect("l")).expect("var");
+        let l = Var::from_tensor(&Tensor::from_slice(logits, (n, a), &dev).expect("l")).expect("var");
         let v = Var::from_tensor(&Tensor::from_slice(values, n, &dev).expect("v")).expect("var");
         let t = |x: &[f32]| Tensor::from_slice(x, n, &dev).expect("t");
         let acts = Tensor::from_slice(&mb.actions, (n, 1), &dev).expect("a");
-        let (old, adv, ret, oldv) = (
-            t(&mb.old_log_probs),
-            t(&mb.advantages),
-            t(&mb.returns),
-            t(&mb.old_values),
-        );
+        let (old, adv, ret, oldv) =
+            (t(&mb.old_log_probs), t(&mb.advantages), t(&mb.returns), t(&mb.old_values));
         let f = || -> candle_core::Result<Tensor> {
             let lp = candle_nn::ops::log_softmax(l.as_tensor(), D::Minus1)?;
             let new = lp.gather(&acts, 1)?.squeeze(1)?;
@@ -183,12 +159,7 @@ mod tests {
         };
         let loss = f().expect("loss");
         let grads = loss.backward().expect("backward");
-        let gl = grads
-            .get(l.as_tensor())
-            .expect("gl")
-            .flatten_all()
-            .and_then(|x| x.to_vec1())
-            .expect("h");
+        let gl = grads.get(l.as_tensor()).expect("gl").flatten_all().and_then(|x| x.to_vec1()).expect("h");
         let gv = grads.get(v.as_tensor()).expect("gv").to_vec1().expect("h");
         (f64::from(loss.to_scalar::<f32>().expect("s")), gl, gv)
     }
@@ -215,11 +186,7 @@ mod tests {
             advantages: rng.normal_vec(n),
             returns: rng.normal_vec(n),
         };
-        let p = PpoConfig {
-            clip_value,
-            entropy_coef: 0.05,
-            ..PpoConfig::default()
-        };
+        let p = PpoConfig { clip_value, entropy_coef: 0.05, ..PpoConfig::default() };
         let (stats, g) = ppo_loss_head(&logits, &values, &mb, &p);
         let (loss, gl, gv) = autograd(&logits, &values, &mb, &p, a);
         assert!((stats.loss - loss).abs() < 1e-5, "{} vs {loss}", stats.loss);
@@ -229,11 +196,7 @@ mod tests {
         for (x, y) in g.values.iter().zip(&gv) {
             assert!((x - y).abs() < 1e-6, "value grad {x} vs {y}");
         }
-        assert!(
-            stats.clipfrac > 0.0 && stats.clipfrac < 1.0,
-            "{}",
-            stats.clipfrac
-        );
+        assert!(stats.clipfrac > 0.0 && stats.clipfrac < 1.0, "{}", stats.clipfrac);
     }
 
     #[test]

@@ -18,9 +18,7 @@ use mappo_env::Env;
 use mappo_nn::Policy;
 use serde::Serialize;
 
-use crate::{
-    Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics, checkpoint_name,
-};
+use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics, checkpoint_name};
 
 /// Where and how to run.
 #[derive(Debug, Clone)]
@@ -37,11 +35,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// Options for `out_dir` with the defaults.
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            out_dir: out_dir.into(),
-            stop: None,
-            agreement_target: 0.95,
-        }
+        Self { out_dir: out_dir.into(), stop: None, agreement_target: 0.95 }
     }
 }
 
@@ -100,10 +94,7 @@ struct EvalLine<'a> {
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+    TrainError::Io { path: path.display().to_string(), message: e.to_string() }
 }
 
 /// Runs `trainer` to `train.total_updates`, from whatever update it is at.
@@ -132,11 +123,9 @@ pub fn run<E: Env, P: Policy>(
     }
     let dir = &opts.out_dir;
     let ckpt_dir = dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir)
-        .map_err(|e| io_err(&ckpt_dir, format!("cannot create: {e}")))?;
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, format!("cannot create: {e}")))?;
     let cfg_path = dir.join("config.toml");
-    crate::write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())
-        .map_err(|e| io_err(&cfg_path, e))?;
+    crate::write_atomic(&cfg_path, cfg.to_toml_string().as_bytes()).map_err(|e| io_err(&cfg_path, e))?;
     let metrics_path = dir.join("metrics.jsonl");
     let start_update = trainer.update_count();
     truncate_metrics(&metrics_path, start_update)?;
@@ -184,12 +173,7 @@ pub fn run<E: Env, P: Policy>(
                 updates_per_s = format!("{ups:.1}"),
                 "update"
             );
-            let line = UpdateLine {
-                kind: "update",
-                m: &m,
-                train_seconds,
-                updates_per_s: ups,
-            };
+            let line = UpdateLine { kind: "update", m: &m, train_seconds, updates_per_s: ups };
             write_line(&mut log, &metrics_path, &line)?;
         }
         if let Some(ev) = evaluator {
@@ -199,15 +183,7 @@ pub fn run<E: Env, P: Policy>(
                     reached = Some((u, train_seconds));
                 }
                 observer.on_eval(u, &r);
-                write_line(
-                    &mut log,
-                    &metrics_path,
-                    &EvalLine {
-                        kind: "eval",
-                        update: u,
-                        r: &r,
-                    },
-                )?;
+                write_line(&mut log, &metrics_path, &EvalLine { kind: "eval", update: u, r: &r })?;
                 last_eval = Some(r);
             }
         }
@@ -276,10 +252,7 @@ fn truncate_metrics(path: &Path, upto: u64) -> Result<(), TrainError> {
 
 /// The newest checkpoint of a run directory that loads; unreadable ones are
 /// skipped with a warning. Errors when none is usable.
-pub fn latest_valid_checkpoint(
-    run_dir: &Path,
-    device: &Device,
-) -> Result<(PathBuf, Checkpoint), TrainError> {
+pub fn latest_valid_checkpoint(run_dir: &Path, device: &Device) -> Result<(PathBuf, Checkpoint), TrainError> {
     let mut problems = Vec::new();
     for path in crate::list_checkpoints(run_dir)? {
         match Checkpoint::load(&path, device) {

@@ -14,37 +14,24 @@ use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, load_p
 /// saying which was chosen and why.
 pub fn select_device(spec: &str) -> Result<(Device, String), TrainError> {
     let cuda = |n: usize| {
-        Device::new_cuda(n).map_err(|e| TrainError::Device {
-            spec: spec.into(),
-            reason: e.to_string(),
-        })
+        Device::new_cuda(n).map_err(|e| TrainError::Device { spec: spec.into(), reason: e.to_string() })
     };
     match spec {
         "cpu" => Ok((Device::Cpu, "cpu: as configured".into())),
         "auto" => {
             if !candle_core::utils::cuda_is_available() {
-                return Ok((
-                    Device::Cpu,
-                    "cpu: this binary was built without the `cuda` feature".into(),
-                ));
+                return Ok((Device::Cpu, "cpu: this binary was built without the `cuda` feature".into()));
             }
             match Device::new_cuda(0) {
                 Ok(d) => Ok((d, "cuda:0: built with `cuda` and a GPU answered".into())),
-                Err(e) => Ok((
-                    Device::Cpu,
-                    format!("cpu: built with `cuda` but no GPU answered ({e})"),
-                )),
+                Err(e) => Ok((Device::Cpu, format!("cpu: built with `cuda` but no GPU answered ({e})"))),
             }
         }
         "cuda" => Ok((cuda(0)?, "cuda:0: as configured".into())),
         s => {
-            let n = s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| TrainError::Device {
-                    spec: s.into(),
-                    reason: "expected auto, cpu, cuda or cuda:N".into(),
-                })?;
+            let n = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| {
+                TrainError::Device { spec: s.into(), reason: "expected auto, cpu, cuda or cuda:N".into() }
+            })?;
             Ok((cuda(n)?, format!("cuda:{n}: as configured")))
         }
     }
@@ -71,29 +58,17 @@ impl SyntheticSetup {
     pub fn on(cfg: &Config, device: &Device) -> Result<Self, TrainError> {
         let env = SyntheticEnv::new(&cfg.env, cfg.train.batch_size, cfg.train.seed, device);
         let policy = new_policy(cfg, &env, device)?;
-        let mut eval_env =
-            SyntheticEnv::new(&cfg.env, cfg.train.eval_prompts, cfg.train.seed, device);
-        let evaluator = GreedyEvaluator::new(
-            &mut eval_env,
-            &mut Rng::derived(cfg.train.seed, "periodic-eval"),
-        )?;
-        Ok(Self {
-            trainer: Trainer::new(cfg.clone(), env, policy)?,
-            evaluator,
-        })
+        let mut eval_env = SyntheticEnv::new(&cfg.env, cfg.train.eval_prompts, cfg.train.seed, device);
+        let evaluator =
+            GreedyEvaluator::new(&mut eval_env, &mut Rng::derived(cfg.train.seed, "periodic-eval"))?;
+        Ok(Self { trainer: Trainer::new(cfg.clone(), env, policy)?, evaluator })
     }
 }
 
 fn new_policy<E: Env>(cfg: &Config, env: &E, device: &Device) -> Result<ActorCritic, TrainError> {
     let spec = env.spec();
     let mut rng = Rng::derived(cfg.train.seed, "init");
-    Ok(ActorCritic::new(
-        spec.obs_dim,
-        spec.num_actions,
-        &cfg.model,
-        &mut rng,
-        device,
-    )?)
+    Ok(ActorCritic::new(spec.obs_dim, spec.num_actions, &cfg.model, &mut rng, device)?)
 }
 
 /// Rebuilds the policy stored in a checkpoint (the model shape comes from
@@ -105,13 +80,7 @@ pub fn load_checkpoint_policy(
     device: &Device,
 ) -> Result<ActorCritic, TrainError> {
     let cfg = &ckpt.config;
-    let policy = ActorCritic::new(
-        obs_dim,
-        cfg.env.num_agents,
-        &cfg.model,
-        &mut Rng::new(0),
-        device,
-    )?;
+    let policy = ActorCritic::new(obs_dim, cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
     load_policy_weights(&policy, ckpt, path)?;
     Ok(policy)
 }

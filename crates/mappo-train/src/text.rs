@@ -120,7 +120,11 @@ impl TextSetup {
         let evaluator = GreedyEvaluator::new(&mut eval_env, &mut Rng::derived(t.seed, "periodic-eval"))?;
         let mut rng = Rng::derived(t.seed, "init");
         let policy = ActorCritic::new(train.dim, na, &cfg.model, &mut rng, device)?;
-        Ok(Self { trainer: Trainer::new(cfg.clone(), env, policy)?, evaluator, corpus_rows: train.prompts.len() })
+        Ok(Self {
+            trainer: Trainer::new(cfg.clone(), env, policy)?,
+            evaluator,
+            corpus_rows: train.prompts.len(),
+        })
     }
 }
 
@@ -270,7 +274,12 @@ impl Router {
             .zip(probs)
             .map(|(t, p)| {
                 let i = mappo_env::argmax(&p);
-                Routed { text: t.to_string(), agent_index: i, agent: self.agents[i].clone(), probabilities: p }
+                Routed {
+                    text: t.to_string(),
+                    agent_index: i,
+                    agent: self.agents[i].clone(),
+                    probabilities: p,
+                }
             })
             .collect())
     }

@@ -55,10 +55,7 @@ pub struct Trainer<E: Env, P: Policy> {
 
 impl<E: Env, P: Policy> std::fmt::Debug for Trainer<E, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer")
-            .field("update", &self.update)
-            .field("device", &self.device)
-            .finish()
+        f.debug_struct("Trainer").field("update", &self.update).field("device", &self.device).finish()
     }
 }
 
@@ -75,26 +72,12 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             )));
         }
         let device = env.device().clone();
-        let adam = |lr| AdamSettings {
-            lr,
-            eps: cfg.ppo.adam_eps,
-            ..AdamSettings::default()
-        };
+        let adam = |lr| AdamSettings { lr, eps: cfg.ppo.adam_eps, ..AdamSettings::default() };
         let actor = Adam::new(policy.actor_vars(), adam(cfg.ppo.lr_actor))?;
         let critic = Adam::new(policy.critic_vars(), adam(cfg.ppo.lr_critic))?;
         let rng = Rng::derived(cfg.train.seed, "trainer");
         let rollout = Rollout::new(spec.num_envs);
-        Ok(Self {
-            cfg,
-            env,
-            policy,
-            actor,
-            critic,
-            rng,
-            update: 0,
-            device,
-            rollout,
-        })
+        Ok(Self { cfg, env, policy, actor, critic, rng, update: 0, device, rollout })
     }
 
     /// Updates completed.
@@ -126,13 +109,10 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             self.critic.set_lr(frac * p.lr_critic);
         }
         let last_values = self.collect()?;
-        let gae = self
-            .rollout
-            .gae(&last_values, p.gamma as f32, p.gae_lambda as f32)?;
+        let gae = self.rollout.gae(&last_values, p.gamma as f32, p.gae_lambda as f32)?;
         let explained_variance = explained_variance(self.rollout.values(), &gae.returns);
         let rewards = self.rollout.rewards();
-        let mean_reward =
-            rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rewards.len().max(1) as f64;
+        let mean_reward = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rewards.len().max(1) as f64;
         let (stats, grad_norm, epochs) = self.optimise(&gae)?;
         self.update += 1;
         for (name, v) in [
@@ -141,10 +121,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             ("gradient norm", grad_norm),
         ] {
             if !v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    update: self.update,
-                    what: name.to_string(),
-                });
+                return Err(TrainError::NonFinite { update: self.update, what: name.to_string() });
             }
         }
         Ok(UpdateMetrics {
@@ -203,24 +180,17 @@ impl<E: Env, P: Policy> Trainer<E, P> {
 
     fn optimise(&mut self, gae: &Gae) -> Result<(LossStats, f64, usize), TrainError> {
         let p = self.cfg.ppo.clone();
-        let whole = if p.minibatches <= 1 {
-            Some(self.rollout.batch(gae, p.norm_adv, &self.device)?)
-        } else {
-            None
-        };
+        let whole =
+            if p.minibatches <= 1 { Some(self.rollout.batch(gae, p.norm_adv, &self.device)?) } else { None };
         let mut last = None;
         let mut grad_norm = 0.0;
         let mut epochs = 0;
         for epoch in 0..p.epochs {
             let batches = match &whole {
                 Some(b) => vec![b.clone()],
-                None => self.rollout.minibatches(
-                    gae,
-                    p.minibatches,
-                    p.norm_adv,
-                    &mut self.rng,
-                    &self.device,
-                )?,
+                None => {
+                    self.rollout.minibatches(gae, p.minibatches, p.norm_adv, &mut self.rng, &self.device)?
+                }
             };
             let n = batches.len();
             let want_stats = epoch + 1 == p.epochs || p.target_kl > 0.0;
@@ -258,8 +228,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let dev = out.logits.device();
         let g_logits = Tensor::from_vec(g.logits, out.logits.shape(), dev)?;
         let g_values = Tensor::from_vec(g.values, out.values.shape(), dev)?;
-        let surrogate =
-            ((&out.logits * &g_logits)?.sum_all()? + (&out.values * &g_values)?.sum_all()?)?;
+        let surrogate = ((&out.logits * &g_logits)?.sum_all()? + (&out.values * &g_values)?.sum_all()?)?;
         let grads = surrogate.backward()?;
         let mut all = self.actor.grads(&grads);
         all.extend(self.critic.grads(&grads));
@@ -304,12 +273,8 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             path: path.display().to_string(),
             problem: e.to_string(),
         };
-        self.actor
-            .load_state("adam.actor", ckpt.adam_steps.0, get)
-            .map_err(wrap)?;
-        self.critic
-            .load_state("adam.critic", ckpt.adam_steps.1, get)
-            .map_err(wrap)?;
+        self.actor.load_state("adam.actor", ckpt.adam_steps.0, get).map_err(wrap)?;
+        self.critic.load_state("adam.critic", ckpt.adam_steps.1, get).map_err(wrap)?;
         self.env.restore_state(&ckpt.env_state)?;
         self.rng = Rng::from_state(ckpt.rng_state);
         self.update = ckpt.update;
@@ -325,8 +290,7 @@ pub fn load_policy_weights<P: Policy + ?Sized>(
 ) -> Result<(), TrainError> {
     for nv in policy.all_vars() {
         let t = ckpt.tensor(path, &format!("policy.{}", nv.name), nv.var.dims())?;
-        nv.var
-            .set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
+        nv.var.set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
     }
     Ok(())
 }
@@ -343,9 +307,6 @@ pub fn explained_variance(pred: &[f32], y: &[f32]) -> f64 {
     if vy == 0.0 {
         return f64::NAN;
     }
-    let vr = var(&mut y
-        .iter()
-        .zip(pred)
-        .map(|(&a, &b)| f64::from(a) - f64::from(b)));
+    let vr = var(&mut y.iter().zip(pred).map(|(&a, &b)| f64::from(a) - f64::from(b)));
     1.0 - vr / vy
 }

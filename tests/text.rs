@@ -1,0 +1,107 @@
+//! The real-text environment end to end: needs all-MiniLM-L6-v2
+//! (`cargo xtask fetch-model`; `cargo xtask test` does it first).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use mappo_config::Config;
+use mappo_nn::Policy;
+use mappo_tests::{assert_checkpoints_identical, metrics_without_time};
+use mappo_train::{NoObserver, Observer, RunOptions, TextSetup, UpdateMetrics, run};
+
+fn config(updates: u64, cache: &std::path::Path) -> Config {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let file = root.join("configs/prompts.toml");
+    let sets = vec![
+        format!("env.corpus={:?}", root.join("data/prompts.jsonl").display().to_string()),
+        format!("env.cache_dir={:?}", cache.display().to_string()),
+        format!("train.total_updates={updates}"),
+        "train.save_interval=10".into(),
+        "train.eval_interval=10".into(),
+        "train.threads=0".into(),
+    ];
+    match Config::load(Some(&file), &sets) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn projection(p: &impl Policy) -> Vec<f32> {
+    let v = p.all_vars().into_iter().find(|v| v.name == "encoder.projection.weight").expect("projection");
+    assert_eq!(v.var.dims(), &[32, 384]);
+    v.var.flatten_all().and_then(|t| t.to_vec1()).expect("host")
+}
+
+#[test]
+fn routes_the_prompt_corpus_and_trains_the_projection() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let cfg = config(60, cache.path());
+    let mut setup = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {})
+        .expect("text setup (if the model is missing, run `cargo xtask fetch-model`)");
+    assert_eq!(setup.corpus_rows, 248);
+    let before = setup.evaluator.evaluate(setup.trainer.policy()).expect("eval");
+    let p0 = projection(setup.trainer.policy());
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
+        .expect("run");
+    let after = s.last_eval.expect("eval");
+    // Four agents: routing at random is right a quarter of the time.
+    assert!(after.oracle_agreement > 0.8, "{before:?} -> {after:?}");
+    let p1 = projection(setup.trainer.policy());
+    let moved = p0.iter().zip(&p1).filter(|(a, b)| a != b).count();
+    assert!(moved > p0.len() / 2, "the 384→32 projection must be trained: {moved} of {} moved", p0.len());
+    // The cache was written and is reused: a second setup needs no embedding.
+    assert_eq!(std::fs::read_dir(cache.path()).expect("cache dir").count(), 1);
+
+    // Corpus evaluation and routing from the checkpoint.
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/prompts.jsonl");
+    let r = mappo_train::evaluate_corpus(&s.final_checkpoint, &corpus, &Device::Cpu, &mut |_, _, _| {})
+        .expect("eval corpus");
+    assert_eq!(r.n, 248);
+    assert!(r.accuracy > 0.8, "{}", r.accuracy);
+    assert_eq!(r.confusion.iter().flatten().sum::<usize>(), 248);
+    let router = mappo_train::Router::load(&s.final_checkpoint, &Device::Cpu).expect("router");
+    let routed = router.route(&["My package never arrived and I want a refund.", ""]).expect("route");
+    assert_eq!(routed.len(), 2);
+    for x in &routed {
+        assert!((x.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert_eq!(x.agent, router.agents()[x.agent_index]);
+    }
+}
+
+struct StopAt(u64, Arc<AtomicBool>);
+impl Observer for StopAt {
+    fn on_update(&mut self, m: &UpdateMetrics, _: f64) {
+        if m.update == self.0 {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn text_run_resumes_bit_identical_including_the_corpus_position() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let cfg = config(30, cache.path());
+    let full = tempfile::tempdir().expect("tmp");
+    let mut s1 = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
+    let a = run(&mut s1.trainer, Some(&s1.evaluator), &RunOptions::new(full.path()), &mut NoObserver)
+        .expect("run")
+        .final_checkpoint;
+    let part = tempfile::tempdir().expect("tmp");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut opts = RunOptions::new(part.path());
+    opts.stop = Some(stop.clone());
+    let mut s2 = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
+    run(&mut s2.trainer, Some(&s2.evaluator), &opts, &mut StopAt(13, stop)).expect("run");
+    let (path, ckpt) = mappo_train::latest_valid_checkpoint(part.path(), &Device::Cpu).expect("latest");
+    assert_eq!(ckpt.update, 13);
+    assert_eq!(ckpt.env_state, vec![13 * 64], "the corpus position is saved");
+    let mut s3 = TextSetup::on(&ckpt.config, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
+    s3.trainer.restore(&ckpt, &path).expect("restore");
+    let b = run(&mut s3.trainer, Some(&s3.evaluator), &RunOptions::new(part.path()), &mut NoObserver)
+        .expect("resume")
+        .final_checkpoint;
+    assert_checkpoints_identical(&a, &b);
+    assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()));
+}
