@@ -1,4 +1,5 @@
-//! `cargo xtask test`: the set-up a fresh clone needs, then `cargo test --workspace`.
+//! `cargo xtask test`: the set-up a fresh clone needs (the embedding model,
+//! via `cargo xtask fetch-model`), then `cargo test --workspace`.
 
 use std::path::Path;
 use std::process::Command;
