@@ -258,10 +258,8 @@ impl Config {
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut tree = toml::Table::new();
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
-                path: path.display().to_string(),
-                source: e,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Io { path: path.display().to_string(), source: e })?;
             tree = parse_toml(&text, &path.display().to_string())?;
         }
         for ov in overrides {
@@ -278,12 +276,9 @@ impl Config {
     fn from_table(tree: toml::Table) -> Result<Self, ConfigError> {
         let defaults = default_table();
         check_keys(&tree, &defaults, "")?;
-        let cfg: Config = toml::Value::Table(tree)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                key: String::new(),
-                message: e.message().to_string(),
-            })?;
+        let cfg: Config = toml::Value::Table(tree).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Invalid { key: String::new(), message: e.message().to_string() }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -297,38 +292,19 @@ impl Config {
     /// Checks every value's range; the error names the key and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
-            ConfigError::Invalid {
-                key: key.into(),
-                message: format!("{value} is not allowed: {allowed}"),
-            }
+            ConfigError::Invalid { key: key.into(), message: format!("{value} is not allowed: {allowed}") }
         }
         let positive = |key: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(bad(key, v, "must be a finite number > 0"))
-            }
+            if v.is_finite() && v > 0.0 { Ok(()) } else { Err(bad(key, v, "must be a finite number > 0")) }
         };
         let non_negative = |key: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(bad(key, v, "must be a finite number >= 0"))
-            }
+            if v.is_finite() && v >= 0.0 { Ok(()) } else { Err(bad(key, v, "must be a finite number >= 0")) }
         };
         let unit = |key: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(bad(key, v, "must be in [0, 1]"))
-            }
+            if (0.0..=1.0).contains(&v) { Ok(()) } else { Err(bad(key, v, "must be in [0, 1]")) }
         };
         let at_least = |key: &str, v: u64, min: u64| {
-            if v >= min {
-                Ok(())
-            } else {
-                Err(bad(key, v, &format!("must be an integer >= {min}")))
-            }
+            if v >= min { Ok(()) } else { Err(bad(key, v, &format!("must be an integer >= {min}"))) }
         };
         match self.env.kind.as_str() {
             "synthetic" => {}
@@ -395,9 +371,7 @@ impl Config {
             ));
         }
         let dev = t.device.as_str();
-        let cuda_ok = dev
-            .strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
+        let cuda_ok = dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
         if !(dev == "cpu" || dev == "auto" || dev == "cuda" || cuda_ok) {
             return Err(bad("train.device", dev, "one of: auto, cpu, cuda, cuda:N"));
         }
@@ -408,11 +382,7 @@ impl Config {
     pub fn known_keys() -> Vec<String> {
         fn walk(t: &toml::Table, prefix: &str, out: &mut Vec<String>) {
             for (k, v) in t {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                 match v {
                     toml::Value::Table(sub) => walk(sub, &key, out),
                     _ => out.push(key),
@@ -435,14 +405,8 @@ fn default_table() -> toml::Table {
 
 fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-        ConfigError::Syntax {
-            origin: origin.to_string(),
-            line,
-            message: e.message().to_string(),
-        }
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        ConfigError::Syntax { origin: origin.to_string(), line, message: e.message().to_string() }
     })
 }
 
@@ -461,18 +425,11 @@ fn type_name(v: &toml::Value) -> &'static str {
 /// Checks that every key of `user` exists in `defaults` with a compatible type.
 fn check_keys(user: &toml::Table, defaults: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
     for (k, v) in user {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         let Some(def) = defaults.get(k) else {
             let mut allowed: Vec<&str> = defaults.keys().map(String::as_str).collect();
             allowed.sort();
-            return Err(ConfigError::UnknownKey {
-                key,
-                allowed: allowed.join(", "),
-            });
+            return Err(ConfigError::UnknownKey { key, allowed: allowed.join(", ") });
         };
         match (def, v) {
             (toml::Value::Table(d), toml::Value::Table(u)) => check_keys(u, d, &key)?,
@@ -507,9 +464,7 @@ fn apply_override(tree: &mut toml::Table, ov: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::BadOverride { arg: ov.into() });
     }
     let value = match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
         Err(_) => toml::Value::String(raw.into()),
     };
     let parts: Vec<&str> = key.split('.').collect();
@@ -519,9 +474,7 @@ fn apply_override(tree: &mut toml::Table, ov: &str) -> Result<(), ConfigError> {
             node.insert((*part).to_string(), value);
             break;
         }
-        let entry = node
-            .entry((*part).to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = node.entry((*part).to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         node = match entry {
             toml::Value::Table(t) => t,
             _ => {
@@ -566,13 +519,8 @@ mod tests {
 
     #[test]
     fn overrides_apply_with_dotted_keys() {
-        let c = set(&[
-            "train.total_updates=7",
-            "train.seed=9",
-            "ppo.lr_actor=1e-3",
-            "ppo.anneal_lr=true",
-        ])
-        .expect("valid");
+        let c = set(&["train.total_updates=7", "train.seed=9", "ppo.lr_actor=1e-3", "ppo.anneal_lr=true"])
+            .expect("valid");
         assert_eq!(c.train.total_updates, 7);
         assert_eq!(c.train.seed, 9);
         assert_eq!(c.ppo.lr_actor, 1e-3);
@@ -615,8 +563,8 @@ mod tests {
 
     #[test]
     fn syntax_error_names_file_and_line() {
-        let e = Config::from_toml_str("[ppo]\nlr_actor = 1e-3\nclip_eps = = 2\n", "x.toml")
-            .expect_err("syntax");
+        let e =
+            Config::from_toml_str("[ppo]\nlr_actor = 1e-3\nclip_eps = = 2\n", "x.toml").expect_err("syntax");
         let msg = e.to_string();
         assert!(msg.contains("x.toml") && msg.contains("line 3"), "{msg}");
     }
@@ -630,14 +578,8 @@ mod tests {
 
     #[test]
     fn malformed_override_is_refused() {
-        assert!(matches!(
-            set(&["novalue"]),
-            Err(ConfigError::BadOverride { .. })
-        ));
-        assert!(matches!(
-            set(&["a..b=1"]),
-            Err(ConfigError::BadOverride { .. })
-        ));
+        assert!(matches!(set(&["novalue"]), Err(ConfigError::BadOverride { .. })));
+        assert!(matches!(set(&["a..b=1"]), Err(ConfigError::BadOverride { .. })));
         let e = set(&["ppo=3"]).expect_err("table replaced by value");
         assert!(e.to_string().contains("ppo"), "{e}");
     }
@@ -648,9 +590,7 @@ mod shipped_configs {
     use super::*;
 
     fn shipped(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../configs")
-            .join(name)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(name)
     }
 
     #[test]

@@ -20,12 +20,7 @@ impl Rng {
     /// A generator seeded from `seed`.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        let s = [
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-        ];
+        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
         Self { s }
     }
 
@@ -47,11 +42,7 @@ impl Rng {
     /// Restores a state saved with [`Rng::state`]. An all-zero state (never
     /// produced by [`Rng::new`]) is replaced by a fixed non-zero one.
     pub fn from_state(s: [u64; 4]) -> Self {
-        if s == [0; 4] {
-            Self::new(0)
-        } else {
-            Self { s }
-        }
+        if s == [0; 4] { Self::new(0) } else { Self { s } }
     }
 
     /// The next 64 random bits.
@@ -163,10 +154,7 @@ mod tests {
         let mut c = Rng::from_state(a.state());
         assert_eq!(a.next_u64(), c.next_u64());
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
-        assert_ne!(
-            Rng::derived(1, "env").next_u64(),
-            Rng::derived(1, "eval").next_u64()
-        );
+        assert_ne!(Rng::derived(1, "env").next_u64(), Rng::derived(1, "eval").next_u64());
     }
 
     #[test]
