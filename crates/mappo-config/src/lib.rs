@@ -336,6 +336,23 @@ impl Config {
             other => return Err(bad("env.kind", other, "one of: synthetic, text")),
         }
 
+        // Upper bounds keep sizes far from overflow and from absurd allocations.
+        let within = |key: &str, v: usize, min: usize, max: usize| {
+            if (min..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(key, v, &format!("must be an integer in [{min}, {max}]")))
+            }
+        };
+        within("env.embed_dim", self.env.embed_dim, 1, 1 << 16)?;
+        within("env.num_agents", self.env.num_agents, 2, 1 << 16)?;
+        within("model.hidden_dim", self.model.hidden_dim, 1, 1 << 16)?;
+        within("model.projection_dim", self.model.projection_dim, 0, 1 << 16)?;
+        within("ppo.epochs", self.ppo.epochs, 1, 1 << 16)?;
+        within("train.batch_size", self.train.batch_size, 1, 1 << 20)?;
+        within("train.rollout_len", self.train.rollout_len, 1, 1 << 16)?;
+        within("train.eval_prompts", self.train.eval_prompts, 1, 1 << 22)?;
+        within("train.threads", self.train.threads, 0, 1 << 10)?;
         at_least("env.embed_dim", self.env.embed_dim as u64, 1)?;
         at_least("env.num_agents", self.env.num_agents as u64, 2)?;
         non_negative("env.reward_noise", self.env.reward_noise)?;
@@ -363,7 +380,7 @@ impl Config {
         at_least("train.save_interval", t.save_interval, 1)?;
         at_least("train.log_interval", t.log_interval, 1)?;
         at_least("train.eval_prompts", t.eval_prompts as u64, 1)?;
-        if p.minibatches > t.batch_size * t.rollout_len {
+        if p.minibatches > t.batch_size.saturating_mul(t.rollout_len) {
             return Err(bad(
                 "ppo.minibatches",
                 p.minibatches,
