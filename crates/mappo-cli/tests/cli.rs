@@ -200,3 +200,93 @@ fn sigkill_mid_run_then_resume_is_bit_identical() {
     let b = std::fs::read(last_line(&o)).expect("read");
     assert_eq!(tensors(&a), tensors(&b), "killed and resumed run must end bit-identical");
 }
+
+#[test]
+fn truncated_checkpoint_and_resume_of_an_empty_run_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let o = train(&run, &["train.total_updates=20", "train.save_interval=10", "train.eval_interval=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(last_line(&o)).expect("read");
+    let cut = tmp.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let o = mappo(&["eval", "--checkpoint", cut.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cut.safetensors") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    let empty = tmp.path().join("empty-run");
+    std::fs::create_dir_all(empty.join("checkpoints")).expect("mkdir");
+    let o = mappo(&["train", "--quiet", "--resume", empty.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no checkpoint"), "{}", stderr(&o));
+}
+
+#[test]
+fn divergence_stops_with_the_update_named_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    // An absurd learning rate with no gradient clipping blows the weights up.
+    let o = train(
+        &run,
+        &[
+            "train.total_updates=200",
+            "train.save_interval=1",
+            "train.eval_interval=0",
+            "ppo.lr_actor=1e30",
+            "ppo.lr_critic=1e30",
+            "ppo.max_grad_norm=0",
+            "ppo.anneal_lr=false",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("diverged at update") && !err.contains("panicked"), "{err}");
+    // Every checkpoint on disk loads and evaluates.
+    for e in std::fs::read_dir(run.join("checkpoints")).expect("dir") {
+        let p = e.expect("entry").path();
+        let o = mappo(&["eval", "--checkpoint", p.to_str().expect("utf-8"), "--episodes", "10"]);
+        assert!(o.status.success(), "{}: {}", p.display(), stderr(&o));
+    }
+}
+
+#[test]
+fn sigint_writes_a_checkpoint_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(["train", "--quiet", "--out", run.to_str().expect("utf-8")])
+        .args(["--set", "train.total_updates=1000000", "--set", "train.eval_interval=0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until training is under way (the run directory has its config).
+    let t0 = std::time::Instant::now();
+    while !run.join("config.toml").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(ok.success());
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "clean exit after Ctrl-C: {}", stderr(&o));
+    let ckpt = last_line(&o);
+    assert!(ckpt.is_file(), "{ckpt:?}");
+    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+    let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--episodes", "10"]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn missing_model_and_bad_embed_input_are_clear_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"ok\"}\n").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(["embed", "--quiet", "--input", input.to_str().expect("utf-8")])
+        .env("MAPPO_MODEL_DIR", tmp.path().join("nowhere"))
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cargo xtask fetch-model"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+}
