@@ -102,11 +102,9 @@ impl EmbedError {
         match problem {
             files::FileProblem::Missing => EmbedError::MissingFile { path },
             files::FileProblem::Unreadable(source) => EmbedError::Io { path, source },
-            files::FileProblem::HashMismatch { expected, actual } => EmbedError::HashMismatch {
-                path,
-                expected: expected.to_string(),
-                actual,
-            },
+            files::FileProblem::HashMismatch { expected, actual } => {
+                EmbedError::HashMismatch { path, expected: expected.to_string(), actual }
+            }
         }
     }
 }
@@ -115,8 +113,7 @@ impl EmbedError {
 /// expected sha256. The error names the first bad file and the fix (`cargo xtask fetch-model`).
 pub fn verify_model_dir(dir: &Path) -> Result<(), EmbedError> {
     for file in &MODEL_FILES {
-        files::check_file(dir, file)
-            .map_err(|p| EmbedError::from_problem(dir.join(file.name), p))?;
+        files::check_file(dir, file).map_err(|p| EmbedError::from_problem(dir.join(file.name), p))?;
     }
     Ok(())
 }
@@ -128,10 +125,7 @@ fn read_verified(dir: &Path, file: &ModelFile) -> Result<Vec<u8>, EmbedError> {
         if e.kind() == std::io::ErrorKind::NotFound {
             EmbedError::MissingFile { path: path.clone() }
         } else {
-            EmbedError::Io {
-                path: path.clone(),
-                source: e,
-            }
+            EmbedError::Io { path: path.clone(), source: e }
         }
     })?;
     files::check_bytes(file, &bytes).map_err(|p| EmbedError::from_problem(path, p))?;
@@ -185,11 +179,11 @@ impl Embedder {
             path: model_dir.join(file.name),
             message,
         };
-        let config: bert::Config = serde_json::from_slice(&config_bytes)
-            .map_err(|e| invalid(&CONFIG_JSON, e.to_string()))?;
+        let config: bert::Config =
+            serde_json::from_slice(&config_bytes).map_err(|e| invalid(&CONFIG_JSON, e.to_string()))?;
 
-        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
-            .map_err(|e| invalid(&TOKENIZER_JSON, e.to_string()))?;
+        let mut tokenizer =
+            Tokenizer::from_bytes(&tokenizer_bytes).map_err(|e| invalid(&TOKENIZER_JSON, e.to_string()))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_SEQ_LEN,

@@ -66,11 +66,7 @@ fn normalise(row: &mut [f32]) {
 
 impl Env for SyntheticEnv {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            obs_dim: self.dim,
-            num_actions: self.num_agents,
-            num_envs: self.num_envs,
-        }
+        EnvSpec { obs_dim: self.dim, num_actions: self.num_agents, num_envs: self.num_envs }
     }
 
     fn device(&self) -> &Device {
@@ -87,11 +83,7 @@ impl Env for SyntheticEnv {
             }
         }
         self.has_prompts = true;
-        Ok(Tensor::from_slice(
-            &self.prompts,
-            (self.num_envs, d),
-            &self.device,
-        )?)
+        Ok(Tensor::from_slice(&self.prompts, (self.num_envs, d), &self.device)?)
     }
 
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError> {
@@ -99,25 +91,14 @@ impl Env for SyntheticEnv {
             return Err(EnvError::NotReset);
         }
         if actions.len() != self.num_envs {
-            return Err(EnvError::ActionCount {
-                expected: self.num_envs,
-                got: actions.len(),
-            });
+            return Err(EnvError::ActionCount { expected: self.num_envs, got: actions.len() });
         }
         let mut reward = Vec::with_capacity(self.num_envs);
         for (row, &a) in actions.iter().enumerate() {
             if a as usize >= self.num_agents {
-                return Err(EnvError::BadAction {
-                    row,
-                    action: a,
-                    num_actions: self.num_agents,
-                });
+                return Err(EnvError::BadAction { row, action: a, num_actions: self.num_agents });
             }
-            let noise = if self.noise > 0.0 {
-                self.noise * rng.normal() as f32
-            } else {
-                0.0
-            };
+            let noise = if self.noise > 0.0 { self.noise * rng.normal() as f32 } else { 0.0 };
             reward.push(self.cos[row * self.num_agents + a as usize] + noise);
         }
         self.has_prompts = false;
@@ -142,10 +123,7 @@ mod tests {
     use super::*;
 
     fn env(n: usize, noise: f64) -> SyntheticEnv {
-        let cfg = EnvConfig {
-            reward_noise: noise,
-            ..EnvConfig::default()
-        };
+        let cfg = EnvConfig { reward_noise: noise, ..EnvConfig::default() };
         SyntheticEnv::new(&cfg, n, 42, &Device::Cpu)
     }
 
@@ -183,12 +161,7 @@ mod tests {
         let exp = e.expected_rewards();
         let acts = vec![0u32; 4096];
         let s = e.step(&acts, &mut rng).expect("step");
-        let resid: Vec<f32> = s
-            .reward
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r - exp[i * 4])
-            .collect();
+        let resid: Vec<f32> = s.reward.iter().enumerate().map(|(i, r)| r - exp[i * 4]).collect();
         let sd = (resid.iter().map(|x| x * x).sum::<f32>() / 4096.0).sqrt();
         assert!((sd - 0.1).abs() < 0.01, "{sd}");
     }
@@ -199,13 +172,7 @@ mod tests {
         let mut rng = Rng::new(3);
         assert!(matches!(e.step(&[0, 0], &mut rng), Err(EnvError::NotReset)));
         e.reset(&mut rng).expect("reset");
-        assert!(matches!(
-            e.step(&[0], &mut rng),
-            Err(EnvError::ActionCount { .. })
-        ));
-        assert!(matches!(
-            e.step(&[0, 9], &mut rng),
-            Err(EnvError::BadAction { row: 1, .. })
-        ));
+        assert!(matches!(e.step(&[0], &mut rng), Err(EnvError::ActionCount { .. })));
+        assert!(matches!(e.step(&[0, 9], &mut rng), Err(EnvError::BadAction { row: 1, .. })));
     }
 }

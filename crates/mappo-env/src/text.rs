@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use mappo_config::{AgentSpec, Rng};
 use sha2::{Digest, Sha256};
 
-use crate::embed::{Embedder, EmbedError};
+use crate::embed::{EmbedError, Embedder};
 use crate::{Env, EnvError, EnvSpec, KnownRewards, Step};
 
 /// One prompt of a corpus.
@@ -41,12 +41,17 @@ pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, Env
     let index: HashMap<&str, usize> = agents.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let err = |problem: String| EnvError::Corpus { path: path.display().to_string(), line: Some(n + 1), problem };
+        let err = |problem: String| EnvError::Corpus {
+            path: path.display().to_string(),
+            line: Some(n + 1),
+            problem,
+        };
         let line = line.map_err(|e| err(format!("cannot read: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
         let text = match obj.get("text") {
             Some(serde_json::Value::String(s)) => s.clone(),
@@ -118,14 +123,12 @@ pub fn embed_cached(
     let t = embedder.embed_tensor_with_progress(texts, progress)?;
     let t = t.to_device(&Device::Cpu)?;
     let rows = t.flatten_all()?.to_vec1::<f32>()?;
-    if let Err(e) = std::fs::create_dir_all(cache_dir)
-        .and_then(|_| {
-            let tmp = cache_dir.join(format!(".{key}.tmp-{}", std::process::id()));
-            candle_core::safetensors::save(&HashMap::from([("embeddings".to_string(), t)]), &tmp)
-                .map_err(std::io::Error::other)?;
-            std::fs::rename(&tmp, &path)
-        })
-    {
+    if let Err(e) = std::fs::create_dir_all(cache_dir).and_then(|_| {
+        let tmp = cache_dir.join(format!(".{key}.tmp-{}", std::process::id()));
+        candle_core::safetensors::save(&HashMap::from([("embeddings".to_string(), t)]), &tmp)
+            .map_err(std::io::Error::other)?;
+        std::fs::rename(&tmp, &path)
+    }) {
         tracing::warn!("could not write the embedding cache {}: {e}", path.display());
     }
     Ok((rows, false))
@@ -230,7 +233,8 @@ impl DatasetEnv {
         let pos = (self.drawn % self.rows as u64) as usize;
         if self.pass.as_ref().is_none_or(|(p, _)| *p != pass) {
             let mut perm: Vec<u32> = (0..self.rows as u32).collect();
-            Rng::derived(self.seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15), "dataset-pass").shuffle(&mut perm);
+            Rng::derived(self.seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15), "dataset-pass")
+                .shuffle(&mut perm);
             self.pass = Some((pass, perm));
         }
         self.drawn += 1;
@@ -296,7 +300,10 @@ impl Env for DatasetEnv {
 impl KnownRewards for DatasetEnv {
     fn expected_rewards(&self) -> Vec<f32> {
         let a = self.num_actions;
-        self.current.iter().flat_map(|&i| self.expected[i as usize * a..(i as usize + 1) * a].iter().copied()).collect()
+        self.current
+            .iter()
+            .flat_map(|&i| self.expected[i as usize * a..(i as usize + 1) * a].iter().copied())
+            .collect()
     }
 }
 
@@ -311,7 +318,10 @@ mod tests {
     use super::*;
 
     fn agents() -> Vec<AgentSpec> {
-        ["code", "math"].iter().map(|n| AgentSpec { name: n.to_string(), description: String::new() }).collect()
+        ["code", "math"]
+            .iter()
+            .map(|n| AgentSpec { name: n.to_string(), description: String::new() })
+            .collect()
     }
 
     fn write(lines: &str) -> tempfile::NamedTempFile {
@@ -322,7 +332,9 @@ mod tests {
 
     #[test]
     fn corpus_parses_and_errors_name_file_and_line() {
-        let f = write("{\"text\": \"fix my loop\", \"label\": \"code\"}\n\n{\"text\": \"\"}\n{\"text\": \"2+2\", \"label\": \"math\"}\n");
+        let f = write(
+            "{\"text\": \"fix my loop\", \"label\": \"code\"}\n\n{\"text\": \"\"}\n{\"text\": \"2+2\", \"label\": \"math\"}\n",
+        );
         let c = load_corpus(f.path(), &agents()).expect("corpus");
         assert_eq!(c.len(), 3);
         assert_eq!(c[0].label, Some(0));
@@ -345,7 +357,8 @@ mod tests {
     #[test]
     fn dataset_env_walks_passes_and_resumes_from_its_state() {
         let obs: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        let expected: Vec<f32> = (0..10).flat_map(|i| [f32::from(i % 2 == 0), f32::from(i % 2 == 1)]).collect();
+        let expected: Vec<f32> =
+            (0..10).flat_map(|i| [f32::from(i % 2 == 0), f32::from(i % 2 == 1)]).collect();
         let mut env = DatasetEnv::new(&obs, 1, expected, 2, 4, 0.0, 3, &Device::Cpu).expect("env");
         let mut rng = Rng::new(0);
         let mut seen = Vec::new();

@@ -115,10 +115,9 @@ impl fmt::Display for FileProblem {
         match self {
             FileProblem::Missing => write!(f, "missing"),
             FileProblem::Unreadable(e) => write!(f, "unreadable: {e}"),
-            FileProblem::HashMismatch { expected, actual } => write!(
-                f,
-                "sha256 mismatch (expected {expected}, found {actual}): truncated or corrupt"
-            ),
+            FileProblem::HashMismatch { expected, actual } => {
+                write!(f, "sha256 mismatch (expected {expected}, found {actual}): truncated or corrupt")
+            }
         }
     }
 }
@@ -129,10 +128,7 @@ pub fn check_bytes(file: &ModelFile, bytes: &[u8]) -> Result<(), FileProblem> {
     if actual == file.sha256 {
         Ok(())
     } else {
-        Err(FileProblem::HashMismatch {
-            expected: file.sha256,
-            actual,
-        })
+        Err(FileProblem::HashMismatch { expected: file.sha256, actual })
     }
 }
 
@@ -141,10 +137,7 @@ pub fn check_file(dir: &Path, file: &ModelFile) -> Result<(), FileProblem> {
     let path = dir.join(file.name);
     match sha256_file(&path) {
         Ok(actual) if actual == file.sha256 => Ok(()),
-        Ok(actual) => Err(FileProblem::HashMismatch {
-            expected: file.sha256,
-            actual,
-        }),
+        Ok(actual) => Err(FileProblem::HashMismatch { expected: file.sha256, actual }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(FileProblem::Missing),
         Err(e) => Err(FileProblem::Unreadable(e)),
     }

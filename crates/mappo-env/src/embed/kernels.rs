@@ -10,9 +10,7 @@
 //! text `b` owning rows `offsets[b]..offsets[b + 1]` (so the gemms do no wasted work).
 //! Work is spread over rayon's global pool, the pool gemm uses too.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, InplaceOp1, InplaceOp2, Layout, Result, Shape,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, InplaceOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 fn input<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -70,12 +68,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
+    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
@@ -89,11 +82,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
-    let rest: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|x| (x - mean) * (x - mean))
-        .sum();
+    let rest: f32 = chunks.remainder().iter().map(|x| (x - mean) * (x - mean)).sum();
     for c in chunks {
         for l in 0..LANES {
             let d = c[l] - mean;
@@ -112,7 +101,7 @@ pub(crate) fn erf(x: f32) -> f32 {
     p = x2 * p + -2.101_024_1e-6;
     p = x2 * p + -5.692_506_4e-5;
     p = x2 * p + -7.349_906_3e-4;
-    p = x2 * p + -2.954_599_8e-3;
+    p = x2 * p + -2.954_6e-3;
     p = x2 * p + -1.609_603_3e-2;
     p *= x;
     let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
@@ -145,7 +134,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2^n from n's bits: t's mantissa holds 0x40_0000 + n.
     let pow2n = f32::from_bits((t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23);
@@ -205,21 +194,19 @@ impl CustomOp2 for Embed<'_> {
         }
         let mut out = vec![0f32; t * h];
         let rpt = rows_per_task(t);
-        out.par_chunks_mut(rpt * h)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (r, row) in chunk.chunks_exact_mut(h).enumerate() {
-                    let tok = c * rpt + r;
-                    let id = ids[tok] as usize;
-                    let pos = self.positions[tok] as usize;
-                    let w = &table[id * h..(id + 1) * h];
-                    let p = &self.pos_type[pos * h..(pos + 1) * h];
-                    for ((o, a), b) in row.iter_mut().zip(w).zip(p) {
-                        *o = a + b;
-                    }
-                    layer_norm_row(row, self.gamma, self.beta, self.eps);
+        out.par_chunks_mut(rpt * h).enumerate().for_each(|(c, chunk)| {
+            for (r, row) in chunk.chunks_exact_mut(h).enumerate() {
+                let tok = c * rpt + r;
+                let id = ids[tok] as usize;
+                let pos = self.positions[tok] as usize;
+                let w = &table[id * h..(id + 1) * h];
+                let p = &self.pos_type[pos * h..(pos + 1) * h];
+                for ((o, a), b) in row.iter_mut().zip(w).zip(p) {
+                    *o = a + b;
                 }
-            });
+                layer_norm_row(row, self.gamma, self.beta, self.eps);
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((t, h))))
     }
 }
@@ -268,59 +255,52 @@ impl CustomOp1 for Attention<'_> {
         let t = check_width(l, 3 * h, name)?;
         let qkv = input(s, l, name)?;
         if self.bias.len() != 3 * h {
-            candle_core::bail!(
-                "{name}: bias has {} values, expected {}",
-                self.bias.len(),
-                3 * h
-            );
+            candle_core::bail!("{name}: bias has {} values, expected {}", self.bias.len(), 3 * h);
         }
         check_offsets(self.offsets, t, name)?;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; t * h];
         let blocks = split_texts(&mut out, self.offsets, h);
-        blocks
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(b, text_out)| {
-                let (start, len) = (self.offsets[b], self.offsets[b + 1] - self.offsets[b]);
-                let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
-                let mut q = vec![0f32; d];
-                let mut k = vec![0f32; len * d];
-                let mut v = vec![0f32; len * d];
-                let mut scores = vec![0f32; len];
-                for head in 0..heads {
-                    let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
-                    for j in 0..len {
-                        let row = &rows[j * 3 * h..(j + 1) * 3 * h];
-                        for c in 0..d {
-                            k[j * d + c] = row[ko + c] + self.bias[ko + c];
-                            v[j * d + c] = row[vo + c] + self.bias[vo + c];
-                        }
+        blocks.into_par_iter().enumerate().for_each(|(b, text_out)| {
+            let (start, len) = (self.offsets[b], self.offsets[b + 1] - self.offsets[b]);
+            let rows = &qkv[start * 3 * h..(start + len) * 3 * h];
+            let mut q = vec![0f32; d];
+            let mut k = vec![0f32; len * d];
+            let mut v = vec![0f32; len * d];
+            let mut scores = vec![0f32; len];
+            for head in 0..heads {
+                let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
+                for j in 0..len {
+                    let row = &rows[j * 3 * h..(j + 1) * 3 * h];
+                    for c in 0..d {
+                        k[j * d + c] = row[ko + c] + self.bias[ko + c];
+                        v[j * d + c] = row[vo + c] + self.bias[vo + c];
                     }
-                    for i in 0..len {
-                        let row = &rows[i * 3 * h..(i + 1) * 3 * h];
-                        for c in 0..d {
-                            q[c] = (row[qo + c] + self.bias[qo + c]) * scale;
-                        }
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, s) in scores.iter_mut().enumerate() {
-                            *s = dot(&q, &k[j * d..(j + 1) * d]);
-                            max = max.max(*s);
-                        }
-                        for s in scores.iter_mut() {
-                            *s = exp(*s - max);
-                        }
-                        let inv = 1.0 / sum(&scores);
-                        let o = &mut text_out[i * h + head * d..i * h + (head + 1) * d];
-                        for (j, &p) in scores.iter().enumerate() {
-                            let p = p * inv;
-                            for (oc, vc) in o.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                                *oc += p * vc;
-                            }
+                }
+                for i in 0..len {
+                    let row = &rows[i * 3 * h..(i + 1) * 3 * h];
+                    for c in 0..d {
+                        q[c] = (row[qo + c] + self.bias[qo + c]) * scale;
+                    }
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        *s = dot(&q, &k[j * d..(j + 1) * d]);
+                        max = max.max(*s);
+                    }
+                    for s in scores.iter_mut() {
+                        *s = exp(*s - max);
+                    }
+                    let inv = 1.0 / sum(&scores);
+                    let o = &mut text_out[i * h + head * d..i * h + (head + 1) * d];
+                    for (j, &p) in scores.iter().enumerate() {
+                        let p = p * inv;
+                        for (oc, vc) in o.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                            *oc += p * vc;
                         }
                     }
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((t, h))))
     }
 }
@@ -364,13 +344,7 @@ impl InplaceOp2 for BiasResidualLayerNorm<'_> {
         "mappo-bert-bias-residual-layernorm"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let name = self.name();
         let w = self.bias.len();
         let t = check_width(l1, w, name)?;
@@ -380,16 +354,14 @@ impl InplaceOp2 for BiasResidualLayerNorm<'_> {
         let res = input(s2, l2, name)?;
         let x = input_mut(s1, l1, name)?;
         let rpt = rows_per_task(t);
-        x.par_chunks_mut(rpt * w)
-            .zip(res.par_chunks(rpt * w))
-            .for_each(|(xc, rc)| {
-                for (row, r) in xc.chunks_exact_mut(w).zip(rc.chunks_exact(w)) {
-                    for ((x, b), r) in row.iter_mut().zip(self.bias).zip(r) {
-                        *x += b + r;
-                    }
-                    layer_norm_row(row, self.gamma, self.beta, self.eps);
+        x.par_chunks_mut(rpt * w).zip(res.par_chunks(rpt * w)).for_each(|(xc, rc)| {
+            for (row, r) in xc.chunks_exact_mut(w).zip(rc.chunks_exact(w)) {
+                for ((x, b), r) in row.iter_mut().zip(self.bias).zip(r) {
+                    *x += b + r;
                 }
-            });
+                layer_norm_row(row, self.gamma, self.beta, self.eps);
+            }
+        });
         Ok(())
     }
 }
