@@ -290,3 +290,72 @@ fn missing_model_and_bad_embed_input_are_clear_errors() {
     assert!(stderr(&o).contains("cargo xtask fetch-model"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
 }
+
+#[test]
+fn bad_corpora_are_refused_with_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run = tmp.path().join("run");
+    let cfg = root.join("configs/prompts.toml");
+    let corpus = root.join("data/prompts.jsonl");
+    let cache = tmp.path().join("cache");
+    let o = mappo(&[
+        "train",
+        "--quiet",
+        "--config",
+        cfg.to_str().expect("utf-8"),
+        "--out",
+        run.to_str().expect("utf-8"),
+        "--set",
+        &format!("env.corpus={:?}", corpus.display().to_string()),
+        "--set",
+        &format!("env.cache_dir={:?}", cache.display().to_string()),
+        "--set",
+        "train.total_updates=5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = last_line(&o);
+    for (body, needle) in [
+        ("{\"text\": \"ok\", \"label\": \"code\"}\n{not json\n", "line 2"),
+        ("{\"label\": \"code\"}\n", "missing `text`"),
+        ("{\"text\": \"x\", \"label\": \"chef\"}\n", "`chef` is not an agent"),
+        ("", "empty"),
+    ] {
+        let bad = tmp.path().join("bad.jsonl");
+        std::fs::write(&bad, body).expect("write");
+        let o = mappo(&[
+            "eval",
+            "--quiet",
+            "--checkpoint",
+            ckpt.to_str().expect("utf-8"),
+            "--corpus",
+            bad.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{body}");
+        let err = stderr(&o);
+        assert!(err.contains("bad.jsonl") && err.contains(needle) && !err.contains("panicked"), "{err}");
+    }
+    // Empty, whitespace-only, non-ASCII and very long texts are valid input.
+    let odd = tmp.path().join("odd.jsonl");
+    let long = "word ".repeat(2000);
+    let lines = [
+        serde_json::json!({"text": "", "label": "code"}),
+        serde_json::json!({"text": "   \t ", "label": "math"}),
+        serde_json::json!({"text": "Ünïcödé ✓ 数学の問題 🚀", "label": "math"}),
+        serde_json::json!({"text": long, "label": "writing"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&odd, text).expect("write");
+    let o = mappo(&[
+        "eval",
+        "--quiet",
+        "--json",
+        "--checkpoint",
+        ckpt.to_str().expect("utf-8"),
+        "--corpus",
+        odd.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v["n"].as_u64(), Some(4));
+}
