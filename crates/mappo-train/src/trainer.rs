@@ -246,9 +246,15 @@ impl<E: Env, P: Policy> Trainer<E, P> {
     }
 
     /// The trainer's whole state as a checkpoint.
+    /// Refuses (with [`TrainError::NonFinite`]) weights that hold a NaN or an
+    /// infinity, so that a diverged state is never written.
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
         let mut tensors = std::collections::HashMap::new();
         for nv in self.policy.all_vars() {
+            let finite = nv.var.as_tensor().abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !finite.is_finite() {
+                return Err(TrainError::NonFinite { update: self.update, what: format!("weight `{}`", nv.name) });
+            }
             tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
         }
         let (a, sa) = self.actor.state("adam.actor")?;
