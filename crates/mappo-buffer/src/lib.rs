@@ -170,15 +170,7 @@ impl Rollout {
     pub fn push(&mut self, t: Transition<'_>) -> Result<(), BufferError> {
         let n = self.num_envs;
         let check = |field, got: usize| {
-            if got == n {
-                Ok(())
-            } else {
-                Err(BufferError::Length {
-                    field,
-                    got,
-                    expected: n,
-                })
-            }
+            if got == n { Ok(()) } else { Err(BufferError::Length { field, got, expected: n }) }
         };
         check("obs", t.obs.dims().first().copied().unwrap_or(0))?;
         check("actions", t.actions.len())?;
@@ -225,10 +217,7 @@ impl Rollout {
                 let (delta, carry) = if self.done[i] {
                     (self.rewards[i] - self.values[i], false)
                 } else if self.truncated[i] {
-                    (
-                        self.rewards[i] + gamma * self.truncated_values[i] - self.values[i],
-                        false,
-                    )
+                    (self.rewards[i] + gamma * self.truncated_values[i] - self.values[i], false)
                 } else {
                     let next_v = if t + 1 == steps {
                         *last_values.get(e).ok_or(BufferError::Length {
@@ -239,33 +228,19 @@ impl Rollout {
                     } else {
                         self.values[i + n]
                     };
-                    (
-                        self.rewards[i] + gamma * next_v - self.values[i],
-                        t + 1 < steps,
-                    )
+                    (self.rewards[i] + gamma * next_v - self.values[i], t + 1 < steps)
                 };
-                next_adv = if carry {
-                    delta + gamma * lambda * next_adv
-                } else {
-                    delta
-                };
+                next_adv = if carry { delta + gamma * lambda * next_adv } else { delta };
                 adv[i] = next_adv;
             }
         }
         let returns = adv.iter().zip(&self.values).map(|(a, v)| a + v).collect();
-        Ok(Gae {
-            advantages: adv,
-            returns,
-        })
+        Ok(Gae { advantages: adv, returns })
     }
 
     /// The whole rollout as one batch on `device`, advantages normalised if asked.
     pub fn batch(&self, gae: &Gae, normalise: bool, device: &Device) -> Result<Batch, BufferError> {
-        let obs = if self.obs.len() == 1 {
-            self.obs[0].clone()
-        } else {
-            Tensor::cat(&self.obs, 0)?
-        };
+        let obs = if self.obs.len() == 1 { self.obs[0].clone() } else { Tensor::cat(&self.obs, 0)? };
         self.make_batch(obs, None, gae, normalise, device)
     }
 
@@ -286,11 +261,7 @@ impl Rollout {
         if num_minibatches <= 1 {
             return Ok(vec![self.batch(gae, normalise, device)?]);
         }
-        let all_obs = if self.obs.len() == 1 {
-            self.obs[0].clone()
-        } else {
-            Tensor::cat(&self.obs, 0)?
-        };
+        let all_obs = if self.obs.len() == 1 { self.obs[0].clone() } else { Tensor::cat(&self.obs, 0)? };
         let mut idx: Vec<u32> = (0..n as u32).collect();
         rng.shuffle(&mut idx);
         let k = num_minibatches.min(n);
@@ -350,10 +321,7 @@ pub fn normalise_in_place(x: &mut [f32]) {
     }
     let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
     let var = if n > 1 {
-        x.iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / (n - 1) as f64
+        x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / (n - 1) as f64
     } else {
         0.0
     };
@@ -367,14 +335,7 @@ pub fn normalise_in_place(x: &mut [f32]) {
 mod tests {
     use super::*;
 
-    fn push(
-        r: &mut Rollout,
-        rewards: &[f32],
-        values: &[f32],
-        done: &[bool],
-        trunc: &[bool],
-        tv: &[f32],
-    ) {
+    fn push(r: &mut Rollout, rewards: &[f32], values: &[f32], done: &[bool], trunc: &[bool], tv: &[f32]) {
         let n = rewards.len();
         let obs = Tensor::zeros((n, 2), candle_core::DType::F32, &Device::Cpu).expect("obs");
         r.push(Transition {
@@ -400,14 +361,7 @@ mod tests {
     #[test]
     fn one_step_episodes_give_reward_minus_value() {
         let mut r = Rollout::new(3);
-        push(
-            &mut r,
-            &[1.0, 0.5, -0.2],
-            &[0.2, 0.5, 0.1],
-            &[true; 3],
-            &[false; 3],
-            &[],
-        );
+        push(&mut r, &[1.0, 0.5, -0.2], &[0.2, 0.5, 0.1], &[true; 3], &[false; 3], &[]);
         let g = r.gae(&[], 0.99, 0.95).expect("gae");
         close(&g.advantages, &[0.8, 0.0, -0.3]);
         close(&g.returns, &[1.0, 0.5, -0.2]);
@@ -437,28 +391,11 @@ mod tests {
             &[false, false, true],
             &[0.0, 0.0, 4.0],
         );
-        push(
-            &mut r,
-            &[0.0, 1.0, 0.0],
-            &[0.5, 0.5, 2.0],
-            &[false, true, false],
-            &[false; 3],
-            &[],
-        );
-        push(
-            &mut r,
-            &[1.0, 2.0, 0.0],
-            &[1.0, 1.0, 0.0],
-            &[false; 3],
-            &[false; 3],
-            &[],
-        );
+        push(&mut r, &[0.0, 1.0, 0.0], &[0.5, 0.5, 2.0], &[false, true, false], &[false; 3], &[]);
+        push(&mut r, &[1.0, 2.0, 0.0], &[1.0, 1.0, 0.0], &[false; 3], &[false; 3], &[]);
         let g = r.gae(&[2.0, 3.0, 1.0], 0.9, 0.5).expect("gae");
         // step-major: t0 (e0, e1, e2), t1 (...), t2 (...)
-        close(
-            &g.advantages,
-            &[1.9945, -0.325, 1.6, 1.21, 0.5, -1.595, 1.8, 3.7, 0.9],
-        );
+        close(&g.advantages, &[1.9945, -0.325, 1.6, 1.21, 0.5, -1.595, 1.8, 3.7, 0.9]);
         let v = [0.0, 1.0, 3.0, 0.5, 0.5, 2.0, 1.0, 1.0, 0.0];
         let want: Vec<f32> = g.advantages.iter().zip(v).map(|(a, v)| a + v).collect();
         close(&g.returns, &want);
@@ -486,17 +423,9 @@ mod tests {
         let rewards: Vec<f32> = (0..10).map(|i| i as f32).collect();
         push(&mut r, &rewards, &[0.0; 10], &[true; 10], &[false; 10], &[]);
         let g = r.gae(&[], 0.99, 0.95).expect("gae");
-        let mbs = r
-            .minibatches(&g, 3, false, &mut Rng::new(1), &Device::Cpu)
-            .expect("mb");
-        assert_eq!(
-            mbs.iter().map(|b| b.len()).collect::<Vec<_>>(),
-            vec![4, 3, 3]
-        );
-        assert_eq!(
-            mbs.iter().map(|b| b.obs.dims()[0]).collect::<Vec<_>>(),
-            vec![4, 3, 3]
-        );
+        let mbs = r.minibatches(&g, 3, false, &mut Rng::new(1), &Device::Cpu).expect("mb");
+        assert_eq!(mbs.iter().map(|b| b.len()).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(mbs.iter().map(|b| b.obs.dims()[0]).collect::<Vec<_>>(), vec![4, 3, 3]);
         let mut all: Vec<f32> = mbs.iter().flat_map(|b| b.returns.clone()).collect();
         assert_ne!(all, rewards, "shuffled");
         all.sort_by(f32::total_cmp);
@@ -517,13 +446,7 @@ mod tests {
             truncated: &[false, false],
             truncated_values: &[],
         });
-        assert!(matches!(
-            e,
-            Err(BufferError::Length {
-                field: "actions",
-                ..
-            })
-        ));
+        assert!(matches!(e, Err(BufferError::Length { field: "actions", .. })));
         assert!(matches!(r.gae(&[], 0.9, 0.9), Err(BufferError::Empty)));
     }
 }

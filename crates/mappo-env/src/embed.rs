@@ -151,6 +151,7 @@ pub struct Embedder {
     device: Device,
     batch_size: usize,
     max_batch_tokens: usize,
+    parallel_batches: usize,
     model_hash: String,
     timings: std::sync::Mutex<StageTimings>,
 }
@@ -207,6 +208,10 @@ impl Embedder {
             device: device.clone(),
             batch_size: DEFAULT_BATCH_SIZE,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            parallel_batches: std::env::var("MAPPO_PAR_BATCHES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
             model_hash,
             timings: std::sync::Mutex::new(StageTimings::default()),
         })
@@ -342,21 +347,37 @@ impl Embedder {
 
         let mut pooled = Vec::with_capacity(batches.len());
         let mut done = 0;
-        for chunk in batches {
+        // On the CPU, several batches run at once (one per thread, stealing work from each
+        // other inside the gemms): fewer fork-join barriers than parallelising each op alone.
+        let group = if self.device.is_cpu() { self.parallel_batches } else { 1 };
+        for group in batches.chunks(group.max(1)) {
             let t0 = Instant::now();
-            let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-            let batch = self.model.batch(&ids)?;
+            let prepared = group
+                .iter()
+                .map(|chunk| {
+                    let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+                    self.model.batch(&ids)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
             timings.tokenize += t0.elapsed();
 
             let t0 = Instant::now();
-            let hidden = self.model.encode(&batch)?;
+            let run = |batch: &bert::Batch| -> candle_core::Result<Tensor> {
+                let hidden = self.model.encode(batch)?;
+                self.model.pool(batch, &hidden)
+            };
+            let results: Vec<candle_core::Result<Tensor>> = if prepared.len() > 1 {
+                use rayon::prelude::*;
+                prepared.par_iter().map(run).collect()
+            } else {
+                prepared.iter().map(run).collect()
+            };
+            for r in results {
+                pooled.push(r?);
+            }
             timings.forward += t0.elapsed();
 
-            let t0 = Instant::now();
-            pooled.push(self.model.pool(&batch, &hidden)?);
-            timings.pool += t0.elapsed();
-
-            done += chunk.len();
+            done += group.iter().map(|c| c.len()).sum::<usize>();
             progress(done, n);
         }
 

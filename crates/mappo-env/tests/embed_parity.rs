@@ -158,3 +158,11 @@ fn corrupt_model_file_names_the_file_and_the_fix() {
     assert!(msg.contains("cargo xtask fetch-model"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The embedder can be shared across threads (e.g. behind an `Arc` in a server).
+#[test]
+fn embedder_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Embedder>();
+    check::<mappo_env::embed::EmbedError>();
+}

@@ -22,12 +22,7 @@ pub struct AdamSettings {
 
 impl Default for AdamSettings {
     fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 }
 
@@ -59,24 +54,14 @@ impl Adam {
             .map(|p| {
                 let moments = if p.var.device().is_cpu() {
                     let n = p.var.elem_count();
-                    Moments::Host {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    }
+                    Moments::Host { m: vec![0.0; n], v: vec![0.0; n] }
                 } else {
-                    Moments::Device {
-                        m: p.var.zeros_like()?,
-                        v: p.var.zeros_like()?,
-                    }
+                    Moments::Device { m: p.var.zeros_like()?, v: p.var.zeros_like()? }
                 };
                 Ok(Slot { param: p, moments })
             })
             .collect::<Result<Vec<_>, NnError>>()?;
-        Ok(Self {
-            slots,
-            settings,
-            step: 0,
-        })
+        Ok(Self { slots, settings, step: 0 })
     }
 
     /// The current learning rate.
@@ -101,22 +86,14 @@ impl Adam {
 
     /// The gradients of this optimizer's parameters present in `grads`.
     pub fn grads<'a>(&self, grads: &'a GradStore) -> Vec<&'a Tensor> {
-        self.slots
-            .iter()
-            .filter_map(|s| grads.get(s.param.var.as_tensor()))
-            .collect()
+        self.slots.iter().filter_map(|s| grads.get(s.param.var.as_tensor())).collect()
     }
 
     /// One Adam step with every gradient multiplied by `grad_scale` first (the
     /// global-norm clip factor). Parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<(), NnError> {
         self.step += 1;
-        let AdamSettings {
-            lr,
-            beta1,
-            beta2,
-            eps,
-        } = self.settings;
+        let AdamSettings { lr, beta1, beta2, eps } = self.settings;
         let t = self.step as i32;
         let bc1 = 1.0 - beta1.powi(t);
         let bc2 = 1.0 - beta2.powi(t);
@@ -131,25 +108,19 @@ impl Adam {
                     let mut p = slot.param.var.flatten_all()?.to_vec1::<f32>()?;
                     let (b1, b2, s) = (beta1 as f32, beta2 as f32, grad_scale as f32);
                     let (ss, bc2s, e) = (step_size as f32, bc2.sqrt() as f32, eps as f32);
-                    for (((pi, mi), vi), gi) in
-                        p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&g)
-                    {
+                    for (((pi, mi), vi), gi) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&g) {
                         let gi = gi * s;
                         *mi = b1 * *mi + (1.0 - b1) * gi;
                         *vi = b2 * *vi + (1.0 - b2) * gi * gi;
                         *pi -= ss * *mi / (vi.sqrt() / bc2s + e);
                     }
                     let shape = slot.param.var.shape().clone();
-                    slot.param
-                        .var
-                        .set(&Tensor::from_vec(p, shape, slot.param.var.device())?)?;
+                    slot.param.var.set(&Tensor::from_vec(p, shape, slot.param.var.device())?)?;
                 }
                 Moments::Device { m, v } => {
                     let g = g.affine(grad_scale, 0.0)?;
                     *m = m.affine(beta1, 0.0)?.add(&g.affine(1.0 - beta1, 0.0)?)?;
-                    *v = v
-                        .affine(beta2, 0.0)?
-                        .add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+                    *v = v.affine(beta2, 0.0)?.add(&g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
                     let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, eps)?;
                     let upd = m.div(&denom)?.affine(step_size, 0.0)?;
                     slot.param.var.set(&slot.param.var.as_tensor().sub(&upd)?)?;
@@ -168,10 +139,7 @@ impl Adam {
                 Moments::Host { m, v } => {
                     let shape = s.param.var.shape().clone();
                     let dev = s.param.var.device();
-                    (
-                        Tensor::from_slice(m, shape.clone(), dev)?,
-                        Tensor::from_slice(v, shape, dev)?,
-                    )
+                    (Tensor::from_slice(m, shape.clone(), dev)?, Tensor::from_slice(v, shape, dev)?)
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
@@ -191,8 +159,8 @@ impl Adam {
         for s in &mut self.slots {
             let mut fetch = |kind: &str| -> Result<Tensor, NnError> {
                 let name = format!("{prefix}.{kind}.{}", s.param.name);
-                let t = get(&name)
-                    .ok_or_else(|| NnError::StateMismatch(format!("missing tensor `{name}`")))?;
+                let t =
+                    get(&name).ok_or_else(|| NnError::StateMismatch(format!("missing tensor `{name}`")))?;
                 if t.shape() != s.param.var.shape() {
                     return Err(NnError::StateMismatch(format!(
                         "`{name}` has shape {:?}, the model needs {:?}",
@@ -200,8 +168,7 @@ impl Adam {
                         s.param.var.dims()
                     )));
                 }
-                Ok(t.to_device(s.param.var.device())?
-                    .to_dtype(candle_core::DType::F32)?)
+                Ok(t.to_device(s.param.var.device())?.to_dtype(candle_core::DType::F32)?)
             };
             let (m, v) = (fetch("m")?, fetch("v")?);
             s.moments = match s.moments {
@@ -230,11 +197,7 @@ pub fn global_grad_norm(grads: &[&Tensor]) -> Result<f64, NnError> {
         }
     }
     if !device_terms.is_empty() {
-        total += f64::from(
-            Tensor::stack(&device_terms, 0)?
-                .sum_all()?
-                .to_scalar::<f32>()?,
-        );
+        total += f64::from(Tensor::stack(&device_terms, 0)?.sum_all()?.to_scalar::<f32>()?);
     }
     Ok(total.sqrt())
 }
@@ -249,25 +212,11 @@ mod tests {
     fn matches_the_reference_formula_and_minimises() {
         let dev = Device::Cpu;
         let var = Var::new(&[1.0f32, -2.0, 3.0], &dev).expect("var");
-        let s = AdamSettings {
-            lr: 0.1,
-            ..Default::default()
-        };
-        let mut opt = Adam::new(
-            vec![NamedVar {
-                name: "x".into(),
-                var: var.clone(),
-            }],
-            s,
-        )
-        .expect("adam");
+        let s = AdamSettings { lr: 0.1, ..Default::default() };
+        let mut opt = Adam::new(vec![NamedVar { name: "x".into(), var: var.clone() }], s).expect("adam");
         let (mut p, mut m, mut v) = ([1.0f64, -2.0, 3.0], [0f64; 3], [0f64; 3]);
         for t in 1..=50 {
-            let loss = var
-                .as_tensor()
-                .sqr()
-                .and_then(|x| x.sum_all())
-                .expect("loss");
+            let loss = var.as_tensor().sqr().and_then(|x| x.sum_all()).expect("loss");
             let grads = loss.backward().expect("backward");
             opt.step(&grads, 0.5).expect("step");
             for i in 0..3 {
@@ -291,12 +240,7 @@ mod tests {
         let dev = Device::Cpu;
         let run = |split: bool| -> Vec<f32> {
             let var = Var::new(&[0.5f32, -1.5], &dev).expect("var");
-            let nv = || {
-                vec![NamedVar {
-                    name: "w".into(),
-                    var: var.clone(),
-                }]
-            };
+            let nv = || vec![NamedVar { name: "w".into(), var: var.clone() }];
             let mut opt = Adam::new(nv(), AdamSettings::default()).expect("adam");
             for i in 0..10 {
                 if split && i == 5 {
@@ -309,13 +253,8 @@ mod tests {
                         .expect("load");
                     opt = fresh;
                 }
-                let loss = var
-                    .as_tensor()
-                    .powf(4.0)
-                    .and_then(|x| x.sum_all())
-                    .expect("loss");
-                opt.step(&loss.backward().expect("grads"), 1.0)
-                    .expect("step");
+                let loss = var.as_tensor().powf(4.0).and_then(|x| x.sum_all()).expect("loss");
+                opt.step(&loss.backward().expect("grads"), 1.0).expect("step");
             }
             var.as_tensor().to_vec1().expect("host")
         };

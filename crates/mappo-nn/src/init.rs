@@ -11,15 +11,9 @@ pub fn orthogonal(rows: usize, cols: usize, gain: f64, rng: &mut Rng) -> Vec<f32
         return Vec::new();
     }
     // Work on the tall orientation: n vectors of length m with m >= n.
-    let (m, n) = if rows >= cols {
-        (rows, cols)
-    } else {
-        (cols, rows)
-    };
+    let (m, n) = if rows >= cols { (rows, cols) } else { (cols, rows) };
     // Columns of the tall matrix, each of length m.
-    let mut q: Vec<Vec<f64>> = (0..n)
-        .map(|_| (0..m).map(|_| rng.normal()).collect())
-        .collect();
+    let mut q: Vec<Vec<f64>> = (0..n).map(|_| (0..m).map(|_| rng.normal()).collect()).collect();
     // Modified Gram–Schmidt; sign(R_jj) > 0 by construction, which matches
     // torch's `q *= sign(diag(r))`.
     for j in 0..n {
@@ -81,11 +75,7 @@ mod tests {
             for i in 0..n {
                 for j in 0..n {
                     let want = if i == j { 4.0 } else { 0.0 };
-                    assert!(
-                        (g[i * n + j] - want).abs() < 1e-4,
-                        "{rows}x{cols} ({i},{j}) {}",
-                        g[i * n + j]
-                    );
+                    assert!((g[i * n + j] - want).abs() < 1e-4, "{rows}x{cols} ({i},{j}) {}", g[i * n + j]);
                 }
             }
         }
@@ -93,13 +83,7 @@ mod tests {
 
     #[test]
     fn seeded() {
-        assert_eq!(
-            orthogonal(8, 3, 1.0, &mut Rng::new(5)),
-            orthogonal(8, 3, 1.0, &mut Rng::new(5))
-        );
-        assert_ne!(
-            orthogonal(8, 3, 1.0, &mut Rng::new(5)),
-            orthogonal(8, 3, 1.0, &mut Rng::new(6))
-        );
+        assert_eq!(orthogonal(8, 3, 1.0, &mut Rng::new(5)), orthogonal(8, 3, 1.0, &mut Rng::new(5)));
+        assert_ne!(orthogonal(8, 3, 1.0, &mut Rng::new(5)), orthogonal(8, 3, 1.0, &mut Rng::new(6)));
     }
 }

@@ -85,14 +85,8 @@ impl Linear {
     }
 
     fn named(&self, prefix: &str, out: &mut Vec<NamedVar>) {
-        out.push(NamedVar {
-            name: format!("{prefix}.bias"),
-            var: self.bias.clone(),
-        });
-        out.push(NamedVar {
-            name: format!("{prefix}.weight"),
-            var: self.weight.clone(),
-        });
+        out.push(NamedVar { name: format!("{prefix}.bias"), var: self.bias.clone() });
+        out.push(NamedVar { name: format!("{prefix}.weight"), var: self.weight.clone() });
     }
 }
 
@@ -142,13 +136,7 @@ impl ActorCritic {
         ];
         let policy_head = Linear::orthogonal(h, num_actions, cfg.init_gain_policy, rng, device)?;
         let value_head = Linear::orthogonal(h, 1, cfg.init_gain_value, rng, device)?;
-        Ok(Self {
-            projection,
-            encoder,
-            policy_head,
-            value_head,
-            num_actions,
-        })
+        Ok(Self { projection, encoder, policy_head, value_head, num_actions })
     }
 
     /// The learned input projection, if any.
@@ -290,21 +278,12 @@ mod tests {
 
     #[test]
     fn projection_layer_is_first_and_in_the_actor_group() {
-        let cfg = ModelConfig {
-            projection_dim: 32,
-            ..ModelConfig::default()
-        };
+        let cfg = ModelConfig { projection_dim: 32, ..ModelConfig::default() };
         let net = ActorCritic::new(384, 10, &cfg, &mut Rng::new(2), &Device::Cpu).expect("net");
         let p = net.projection().expect("projection");
         assert_eq!(p.weight.dims(), &[32, 384]);
-        assert!(
-            net.actor_vars()
-                .iter()
-                .any(|n| n.name == "encoder.projection.weight")
-        );
-        let out = net
-            .forward(&Tensor::ones((3, 384), DType::F32, &Device::Cpu).expect("x"))
-            .expect("fwd");
+        assert!(net.actor_vars().iter().any(|n| n.name == "encoder.projection.weight"));
+        let out = net.forward(&Tensor::ones((3, 384), DType::F32, &Device::Cpu).expect("x")).expect("fwd");
         assert_eq!(out.logits.dims(), &[3, 10]);
     }
 
@@ -316,11 +295,7 @@ mod tests {
         for _ in 0..20_000 {
             let s = sample_actions(&logits, &mut rng, false).expect("sample");
             ones += s.actions[0];
-            let want = if s.actions[0] == 1 {
-                0.75f32.ln()
-            } else {
-                0.25f32.ln()
-            };
+            let want = if s.actions[0] == 1 { 0.75f32.ln() } else { 0.25f32.ln() };
             assert!((s.log_probs[0] - want).abs() < 1e-5);
         }
         assert!((f64::from(ones) / 20_000.0 - 0.75).abs() < 0.015, "{ones}");

@@ -253,7 +253,10 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         for nv in self.policy.all_vars() {
             let finite = nv.var.as_tensor().abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !finite.is_finite() {
-                return Err(TrainError::NonFinite { update: self.update, what: format!("weight `{}`", nv.name) });
+                return Err(TrainError::NonFinite {
+                    update: self.update,
+                    what: format!("weight `{}`", nv.name),
+                });
             }
             tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
         }

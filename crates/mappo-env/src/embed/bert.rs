@@ -163,6 +163,10 @@ pub struct Model {
     fused: bool,
 }
 
+/// From this many tokens in a batch's longest text on, the fused CPU path runs attention's
+/// two products as gemms; below it, as scalar loops (cheaper than per-head gemm calls).
+const GEMM_ATTENTION_MIN_LEN: usize = 48;
+
 struct Weights {
     map: HashMap<String, Tensor>,
     prefix: &'static str,
@@ -315,12 +319,7 @@ impl Model {
         )?;
         for layer in &self.layers {
             let qkv = layer.qkv.matmul(&x)?;
-            let ctx = qkv.apply_op1_no_bwd(&kernels::Attention {
-                bias: &layer.qkv.b_host,
-                offsets: &batch.offsets,
-                heads: self.heads,
-                head_dim: self.head_dim,
-            })?;
+            let ctx = self.attention_fused(&qkv, &layer.qkv.b_host, batch)?;
             let a = layer.attn_out.matmul(&ctx)?;
             a.inplace_op2(
                 &x,
@@ -346,6 +345,32 @@ impl Model {
             x = y;
         }
         Ok(x)
+    }
+
+    /// Attention on the packed q|k|v projection: scalar loops for short texts, gemms (with
+    /// padding) once the batch's longest text reaches [`GEMM_ATTENTION_MIN_LEN`] tokens.
+    fn attention_fused(&self, qkv: &Tensor, bias: &[f32], batch: &Batch) -> Result<Tensor> {
+        let offsets = &batch.offsets;
+        let longest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        if longest < GEMM_ATTENTION_MIN_LEN {
+            return qkv.apply_op1_no_bwd(&kernels::Attention {
+                bias,
+                offsets,
+                heads: self.heads,
+                head_dim: self.head_dim,
+            });
+        }
+        let split = qkv.apply_op1_no_bwd(&kernels::SplitHeads {
+            bias,
+            offsets,
+            seq_len: longest,
+            heads: self.heads,
+            head_dim: self.head_dim,
+        })?;
+        let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        scores.inplace_op1(&kernels::MaskedSoftmax { offsets })?;
+        scores.matmul(&v)?.apply_op1_no_bwd(&kernels::MergeHeads { offsets })
     }
 
     fn encode_generic(&self, batch: &Batch) -> Result<Tensor> {

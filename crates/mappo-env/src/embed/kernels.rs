@@ -305,6 +305,134 @@ impl CustomOp1 for Attention<'_> {
     }
 }
 
+/// For long texts: scatters the packed `[tokens, 3 * hidden]` q|k|v projection (plus its
+/// bias; q scaled by `1/sqrt(head_dim)`) into a zero-padded, head-major
+/// `[3, texts, heads, seq_len, head_dim]` tensor, so that the two attention products run as
+/// gemms (candle's matmul) instead of the scalar loops of [`Attention`].
+pub(crate) struct SplitHeads<'a> {
+    pub bias: &'a [f32],
+    pub offsets: &'a [usize],
+    pub seq_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl CustomOp1 for SplitHeads<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-split-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (heads, d, seq) = (self.heads, self.head_dim, self.seq_len);
+        let h = heads * d;
+        let t = check_width(l, 3 * h, name)?;
+        let qkv = input(s, l, name)?;
+        if self.bias.len() != 3 * h {
+            candle_core::bail!("{name}: bias has {} values, expected {}", self.bias.len(), 3 * h);
+        }
+        check_offsets(self.offsets, t, name)?;
+        let n = self.offsets.len() - 1;
+        if self.offsets.windows(2).any(|w| w[1] - w[0] > seq) {
+            candle_core::bail!("{name}: a text is longer than seq_len {seq}");
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; 3 * n * heads * seq * d];
+        // One block per (part, text, head): seq_len × head_dim.
+        out.par_chunks_mut(seq * d).enumerate().for_each(|(block, dst)| {
+            let head = block % heads;
+            let b = (block / heads) % n;
+            let part = block / (heads * n);
+            let (start, end) = (self.offsets[b], self.offsets[b + 1]);
+            let col = part * h + head * d;
+            let sc = if part == 0 { scale } else { 1.0 };
+            let bias = &self.bias[col..col + d];
+            for (i, row) in qkv[start * 3 * h..end * 3 * h].chunks_exact(3 * h).enumerate() {
+                for ((o, x), b) in dst[i * d..(i + 1) * d].iter_mut().zip(&row[col..col + d]).zip(bias) {
+                    *o = (x + b) * sc;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((3, n, heads, seq, d))))
+    }
+}
+
+/// In place on attention scores `[texts, heads, seq_len, seq_len]`: softmax over each text's
+/// real keys; padded keys and the rows of padded queries become 0.
+pub(crate) struct MaskedSoftmax<'a> {
+    pub offsets: &'a [usize],
+}
+
+impl InplaceOp1 for MaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let name = self.name();
+        let (n, heads, seq, seq2) = l.shape().dims4()?;
+        if seq != seq2 || n + 1 != self.offsets.len() {
+            candle_core::bail!("{name}: unexpected shape {:?}", l.shape());
+        }
+        let x = input_mut(s, l, name)?;
+        x.par_chunks_mut(seq * seq).enumerate().for_each(|(block, scores)| {
+            let b = block / heads;
+            let len = (self.offsets[b + 1] - self.offsets[b]).min(seq);
+            for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
+                let (real, pad) = row.split_at_mut(if i < len { len } else { 0 });
+                pad.fill(0.0);
+                if real.is_empty() {
+                    continue;
+                }
+                let max = real.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for v in real.iter_mut() {
+                    *v = exp(*v - max);
+                }
+                let inv = 1.0 / sum(real);
+                for v in real.iter_mut() {
+                    *v *= inv;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Gathers the attention context `[texts, heads, seq_len, head_dim]` back into the packed
+/// `[tokens, heads * head_dim]` layout.
+pub(crate) struct MergeHeads<'a> {
+    pub offsets: &'a [usize],
+}
+
+impl CustomOp1 for MergeHeads<'_> {
+    fn name(&self) -> &'static str {
+        "mappo-bert-merge-heads"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (n, heads, seq, d) = l.shape().dims4()?;
+        let ctx = input(s, l, name)?;
+        let t = *self.offsets.last().unwrap_or(&0);
+        check_offsets(self.offsets, t, name)?;
+        if n + 1 != self.offsets.len() || self.offsets.windows(2).any(|w| w[1] - w[0] > seq) {
+            candle_core::bail!("{name}: unexpected shape {:?}", l.shape());
+        }
+        let h = heads * d;
+        let mut out = vec![0f32; t * h];
+        let blocks = split_texts(&mut out, self.offsets, h);
+        blocks.into_par_iter().enumerate().for_each(|(b, text_out)| {
+            for (i, row) in text_out.chunks_exact_mut(h).enumerate() {
+                for head in 0..heads {
+                    let src = ((b * heads + head) * seq + i) * d;
+                    row[head * d..(head + 1) * d].copy_from_slice(&ctx[src..src + d]);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((t, h))))
+    }
+}
+
 /// In place: `x = gelu(x + bias)`.
 pub(crate) struct BiasGelu<'a> {
     pub bias: &'a [f32],
