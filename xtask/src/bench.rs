@@ -52,14 +52,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn run_mappo(bin: &Path, a: &Args, out: &Path) -> Result<(f64, Option<f64>)> {
     let mut cmd = Command::new(bin);
-    cmd.args(["train", "--quiet", "--log", "warn", "--out"])
-        .arg(out);
-    cmd.args([
-        "--set",
-        &format!("train.total_updates={}", a.updates),
-        "--set",
-        "train.eval_interval=0",
-    ]);
+    cmd.args(["train", "--quiet", "--log", "warn", "--out"]).arg(out);
+    cmd.args(["--set", &format!("train.total_updates={}", a.updates), "--set", "train.eval_interval=0"]);
     for s in &a.set {
         cmd.args(["--set", s]);
     }
@@ -69,9 +63,7 @@ fn run_mappo(bin: &Path, a: &Args, out: &Path) -> Result<(f64, Option<f64>)> {
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
-    let ms = summary["ms_per_update"]
-        .as_f64()
-        .context("summary.json has no ms_per_update")?;
+    let ms = summary["ms_per_update"].as_f64().context("summary.json has no ms_per_update")?;
     Ok((ms, summary["peak_rss_mib"].as_f64()))
 }
 
@@ -89,20 +81,12 @@ fn run_seed(py: &Path, a: &Args, ckpt: &Path) -> Result<f64> {
         .output()
         .with_context(|| format!("running {}", py.display()))?;
     let text = String::from_utf8_lossy(&o.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .with_context(|| {
-            format!(
-                "no RESULT line from the seed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            )
+    let line =
+        text.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).with_context(|| {
+            format!("no RESULT line from the seed: {}", String::from_utf8_lossy(&o.stderr))
         })?;
     let v: serde_json::Value = serde_json::from_str(line)?;
-    let ups = v["updates_per_s"]
-        .as_f64()
-        .context("RESULT has no updates_per_s")?;
+    let ups = v["updates_per_s"].as_f64().context("RESULT has no updates_per_s")?;
     Ok(1000.0 / ups)
 }
 
@@ -131,11 +115,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     let m = median(&mut ours.clone());
-    let s = if seed.is_empty() {
-        None
-    } else {
-        Some(median(&mut seed.clone()))
-    };
+    let s = if seed.is_empty() { None } else { Some(median(&mut seed.clone())) };
     let ratio = s.map(|s| s / m);
     if a.json {
         let v = serde_json::json!({

@@ -48,10 +48,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     match a.dataset.as_str() {
         "clinc150" => clinc150(&a),
-        other => bail!(
-            "unknown data set {other:?}; supported: {}",
-            SUPPORTED.join(", ")
-        ),
+        other => bail!("unknown data set {other:?}; supported: {}", SUPPORTED.join(", ")),
     }
 }
 
@@ -74,10 +71,7 @@ fn clinc150(a: &Args) -> Result<()> {
     if !from.is_dir() {
         bail!("--from {}: not a directory", from.display());
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("data").join("clinc150"));
+    let out = a.out.clone().unwrap_or_else(|| workspace_root().join("data").join("clinc150"));
 
     let bases = [from.clone(), from.join("data")];
     let source = bases
@@ -96,10 +90,7 @@ fn clinc150(a: &Args) -> Result<()> {
         .chain(bases.iter().map(|b| b.join(CLINC_DOMAINS)))
         .find(|p| p.is_file())
         .with_context(|| {
-            format!(
-                "{}: {CLINC_DOMAINS} not found (it maps each intent to its domain)",
-                source_dir.display()
-            )
+            format!("{}: {CLINC_DOMAINS} not found (it maps each intent to its domain)", source_dir.display())
         })?;
 
     eprintln!("source:  {}", source.display());
@@ -145,9 +136,7 @@ struct Domains {
 
 impl Domains {
     fn parse(v: &Value) -> Result<Self> {
-        let obj = v
-            .as_object()
-            .context("expected an object mapping each domain to a list of intents")?;
+        let obj = v.as_object().context("expected an object mapping each domain to a list of intents")?;
         if obj.is_empty() {
             bail!("no domains");
         }
@@ -167,10 +156,7 @@ impl Domains {
             }
             names.push(domain.clone());
         }
-        Ok(Self {
-            names,
-            intent_to_domain,
-        })
+        Ok(Self { names, intent_to_domain })
     }
 }
 
@@ -185,9 +171,7 @@ struct Split {
 /// Convert a CLINC150 source object (keys `train`, `val`, optionally `test`, and their `oos_`
 /// twins) into labelled splits. Unknown intents are an error naming them.
 fn convert(source: &Value, domains: &Domains) -> Result<Vec<Split>> {
-    let obj = source
-        .as_object()
-        .context("expected an object with keys train, val (and optionally test)")?;
+    let obj = source.as_object().context("expected an object with keys train, val (and optionally test)")?;
     let mut splits = Vec::new();
     // Unknown intent → (rows, first place seen).
     let mut unknown: BTreeMap<String, (usize, String)> = BTreeMap::new();
@@ -201,11 +185,7 @@ fn convert(source: &Value, domains: &Domains) -> Result<Vec<Split>> {
             }
             continue;
         };
-        let mut split = Split {
-            name,
-            rows: Vec::new(),
-            oos_dropped: 0,
-        };
+        let mut split = Split { name, rows: Vec::new(), oos_dropped: 0 };
         for (i, row) in as_rows(rows, name)?.iter().enumerate() {
             let (text, intent) = parse_row(row).with_context(|| format!("{name}[{i}]"))?;
             if intent == OOS_INTENT {
@@ -213,10 +193,7 @@ fn convert(source: &Value, domains: &Domains) -> Result<Vec<Split>> {
             } else if let Some(domain) = domains.intent_to_domain.get(intent) {
                 split.rows.push((text.to_owned(), domain.clone()));
             } else {
-                unknown
-                    .entry(intent.to_owned())
-                    .or_insert_with(|| (0, format!("{name}[{i}]")))
-                    .0 += 1;
+                unknown.entry(intent.to_owned()).or_insert_with(|| (0, format!("{name}[{i}]"))).0 += 1;
             }
         }
         let oos_key = format!("oos_{name}");
@@ -237,18 +214,13 @@ fn convert(source: &Value, domains: &Domains) -> Result<Vec<Split>> {
                 format!("{intent:?} ({n} {rows}, first at {first})")
             })
             .collect();
-        bail!(
-            "{} intent(s) not found in {CLINC_DOMAINS}: {}",
-            unknown.len(),
-            list.join(", ")
-        );
+        bail!("{} intent(s) not found in {CLINC_DOMAINS}: {}", unknown.len(), list.join(", "));
     }
     Ok(splits)
 }
 
 fn as_rows<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
-    v.as_array()
-        .with_context(|| format!("{key}: expected a list of [utterance, intent] rows"))
+    v.as_array().with_context(|| format!("{key}: expected a list of [utterance, intent] rows"))
 }
 
 fn parse_row(row: &Value) -> Result<(&str, &str)> {
@@ -282,8 +254,7 @@ fn write_if_changed(path: &Path, content: &str) -> Result<&'static str> {
     tmp.write_all(content.as_bytes())
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok("written")
 }
 
@@ -296,13 +267,7 @@ fn print_counts(splits: &[Split], domains: &Domains) {
         }
         counts.push(m);
     }
-    let width = domains
-        .names
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = domains.names.iter().map(String::len).max().unwrap_or(6).max(6);
     print!("{:width$}", "domain");
     for s in splits {
         print!(" {:>7}", s.name);
@@ -360,10 +325,7 @@ mod tests {
         );
         assert_eq!(splits[0].oos_dropped, 1);
         assert_eq!(splits[1].name, "val");
-        assert_eq!(
-            splits[1].rows,
-            vec![("send 5 dollars to sam".to_owned(), "banking".to_owned())]
-        );
+        assert_eq!(splits[1].rows, vec![("send 5 dollars to sam".to_owned(), "banking".to_owned())]);
         assert_eq!(splits[1].oos_dropped, 3);
     }
 
@@ -389,10 +351,7 @@ mod tests {
             "val": [],
         });
         let err = format!("{:#}", convert(&src, &domains()).unwrap_err());
-        assert!(
-            err.contains("\"order_pizza\" (2 rows, first at train[1])"),
-            "{err}"
-        );
+        assert!(err.contains("\"order_pizza\" (2 rows, first at train[1])"), "{err}");
         assert!(err.contains("domains.json"), "{err}");
     }
 
@@ -410,22 +369,14 @@ mod tests {
     #[test]
     fn jsonl_lines_have_text_then_label_and_escape() {
         let s = to_jsonl(&[("say \"hi\"\n".to_owned(), "small_talk".to_owned())]);
-        assert_eq!(
-            s,
-            "{\"text\": \"say \\\"hi\\\"\\n\", \"label\": \"small_talk\"}\n"
-        );
+        assert_eq!(s, "{\"text\": \"say \\\"hi\\\"\\n\", \"label\": \"small_talk\"}\n");
         let v: Value = serde_json::from_str(s.trim_end()).unwrap();
         assert_eq!(v["text"], "say \"hi\"\n");
     }
 
     #[test]
     fn unknown_dataset_lists_supported_names() {
-        let err = run(Args {
-            dataset: "mnist".into(),
-            from: None,
-            out: None,
-        })
-        .unwrap_err();
+        let err = run(Args { dataset: "mnist".into(), from: None, out: None }).unwrap_err();
         assert!(err.to_string().contains("supported: clinc150"), "{err}");
     }
 
@@ -437,10 +388,6 @@ mod tests {
         assert_eq!(write_if_changed(&p, "a\n").unwrap(), "unchanged");
         assert_eq!(write_if_changed(&p, "b\n").unwrap(), "written");
         assert_eq!(fs::read_to_string(&p).unwrap(), "b\n");
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temporary left"
-        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }
 }

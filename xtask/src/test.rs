@@ -14,9 +14,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(&a.cargo_args)
