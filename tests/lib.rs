@@ -61,3 +61,15 @@ pub fn metrics_without_time(run_dir: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// An observer that raises the stop flag after update `.0` (simulates Ctrl-C).
+#[derive(Debug)]
+pub struct StopAt(pub u64, pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl mappo_train::Observer for StopAt {
+    fn on_update(&mut self, m: &mappo_train::UpdateMetrics, _: f64) {
+        if m.update == self.0 {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}

@@ -2,13 +2,13 @@
 //! (`cargo xtask fetch-model`; `cargo xtask test` does it first).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 use mappo_config::Config;
 use mappo_nn::Policy;
-use mappo_tests::{assert_checkpoints_identical, metrics_without_time};
-use mappo_train::{NoObserver, Observer, RunOptions, TextSetup, UpdateMetrics, run};
+use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time};
+use mappo_train::{NoObserver, RunOptions, TextSetup, run};
 
 fn config(updates: u64, cache: &std::path::Path) -> Config {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -67,15 +67,6 @@ fn routes_the_prompt_corpus_and_trains_the_projection() {
     for x in &routed {
         assert!((x.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
         assert_eq!(x.agent, router.agents()[x.agent_index]);
-    }
-}
-
-struct StopAt(u64, Arc<AtomicBool>);
-impl Observer for StopAt {
-    fn on_update(&mut self, m: &UpdateMetrics, _: f64) {
-        if m.update == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
     }
 }
 

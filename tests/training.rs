@@ -2,11 +2,11 @@
 //! resume bit-identity, the shared encoder being trained.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use mappo_nn::Policy;
-use mappo_tests::{assert_checkpoints_identical, metrics_without_time, small_config};
-use mappo_train::{NoObserver, Observer, RunOptions, SyntheticSetup, UpdateMetrics, run};
+use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time, small_config};
+use mappo_train::{NoObserver, RunOptions, SyntheticSetup, run};
 
 fn weights(p: &impl Policy, name: &str) -> Vec<f32> {
     let v = p.all_vars().into_iter().find(|v| v.name == name).expect("param");
@@ -52,15 +52,6 @@ fn same_seed_same_run_bit_for_bit_and_another_seed_differs() {
     let (_dc, c) = go(8);
     let result = std::panic::catch_unwind(|| assert_checkpoints_identical(&a, &c));
     assert!(result.is_err(), "a different seed must give a different run");
-}
-
-struct StopAt(u64, Arc<AtomicBool>);
-impl Observer for StopAt {
-    fn on_update(&mut self, m: &UpdateMetrics, _: f64) {
-        if m.update == self.0 {
-            self.1.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 #[test]

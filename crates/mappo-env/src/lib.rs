@@ -53,6 +53,14 @@ pub struct Step {
     pub final_obs: Option<Tensor>,
 }
 
+impl Step {
+    /// A step that ends every row's episode (one-step bandit episodes).
+    pub fn all_done(reward: Vec<f32>) -> Self {
+        let n = reward.len();
+        Self { reward, done: vec![true; n], truncated: vec![false; n], next_obs: None, final_obs: None }
+    }
+}
+
 /// A batched environment.
 pub trait Env {
     /// The environment's sizes.

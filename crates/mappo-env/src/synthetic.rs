@@ -102,13 +102,7 @@ impl Env for SyntheticEnv {
             reward.push(self.cos[row * self.num_agents + a as usize] + noise);
         }
         self.has_prompts = false;
-        Ok(Step {
-            reward,
-            done: vec![true; self.num_envs],
-            truncated: vec![false; self.num_envs],
-            next_obs: None,
-            final_obs: None,
-        })
+        Ok(Step::all_done(reward))
     }
 }
 

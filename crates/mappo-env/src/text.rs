@@ -273,13 +273,7 @@ impl Env for DatasetEnv {
             reward.push(self.expected[i as usize * self.num_actions + a as usize] + noise);
         }
         self.current.clear();
-        Ok(Step {
-            reward,
-            done: vec![true; self.num_envs],
-            truncated: vec![false; self.num_envs],
-            next_obs: None,
-            final_obs: None,
-        })
+        Ok(Step::all_done(reward))
     }
 
     fn state(&self) -> Vec<u64> {
