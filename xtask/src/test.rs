@@ -14,6 +14,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // The install step a fresh machine needs: the model the embedding tests load. A no-op
+    // (after checking the sha256 of each file) when it is already there.
+    crate::fetch_model::run(crate::fetch_model::Args::default()).context("fetching the model")?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
