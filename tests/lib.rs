@@ -6,9 +6,11 @@ use candle_core::Device;
 use mappo_config::Config;
 use mappo_train::Checkpoint;
 
-/// A small but real training config.
+/// A small but real training config, on the CPU (where runs are bit-reproducible)
+/// whatever the build's features.
 pub fn small_config(updates: u64, extra: &[&str]) -> Config {
     let mut sets: Vec<String> = vec![
+        "train.device=cpu".into(),
         format!("train.total_updates={updates}"),
         "train.save_interval=25".into(),
         "train.log_interval=5".into(),

@@ -83,8 +83,9 @@ struct EvalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Labelled corpus (JSON lines) for a text-env checkpoint: reports accuracy,
     /// per-agent precision and recall and the confusion matrix.
@@ -103,8 +104,9 @@ struct RouteArgs {
     /// One JSON object per text (index, name, probabilities) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Texts to route; read one per line from stdin when none are given.
     texts: Vec<String>,
@@ -121,8 +123,9 @@ struct EmbedArgs {
     /// Directory of all-MiniLM-L6-v2 (default: $MAPPO_MODEL_DIR or the user cache).
     #[arg(long)]
     model_dir: Option<PathBuf>,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// No progress bar.
     #[arg(long)]

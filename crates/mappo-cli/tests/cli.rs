@@ -359,3 +359,41 @@ fn bad_corpora_are_refused_with_file_and_line() {
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
     assert_eq!(v["n"].as_u64(), Some(4));
 }
+
+#[test]
+fn device_auto_says_what_it_chose_and_explicit_cuda_never_falls_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let run = run.to_str().expect("utf-8");
+    let sets = ["--set", "train.total_updates=2", "--set", "train.eval_interval=0"];
+    let mut args = vec!["train", "--quiet", "--device", "auto", "--out", run];
+    args.extend(sets);
+    let o = mappo(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if cfg!(feature = "cuda") {
+        assert!(
+            stderr(&o).contains("device cuda:0") || stderr(&o).contains("no GPU answered"),
+            "{}",
+            stderr(&o)
+        );
+    } else {
+        assert!(
+            stderr(&o).contains("device cpu: this binary was built without the `cuda` feature"),
+            "{}",
+            stderr(&o)
+        );
+        // An explicit CUDA device is an error, not a silent CPU run.
+        for dev in ["cuda", "cuda:1"] {
+            let mut args = vec!["train", "--quiet", "--device", dev, "--out", run];
+            args.extend(sets);
+            let o = mappo(&args);
+            assert_eq!(o.status.code(), Some(1), "{dev}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert!(err.contains(&format!("device `{dev}`")) && err.contains("`cuda` feature"), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let o = mappo(&["train", "--quiet", "--device", "tpu", "--out", run]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train.device") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+}

@@ -225,7 +225,8 @@ pub struct TrainConfig {
     pub eval_prompts: usize,
     /// Seed of every random draw of the run. Default 42.
     pub seed: u64,
-    /// Device: `cpu` (default), `auto` or `cuda:N`.
+    /// Device: `auto` (default: CUDA when built with the `cuda` feature and a GPU
+    /// answers, else the CPU), `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// CPU threads for candle's matrix products (0 = candle's default, all
     /// cores). Default 1: for the small default network, splitting each
@@ -246,7 +247,7 @@ impl Default for TrainConfig {
             eval_interval: 50,
             eval_prompts: 4096,
             seed: 42,
-            device: "cpu".into(),
+            device: "auto".into(),
             threads: 1,
         }
     }

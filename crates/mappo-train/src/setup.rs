@@ -12,27 +12,52 @@ use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, load_p
 
 /// Resolves `cpu`, `auto`, `cuda` or `cuda:N` to a device, with a sentence
 /// saying which was chosen and why.
+///
+/// `auto` picks `cuda:0` when this binary was built with the `cuda` feature and
+/// a GPU answers, else the CPU; candle's `Device::cuda_if_available` returns an
+/// error in the second case instead of falling back, so it is not used. An
+/// explicit `cuda`/`cuda:N` never falls back: it is an error when no GPU answers.
 pub fn select_device(spec: &str) -> Result<(Device, String), TrainError> {
-    let cuda = |n: usize| {
-        Device::new_cuda(n).map_err(|e| TrainError::Device { spec: spec.into(), reason: e.to_string() })
+    resolve_device(spec, candle_core::utils::cuda_is_available(), |n| {
+        Device::new_cuda(n).map_err(|e| e.to_string())
+    })
+}
+
+/// The decision behind [`select_device`], with the build's CUDA support and the
+/// GPU opener passed in so that every branch can be tested on any machine.
+pub(crate) fn resolve_device(
+    spec: &str,
+    built_with_cuda: bool,
+    open_cuda: impl Fn(usize) -> Result<Device, String>,
+) -> Result<(Device, String), TrainError> {
+    let explicit = |n: usize| {
+        if !built_with_cuda {
+            return Err(TrainError::Device {
+                spec: spec.into(),
+                reason: "this binary was built without the `cuda` feature (build it with \
+                         `cargo xtask build-cuda`, or use `auto` or `cpu`)"
+                    .into(),
+            });
+        }
+        open_cuda(n).map_err(|reason| TrainError::Device { spec: spec.into(), reason })
     };
-    match spec {
+    match spec.trim() {
         "cpu" => Ok((Device::Cpu, "cpu: as configured".into())),
         "auto" => {
-            if !candle_core::utils::cuda_is_available() {
+            if !built_with_cuda {
                 return Ok((Device::Cpu, "cpu: this binary was built without the `cuda` feature".into()));
             }
-            match Device::new_cuda(0) {
+            match open_cuda(0) {
                 Ok(d) => Ok((d, "cuda:0: built with `cuda` and a GPU answered".into())),
                 Err(e) => Ok((Device::Cpu, format!("cpu: built with `cuda` but no GPU answered ({e})"))),
             }
         }
-        "cuda" => Ok((cuda(0)?, "cuda:0: as configured".into())),
+        "cuda" => Ok((explicit(0)?, "cuda:0: as configured".into())),
         s => {
             let n = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| {
                 TrainError::Device { spec: s.into(), reason: "expected auto, cpu, cuda or cuda:N".into() }
             })?;
-            Ok((cuda(n)?, format!("cuda:{n}: as configured")))
+            Ok((explicit(n)?, format!("cuda:{n}: as configured")))
         }
     }
 }
@@ -99,4 +124,86 @@ pub fn evaluate_checkpoint_synthetic(
     let policy = load_checkpoint_policy(&ckpt, path, cfg.env.embed_dim, device)?;
     let evaluator = GreedyEvaluator::new(&mut env, &mut Rng::derived(eval_seed, "fresh-eval"))?;
     evaluator.evaluate(&policy)
+}
+
+#[cfg(test)]
+mod device_tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn no_gpu(_: usize) -> Result<Device, String> {
+        Err("CUDA_ERROR_NO_DEVICE".into())
+    }
+
+    #[test]
+    fn auto_without_the_feature_is_the_cpu_and_says_why() {
+        let opened = RefCell::new(Vec::new());
+        let (d, why) = resolve_device("auto", false, |n| {
+            opened.borrow_mut().push(n);
+            Ok(Device::Cpu)
+        })
+        .expect("auto never fails");
+        assert!(d.is_cpu());
+        assert!(why.contains("without the `cuda` feature"), "{why}");
+        assert!(opened.borrow().is_empty(), "must not try a GPU in a CPU-only build");
+    }
+
+    #[test]
+    fn auto_with_the_feature_but_no_gpu_falls_back_and_quotes_the_error() {
+        let (d, why) = resolve_device("auto", true, no_gpu).expect("auto never fails");
+        assert!(d.is_cpu());
+        assert!(why.starts_with("cpu:") && why.contains("CUDA_ERROR_NO_DEVICE"), "{why}");
+    }
+
+    #[test]
+    fn auto_with_a_gpu_takes_gpu_zero() {
+        let opened = RefCell::new(Vec::new());
+        let (_, why) = resolve_device("auto", true, |n| {
+            opened.borrow_mut().push(n);
+            Ok(Device::Cpu) // stands in for the GPU handle
+        })
+        .expect("gpu answered");
+        assert_eq!(*opened.borrow(), vec![0]);
+        assert!(why.starts_with("cuda:0"), "{why}");
+    }
+
+    #[test]
+    fn explicit_cuda_never_falls_back() {
+        for spec in ["cuda", "cuda:1"] {
+            let err = resolve_device(spec, true, no_gpu).expect_err("no GPU must be an error").to_string();
+            assert!(err.contains(spec) && err.contains("CUDA_ERROR_NO_DEVICE"), "{err}");
+            let err = resolve_device(spec, false, no_gpu).expect_err("CPU-only build").to_string();
+            assert!(err.contains("without the `cuda` feature"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cuda_n_opens_that_ordinal_and_bad_specs_are_errors() {
+        let opened = RefCell::new(Vec::new());
+        let (_, why) = resolve_device("cuda:3", true, |n| {
+            opened.borrow_mut().push(n);
+            Ok(Device::Cpu)
+        })
+        .expect("gpu 3 answered");
+        assert_eq!(*opened.borrow(), vec![3]);
+        assert!(why.starts_with("cuda:3"), "{why}");
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", ""] {
+            let err = resolve_device(bad, true, no_gpu).expect_err(bad).to_string();
+            assert!(err.contains("expected auto, cpu, cuda or cuda:N"), "{bad}: {err}");
+        }
+    }
+
+    /// The real entry point in this build: without the feature `auto` is the
+    /// CPU; with it, `auto` still succeeds whether or not a GPU is present.
+    #[test]
+    fn select_device_auto_always_succeeds() {
+        let (d, why) = select_device("auto").expect("auto never fails");
+        if cfg!(feature = "cuda") {
+            assert!(d.is_cuda() == why.starts_with("cuda:0"), "{why}");
+        } else {
+            assert!(d.is_cpu() && why.contains("without the `cuda` feature"), "{why}");
+        }
+        assert!(select_device("cpu").expect("cpu").0.is_cpu());
+    }
 }
