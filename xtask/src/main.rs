@@ -1,8 +1,9 @@
-//! `cargo xtask`: project automation (fetch-model, fetch-data, bench).
+//! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, build-cuda).
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod build_cuda;
 mod fetch_data;
 mod fetch_model;
 mod test;
@@ -23,6 +24,9 @@ enum Cmd {
     /// Measure training speed (ms per update, release build), optionally side by side with the
     /// seed's Python program.
     Bench(bench::Args),
+    /// Build the CUDA binary (and with --tests the GPU tests) on a machine without a GPU: the
+    /// CUDA 13.0 toolchain from pinned PyPI wheels, CUDA_COMPUTE_CAP=90; output in target/cuda/dist.
+    BuildCuda(build_cuda::Args),
     /// Convert a public data set into data/<name>/{train,val,test}.jsonl.
     FetchData(fetch_data::Args),
 }
@@ -34,5 +38,6 @@ fn main() -> Result<()> {
         Cmd::FetchData(a) => fetch_data::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Test(a) => test::run(a),
+        Cmd::BuildCuda(a) => build_cuda::run(a),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p mappo-env --example embed_bench -- [--batch-size N] [--repeat R]
-//!     [--baseline] [--generic] [--concat K] [--data PATH] [--model-dir DIR]
+//!     [--baseline] [--generic] [--concat K] [--data PATH] [--model-dir DIR] [--device cpu|cuda[:N]]
 //! ```
 //! Prints texts/s per run with the time spent tokenizing, in the encoder (with pooling) and
 //! restoring the order, and the CPU time used. `--baseline` interleaves each run with the
@@ -34,6 +34,7 @@ fn main() -> Res<()> {
     let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/data/clinc150/clinc150_train_val.json");
     let mut model_dir = default_model_dir();
+    let mut device = Device::Cpu;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -45,6 +46,15 @@ fn main() -> Res<()> {
             "--concat" => concat = value()?.parse::<usize>()?.max(1),
             "--data" => data = PathBuf::from(value()?),
             "--model-dir" => model_dir = PathBuf::from(value()?),
+            "--device" => {
+                device = match value()?.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::new_cuda(0)?,
+                    d => Device::new_cuda(
+                        d.strip_prefix("cuda:").ok_or("--device: cpu, cuda or cuda:N")?.parse()?,
+                    )?,
+                }
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -61,15 +71,14 @@ fn main() -> Res<()> {
     let texts: Vec<&str> = joined.iter().map(String::as_str).collect();
 
     let t0 = Instant::now();
-    let embedder = Embedder::load(&model_dir, &Device::Cpu)?
-        .with_batch_size(batch_size)?
-        .with_fused_cpu_kernels(!generic);
+    let embedder =
+        Embedder::load(&model_dir, &device)?.with_batch_size(batch_size)?.with_fused_cpu_kernels(!generic);
     println!(
-        "loaded in {:.2}s; {} texts, batch size {batch_size}, {} threads, {} path",
+        "loaded in {:.2}s; {} texts, batch size {batch_size}, {} threads, {} path on {device:?}",
         t0.elapsed().as_secs_f64(),
         texts.len(),
         candle_core::utils::get_num_threads(),
-        if generic { "generic" } else { "fused CPU" }
+        if generic || !device.is_cpu() { "generic" } else { "fused CPU" }
     );
     let mut counts = embedder.count_tokens(&texts)?;
     let tokens: usize = counts.iter().sum();

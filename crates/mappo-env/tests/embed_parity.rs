@@ -26,8 +26,13 @@ struct Row {
     embedding: Vec<f32>,
 }
 
+/// `../shared/fixtures/` beside the checkout, or `$MAPPO_SHARED_DIR/fixtures/` (for a test
+/// binary carried to another machine, such as the GPU machine).
 fn fixture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/minilm_reference.json")
+    let shared = std::env::var_os("MAPPO_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    shared.join("fixtures/minilm_reference.json")
 }
 
 fn load_reference() -> Reference {
@@ -60,6 +65,18 @@ fn matches_sentence_transformers() {
 #[test]
 fn generic_path_matches_sentence_transformers() {
     check_parity(load_embedder().with_fused_cpu_kernels(false), "generic candle ops");
+}
+
+/// The CUDA build runs the generic path on the GPU (compiled only with `--features cuda`;
+/// with no GPU it fails, it is never skipped).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_matches_sentence_transformers() {
+    let gpu = Device::new_cuda(0).unwrap_or_else(|e| panic!("the CUDA build's test needs a GPU: {e}"));
+    let dir = default_model_dir();
+    let embedder = Embedder::load(&dir, &gpu)
+        .unwrap_or_else(|e| panic!("cannot load all-MiniLM-L6-v2 from {}: {e}", dir.display()));
+    check_parity(embedder, "CUDA");
 }
 
 fn check_parity(embedder: Embedder, path: &str) {

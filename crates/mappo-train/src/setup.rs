@@ -19,7 +19,9 @@ use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, load_p
 /// explicit `cuda`/`cuda:N` never falls back: it is an error when no GPU answers.
 pub fn select_device(spec: &str) -> Result<(Device, String), TrainError> {
     resolve_device(spec, candle_core::utils::cuda_is_available(), |n| {
-        Device::new_cuda(n).map_err(|e| e.to_string())
+        // candle appends a backtrace to driver errors when RUST_BACKTRACE is set: keep the
+        // message, which is what the user needs (e.g. CUDA_ERROR_NO_DEVICE).
+        Device::new_cuda(n).map_err(|e| e.to_string().lines().next().unwrap_or_default().trim().to_string())
     })
 }
 
