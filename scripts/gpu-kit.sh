@@ -22,7 +22,7 @@ cp "$model"/config.json "$model"/tokenizer.json .gpu/stage/model/
 cp ../shared/fixtures/minilm_reference.json .gpu/stage/shared/fixtures/
 cp ../shared/data/clinc150/clinc150_train_val.json .gpu/stage/shared/data/clinc150/
 cp data/clinc150/train.jsonl data/clinc150/val.jsonl .gpu/stage/
-split -b 40M -d -a 1 "$model/model.safetensors" .gpu/weights.
+split -b 44M -d -a 1 "$model/model.safetensors" .gpu/weights.
 mv .gpu/weights.0 .gpu/stage/model/weights.1
 mv .gpu/weights.1 .gpu/b/weights.2
 [ ! -e .gpu/weights.2 ] || { echo "model.safetensors split into more than two parts" >&2; exit 1; }
