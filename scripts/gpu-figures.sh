@@ -34,7 +34,8 @@ for dev in cpu cuda; do
   done
 done
 for dev in cpu cuda; do
-  c=$(ls $k/runs/$dev-clinc150/checkpoints/*.safetensors | tail -1)
+  c=$(ls $k/runs/$dev-clinc150/checkpoints/*.safetensors 2>/dev/null | tail -1)
+  [ -n "$c" ] || { echo "$dev clinc150: no checkpoint"; continue; }
   echo "$dev clinc150 val: $($run $k/dist/mappo eval --checkpoint $c --corpus data/clinc150/val.jsonl --json --quiet --device cpu | head -c 300)"
 done
 

@@ -308,6 +308,13 @@ if [ -z "$libs" ]; then
   echo "run-gpu.sh: no nvidia/cu13/lib found in $py's environment; set LD_LIBRARY_PATH to the CUDA 13 libraries yourself" >&2
 fi
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The libraries the binaries link (besides the driver's libcuda.so.1): say which is missing.
+IFS=: read -ra dirs <<< "$LD_LIBRARY_PATH"
+for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+  found=""
+  for d in "${dirs[@]}"; do [ -n "$d" ] && [ -e "$d/$lib" ] && { found="$d"; break; }; done
+  [ -n "$found" ] || echo "run-gpu.sh: $lib not found on LD_LIBRARY_PATH (it comes with the CUDA 13 pip packages nvidia-cuda-runtime, nvidia-cublas, nvidia-curand)" >&2
+done
 exec "$@"
 "#;
 

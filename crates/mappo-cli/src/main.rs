@@ -1,6 +1,6 @@
 //! `mappo`: train a PPO prompt router, evaluate it, route prompts.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, ErrorKind, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +132,11 @@ struct EmbedArgs {
     quiet: bool,
 }
 
+/// `println!` that returns the write error (a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { writeln!(std::io::stdout(), $($t)*)? };
+}
+
 fn main() {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
@@ -146,11 +151,16 @@ fn main() {
         Cmd::Route(a) => route(a),
         Cmd::Embed(a) => embed(a),
         Cmd::Config => {
-            print!("{}", Config::default().to_toml_string());
-            Ok(())
+            write!(std::io::stdout(), "{}", Config::default().to_toml_string()).map_err(Into::into)
         }
     };
     if let Err(e) = result {
+        // Output piped into `head` and the like: stop quietly, as Unix tools do.
+        if e.chain()
+            .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe))
+        {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -266,7 +276,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary_path = out.join("summary.json");
     std::fs::write(&summary_path, serde_json::to_string_pretty(&summary_json)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
-    println!("{}", summary.final_checkpoint.display());
+    outln!("{}", summary.final_checkpoint.display());
     Ok(())
 }
 
@@ -399,30 +409,30 @@ fn eval(a: EvalArgs) -> Result<()> {
             mappo_train::evaluate_corpus(&a.checkpoint, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
         bar.finish();
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?);
         } else {
-            println!("prompts    {}", r.n);
-            println!("accuracy   {:.4}", r.accuracy);
-            println!("mean reward {:.4}", r.mean_reward);
-            println!("{:<20} {:>9} {:>9} {:>8}", "agent", "precision", "recall", "support");
+            outln!("prompts    {}", r.n);
+            outln!("accuracy   {:.4}", r.accuracy);
+            outln!("mean reward {:.4}", r.mean_reward);
+            outln!("{:<20} {:>9} {:>9} {:>8}", "agent", "precision", "recall", "support");
             let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
             for s in &r.per_agent {
-                println!("{:<20} {:>9} {:>9} {:>8}", s.agent, f(s.precision), f(s.recall), s.support);
+                outln!("{:<20} {:>9} {:>9} {:>8}", s.agent, f(s.precision), f(s.recall), s.support);
             }
-            println!("confusion (rows: label, columns: routed to): {:?}", r.confusion);
+            outln!("confusion (rows: label, columns: routed to): {:?}", r.confusion);
         }
         return Ok(());
     }
     let r = evaluate_checkpoint_synthetic(&a.checkpoint, a.episodes, a.seed, &device)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("prompts            {}", r.n);
-        println!("mean reward        {:.4}", r.mean_reward);
-        println!("oracle reward      {:.4}", r.oracle_reward);
-        println!("random reward      {:.4}", r.random_reward);
-        println!("normalized reward  {:.4}", r.normalized_reward);
-        println!("oracle agreement   {:.4}", r.oracle_agreement);
+        outln!("prompts            {}", r.n);
+        outln!("mean reward        {:.4}", r.mean_reward);
+        outln!("oracle reward      {:.4}", r.oracle_reward);
+        outln!("random reward      {:.4}", r.random_reward);
+        outln!("normalized reward  {:.4}", r.normalized_reward);
+        outln!("oracle agreement   {:.4}", r.oracle_agreement);
     }
     Ok(())
 }
@@ -442,11 +452,11 @@ fn route(a: RouteArgs) -> Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     for r in router.route(&refs)? {
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?);
         } else {
             let probs: Vec<String> =
                 router.agents().iter().zip(&r.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
-            println!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
+            outln!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
         }
     }
     Ok(())

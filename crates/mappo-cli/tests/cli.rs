@@ -397,3 +397,27 @@ fn device_auto_says_what_it_chose_and_explicit_cuda_never_falls_back() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("train.device") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+/// `mappo ... | head -1`: a closed stdout ends the command quietly (exit 0), not with a panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let o = train(&run, &["train.total_updates=20", "train.eval_interval=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = last_line(&o);
+    let ckpt = ckpt.to_str().expect("utf-8");
+    for args in [
+        &["config"][..],
+        &["eval", "--checkpoint", ckpt, "--episodes", "100"][..],
+        &["eval", "--checkpoint", ckpt, "--episodes", "100", "--json"][..],
+    ] {
+        // A pipe whose reading end is already closed: the first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_mappo")).args(args).stdout(writer).output().expect("run mappo");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}
