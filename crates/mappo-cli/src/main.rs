@@ -174,7 +174,7 @@ struct Progress {
 impl Observer for Progress {
     fn on_update(&mut self, m: &UpdateMetrics, _secs: f64) {
         self.bar.set_position(m.update);
-        if m.update % 10 == 0 {
+        if m.update.is_multiple_of(10) {
             let agree = self.last_agreement.map(|a| format!(" agree {a:.3}")).unwrap_or_default();
             self.bar.set_message(format!("reward {:.3}{agree}", m.mean_reward));
         }

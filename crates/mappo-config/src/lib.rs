@@ -27,6 +27,7 @@ pub use rng::Rng;
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     /// The environment: which one and its parameters.
     pub env: EnvConfig,
@@ -36,17 +37,6 @@ pub struct Config {
     pub ppo: PpoConfig,
     /// Training loop: budget, seed, logging and checkpoint cadence.
     pub train: TrainConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            env: EnvConfig::default(),
-            model: ModelConfig::default(),
-            ppo: PpoConfig::default(),
-            train: TrainConfig::default(),
-        }
-    }
 }
 
 /// Which environment to train on.

@@ -110,13 +110,12 @@ pub fn embed_cached(
     let path = cache_dir.join(format!("{key}.safetensors"));
     let dim = embedder.dim();
     if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
-        if let Some(t) = map.get("embeddings") {
-            if t.dims() == [texts.len(), dim] {
-                if let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
-                    tracing::info!(rows = texts.len(), "embeddings from cache {}", path.display());
-                    return Ok((v, true));
-                }
-            }
+        if let Some(t) = map.get("embeddings")
+            && t.dims() == [texts.len(), dim]
+            && let Ok(v) = t.flatten_all().and_then(|t| t.to_vec1::<f32>())
+        {
+            tracing::info!(rows = texts.len(), "embeddings from cache {}", path.display());
+            return Ok((v, true));
         }
         tracing::warn!("ignoring unusable cache file {}", path.display());
     }

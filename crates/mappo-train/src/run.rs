@@ -176,16 +176,17 @@ pub fn run<E: Env, P: Policy>(
             let line = UpdateLine { kind: "update", m: &m, train_seconds, updates_per_s: ups };
             write_line(&mut log, &metrics_path, &line)?;
         }
-        if let Some(ev) = evaluator {
-            if t.eval_interval > 0 && (u % t.eval_interval == 0 || u == t.total_updates) {
-                let r = ev.evaluate(trainer.policy())?;
-                if reached.is_none() && r.oracle_agreement >= opts.agreement_target {
-                    reached = Some((u, train_seconds));
-                }
-                observer.on_eval(u, &r);
-                write_line(&mut log, &metrics_path, &EvalLine { kind: "eval", update: u, r: &r })?;
-                last_eval = Some(r);
+        if let Some(ev) = evaluator
+            && t.eval_interval > 0
+            && (u % t.eval_interval == 0 || u == t.total_updates)
+        {
+            let r = ev.evaluate(trainer.policy())?;
+            if reached.is_none() && r.oracle_agreement >= opts.agreement_target {
+                reached = Some((u, train_seconds));
             }
+            observer.on_eval(u, &r);
+            write_line(&mut log, &metrics_path, &EvalLine { kind: "eval", update: u, r: &r })?;
+            last_eval = Some(r);
         }
         let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         if u % t.save_interval == 0 || u == t.total_updates || stop {

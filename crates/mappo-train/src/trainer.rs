@@ -169,10 +169,10 @@ impl<E: Env, P: Policy> Trainer<E, P> {
                 truncated_values: &truncated_values,
             })?;
             obs = step.next_obs;
-            if t + 1 == steps {
-                if let Some(o) = &obs {
-                    return Ok(self.policy.forward(o)?.values.detach().to_vec1::<f32>()?);
-                }
+            if t + 1 == steps
+                && let Some(o) = &obs
+            {
+                return Ok(self.policy.forward(o)?.values.detach().to_vec1::<f32>()?);
             }
         }
         Ok(Vec::new())
@@ -202,12 +202,11 @@ impl<E: Env, P: Policy> Trainer<E, P> {
                 }
             }
             epochs += 1;
-            if p.target_kl > 0.0 {
-                if let Some(s) = &last {
-                    if s.approx_kl > p.target_kl {
-                        break;
-                    }
-                }
+            if p.target_kl > 0.0
+                && let Some(s) = &last
+                && s.approx_kl > p.target_kl
+            {
+                break;
             }
         }
         let stats = last.ok_or_else(|| TrainError::Setup("no PPO epoch ran".into()))?;
@@ -262,7 +261,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         }
         let (a, sa) = self.actor.state("adam.actor")?;
         let (c, sc) = self.critic.state("adam.critic")?;
-        tensors.extend(a.into_iter().chain(c).map(|(k, t)| (k, t)));
+        tensors.extend(a.into_iter().chain(c));
         Ok(Checkpoint {
             config: self.cfg.clone(),
             update: self.update,
