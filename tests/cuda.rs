@@ -39,7 +39,10 @@ fn selecting_auto_picks_the_gpu() {
 
 #[test]
 fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
-    let cfg = small_config(300, &[]);
+    // Long enough to converge (the CPU reaches 0.946-0.959 agreement at 1000 updates over
+    // seeds 1-4 and 42), so that the GPU's different rounding, which changes the sampled
+    // trajectory, cannot move the end point much.
+    let cfg = small_config(1000, &["train.save_interval=500", "train.eval_interval=0"]);
     let train_on = |device: &Device| {
         let mut setup = SyntheticSetup::on(&cfg, device).expect("setup");
         let dir = tempfile::tempdir().expect("tmp");
@@ -54,9 +57,10 @@ fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
     // Both checkpoints evaluated on the CPU, on the same 4096 fresh prompts.
     let cpu = evaluate_checkpoint_synthetic(&cpu_ckpt, 4096, 2024, &Device::Cpu).expect("cpu eval");
     let gpu_on_cpu = evaluate_checkpoint_synthetic(&gpu_ckpt, 4096, 2024, &Device::Cpu).expect("eval");
-    assert!(gpu_on_cpu.oracle_agreement > 0.6, "GPU run did not learn: {gpu_on_cpu:?}");
+    assert!(cpu.oracle_agreement > 0.93, "CPU run: {cpu:?}");
+    assert!(gpu_on_cpu.oracle_agreement > 0.93, "GPU run did not learn as well: {gpu_on_cpu:?}");
     assert!(
-        (gpu_on_cpu.oracle_agreement - cpu.oracle_agreement).abs() < 0.05,
+        (gpu_on_cpu.oracle_agreement - cpu.oracle_agreement).abs() < 0.03,
         "GPU {gpu_on_cpu:?} vs CPU {cpu:?}"
     );
     // The GPU checkpoint evaluated on the GPU agrees with itself evaluated on the CPU.
