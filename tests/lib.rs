@@ -24,29 +24,40 @@ pub fn small_config(updates: u64, extra: &[&str]) -> Config {
     }
 }
 
-/// Asserts two checkpoints hold bit-identical tensors and equal metadata.
+/// Asserts two checkpoint files are byte-identical (weights, optimizer
+/// state, RNG, update, environment state and config alike), naming the first
+/// difference when they are not.
 pub fn assert_checkpoints_identical(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).expect("read a"), std::fs::read(b).expect("read b"));
+    if x == y {
+        return;
+    }
     let ca = Checkpoint::load(a, &Device::Cpu).expect("load a");
     let cb = Checkpoint::load(b, &Device::Cpu).expect("load b");
     assert_eq!(ca.update, cb.update, "update");
     assert_eq!(ca.rng_state, cb.rng_state, "rng state");
     assert_eq!(ca.adam_steps, cb.adam_steps, "adam steps");
+    assert_eq!(ca.env_state, cb.env_state, "environment state");
     assert_eq!(ca.config, cb.config, "config");
-    let mut names: Vec<&String> = ca.tensors.keys().collect();
-    names.sort();
-    let mut names_b: Vec<&String> = cb.tensors.keys().collect();
-    names_b.sort();
-    assert_eq!(names, names_b, "tensor names");
-    for n in names {
-        let x: Vec<u32> = bits(&ca.tensors[n]);
-        let y: Vec<u32> = bits(&cb.tensors[n]);
-        assert_eq!(x, y, "tensor {n} differs");
-    }
+    let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
+    panic!(
+        "{} and {} differ from byte {at} on (lengths {} and {})",
+        a.display(),
+        b.display(),
+        x.len(),
+        y.len()
+    );
 }
 
-fn bits(t: &candle_core::Tensor) -> Vec<u32> {
-    let v: Vec<f32> = t.flatten_all().and_then(|t| t.to_vec1()).expect("f32 tensor");
-    v.into_iter().map(f32::to_bits).collect()
+/// Runs `trainer` into `dir` with the periodic evaluator and nothing else.
+pub fn train_in<E: mappo_env::Env, P: mappo_nn::Policy>(
+    trainer: &mut mappo_train::Trainer<E, P>,
+    evaluator: Option<&mappo_train::GreedyEvaluator>,
+    dir: &Path,
+) -> mappo_train::RunSummary {
+    let mut opts = mappo_train::RunOptions::new(dir);
+    opts.evaluator = evaluator;
+    trainer.run(opts).expect("run")
 }
 
 /// The metrics log without its wall-clock fields.

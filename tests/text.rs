@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 use mappo_config::Config;
 use mappo_nn::Policy;
-use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time};
-use mappo_train::{NoObserver, RunOptions, TextSetup, run};
+use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time, train_in};
+use mappo_train::{RunOptions, TextSetup};
 
 fn config(updates: u64, cache: &std::path::Path) -> Config {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -43,8 +43,7 @@ fn routes_the_prompt_corpus_and_trains_the_projection() {
     let before = setup.evaluator.evaluate(setup.trainer.policy()).expect("eval");
     let p0 = projection(setup.trainer.policy());
     let dir = tempfile::tempdir().expect("tmp");
-    let s = run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
-        .expect("run");
+    let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
     let after = s.last_eval.expect("eval");
     // Four agents: routing at random is right a quarter of the time.
     assert!(after.oracle_agreement > 0.8, "{before:?} -> {after:?}");
@@ -76,23 +75,19 @@ fn text_run_resumes_bit_identical_including_the_corpus_position() {
     let cfg = config(30, cache.path());
     let full = tempfile::tempdir().expect("tmp");
     let mut s1 = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
-    let a = run(&mut s1.trainer, Some(&s1.evaluator), &RunOptions::new(full.path()), &mut NoObserver)
-        .expect("run")
-        .final_checkpoint;
+    let a = train_in(&mut s1.trainer, Some(&s1.evaluator), full.path()).final_checkpoint;
     let part = tempfile::tempdir().expect("tmp");
     let stop = Arc::new(AtomicBool::new(false));
-    let mut opts = RunOptions::new(part.path());
-    opts.stop = Some(stop.clone());
     let mut s2 = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
-    run(&mut s2.trainer, Some(&s2.evaluator), &opts, &mut StopAt(13, stop)).expect("run");
-    let (path, ckpt) = mappo_train::latest_valid_checkpoint(part.path(), &Device::Cpu).expect("latest");
+    let mut stop_at = StopAt(13, stop.clone());
+    let opts = RunOptions::new(part.path()).evaluator(&s2.evaluator).observer(&mut stop_at).stop_flag(stop);
+    s2.trainer.run(opts).expect("run");
+    let ckpt = mappo_train::latest_valid_checkpoint(part.path(), &Device::Cpu).expect("latest");
     assert_eq!(ckpt.update, 13);
     assert_eq!(ckpt.env_state, vec![13 * 64], "the corpus position is saved");
     let mut s3 = TextSetup::on(&ckpt.config, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
-    s3.trainer.restore(&ckpt, &path).expect("restore");
-    let b = run(&mut s3.trainer, Some(&s3.evaluator), &RunOptions::new(part.path()), &mut NoObserver)
-        .expect("resume")
-        .final_checkpoint;
+    s3.trainer.restore(&ckpt).expect("restore");
+    let b = train_in(&mut s3.trainer, Some(&s3.evaluator), part.path()).final_checkpoint;
     assert_checkpoints_identical(&a, &b);
     assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()));
 }

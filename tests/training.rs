@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use mappo_nn::Policy;
-use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time, small_config};
-use mappo_train::{NoObserver, RunOptions, SyntheticSetup, run};
+use mappo_tests::{StopAt, assert_checkpoints_identical, metrics_without_time, small_config, train_in};
+use mappo_train::{RunOptions, SyntheticSetup};
 
 fn weights(p: &impl Policy, name: &str) -> Vec<f32> {
     let v = p.all_vars().into_iter().find(|v| v.name == name).expect("param");
@@ -20,8 +20,7 @@ fn learns_well_above_random_and_trains_the_shared_encoder() {
     let before = setup.evaluator.evaluate(setup.trainer.policy()).expect("eval");
     let enc0 = weights(setup.trainer.policy(), "encoder.0.weight");
     let dir = tempfile::tempdir().expect("tmp");
-    let s = run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
-        .expect("run");
+    let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
     let after = s.last_eval.expect("evaluated");
     // Random routing agrees with the oracle on 1/4 of prompts and has normalised reward 0.
     assert!(after.oracle_agreement > 0.6, "agreement {}", after.oracle_agreement);
@@ -40,9 +39,7 @@ fn same_seed_same_run_bit_for_bit_and_another_seed_differs() {
         let cfg = small_config(60, &[&format!("train.seed={seed}")]);
         let mut setup = SyntheticSetup::new(&cfg).expect("setup");
         let dir = tempfile::tempdir().expect("tmp");
-        let s =
-            run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
-                .expect("run");
+        let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
         (dir, s.final_checkpoint)
     };
     let (da, a) = go(7);
@@ -61,27 +58,24 @@ fn interrupted_and_resumed_run_ends_bit_identical() {
         // Uninterrupted.
         let full = tempfile::tempdir().expect("tmp");
         let mut s1 = SyntheticSetup::new(&cfg).expect("setup");
-        let a = run(&mut s1.trainer, Some(&s1.evaluator), &RunOptions::new(full.path()), &mut NoObserver)
-            .expect("run")
-            .final_checkpoint;
+        let a = train_in(&mut s1.trainer, Some(&s1.evaluator), full.path()).final_checkpoint;
         // Stopped after update 37 (not a save point), then resumed from its run directory.
         let part = tempfile::tempdir().expect("tmp");
         let stop = Arc::new(AtomicBool::new(false));
-        let mut opts = RunOptions::new(part.path());
-        opts.stop = Some(stop.clone());
         let mut s2 = SyntheticSetup::new(&cfg).expect("setup");
-        let first = run(&mut s2.trainer, Some(&s2.evaluator), &opts, &mut StopAt(37, stop)).expect("run");
+        let mut stop_at = StopAt(37, stop.clone());
+        let opts =
+            RunOptions::new(part.path()).evaluator(&s2.evaluator).observer(&mut stop_at).stop_flag(stop);
+        let first = s2.trainer.run(opts).expect("run");
         assert!(first.interrupted);
         assert_eq!(first.updates, 37);
         drop(s2);
-        let (path, ckpt) =
+        let ckpt =
             mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu).expect("latest");
         assert_eq!(ckpt.update, 37);
         let mut s3 = SyntheticSetup::new(&ckpt.config).expect("setup");
-        s3.trainer.restore(&ckpt, &path).expect("restore");
-        let b = run(&mut s3.trainer, Some(&s3.evaluator), &RunOptions::new(part.path()), &mut NoObserver)
-            .expect("resume")
-            .final_checkpoint;
+        s3.trainer.restore(&ckpt).expect("restore");
+        let b = train_in(&mut s3.trainer, Some(&s3.evaluator), part.path()).final_checkpoint;
         assert_checkpoints_identical(&a, &b);
         assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()), "{extra:?}");
     }

@@ -20,7 +20,7 @@ fn last_line(o: &Output) -> PathBuf {
 }
 
 fn train(dir: &Path, sets: &[&str]) -> Output {
-    let mut args = vec!["train", "--quiet", "--out", dir.to_str().expect("utf-8 path")];
+    let mut args = vec!["train", "--out", dir.to_str().expect("utf-8 path")];
     for s in sets {
         args.push("--set");
         args.push(s);
@@ -67,7 +67,7 @@ fn resume_from_run_dir_matches_an_uninterrupted_run() {
     assert!(o.status.success());
     std::fs::remove_file(last_line(&o)).expect("rm");
     std::fs::write(part.join("checkpoints/update-0000050.safetensors"), b"torn").expect("garbage");
-    let o = mappo(&["train", "--quiet", "--resume", part.to_str().expect("utf-8")]);
+    let o = mappo(&["train", "--resume", part.to_str().expect("utf-8")]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("update-0000040"),
@@ -231,8 +231,9 @@ fn divergence_stops_with_the_update_named_and_keeps_the_last_good_checkpoint() {
             "train.total_updates=200",
             "train.save_interval=1",
             "train.eval_interval=0",
-            "ppo.lr_actor=1e30",
-            "ppo.lr_critic=1e30",
+            // Diverges at update 2 (seeded, so always), after update 1 was saved.
+            "ppo.lr_actor=7e5",
+            "ppo.lr_critic=7e5",
             "ppo.max_grad_norm=0",
             "ppo.anneal_lr=false",
         ],
@@ -240,6 +241,9 @@ fn divergence_stops_with_the_update_named_and_keeps_the_last_good_checkpoint() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("diverged at update") && !err.contains("panicked"), "{err}");
+    // The message names the checkpoint that is kept, and it exists.
+    let kept = err.split("the last good checkpoint is ").nth(1).expect(&err).trim();
+    assert!(Path::new(kept).is_file(), "{kept}: {err}");
     // Every checkpoint on disk loads and evaluates.
     for e in std::fs::read_dir(run.join("checkpoints")).expect("dir") {
         let p = e.expect("entry").path();
@@ -249,7 +253,13 @@ fn divergence_stops_with_the_update_named_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
-fn sigint_writes_a_checkpoint_and_exits_cleanly() {
+fn sigint_and_sigterm_write_a_checkpoint_and_exit_with_their_own_status() {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        stop_with(signal, code);
+    }
+}
+
+fn stop_with(signal: &str, code: i32) {
     let tmp = tempfile::tempdir().expect("tmp");
     let run = tmp.path().join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_mappo"))
@@ -265,13 +275,19 @@ fn sigint_writes_a_checkpoint_and_exits_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill");
     assert!(ok.success());
     let o = child.wait_with_output().expect("wait");
-    assert!(o.status.success(), "clean exit after Ctrl-C: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(code), "{signal}: {}", stderr(&o));
     let ckpt = last_line(&o);
     assert!(ckpt.is_file(), "{ckpt:?}");
-    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+    // Acknowledged at once, and the way on is said.
+    assert!(stderr(&o).contains("stopping after the current update"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(summary["interrupted"], serde_json::json!(true), "{summary}");
     let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--episodes", "10"]);
     assert!(o.status.success());
 }
@@ -366,7 +382,7 @@ fn device_auto_says_what_it_chose_and_explicit_cuda_never_falls_back() {
     let run = tmp.path().join("run");
     let run = run.to_str().expect("utf-8");
     let sets = ["--set", "train.total_updates=2", "--set", "train.eval_interval=0"];
-    let mut args = vec!["train", "--quiet", "--device", "auto", "--out", run];
+    let mut args = vec!["train", "--device", "auto", "--out", run];
     args.extend(sets);
     let o = mappo(&args);
     assert!(o.status.success(), "{}", stderr(&o));

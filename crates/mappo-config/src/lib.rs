@@ -15,6 +15,7 @@
 //! other crate draws from (candle's CPU RNG cannot be seeded).
 
 mod error;
+mod fsutil;
 mod rng;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use fsutil::write_atomic;
 pub use rng::Rng;
 
 /// The whole resolved configuration of a run.

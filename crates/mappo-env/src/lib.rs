@@ -63,6 +63,12 @@ impl Step {
 
 /// A batched environment.
 pub trait Env {
+    /// A short name of this kind of environment, recorded in checkpoints so
+    /// that a checkpoint is never resumed or evaluated on another kind
+    /// (`synthetic` and `text` are mappo's own; pick your own for yours).
+    fn kind(&self) -> &str {
+        "custom"
+    }
     /// The environment's sizes.
     fn spec(&self) -> EnvSpec;
     /// The device its observation tensors live on.
@@ -154,4 +160,7 @@ pub enum EnvError {
     /// The pieces given do not fit together.
     #[error("{0}")]
     Setup(String),
+    /// Any other failure of an environment written outside mappo.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -65,6 +65,10 @@ fn normalise(row: &mut [f32]) {
 }
 
 impl Env for SyntheticEnv {
+    fn kind(&self) -> &str {
+        "synthetic"
+    }
+
     fn spec(&self) -> EnvSpec {
         EnvSpec { obs_dim: self.dim, num_actions: self.num_agents, num_envs: self.num_envs }
     }

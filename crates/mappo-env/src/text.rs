@@ -242,6 +242,10 @@ impl DatasetEnv {
 }
 
 impl Env for DatasetEnv {
+    fn kind(&self) -> &str {
+        "text"
+    }
+
     fn spec(&self) -> EnvSpec {
         EnvSpec { obs_dim: self.obs.dims()[1], num_actions: self.num_actions, num_envs: self.num_envs }
     }

@@ -1,17 +1,22 @@
 //! Self-describing safetensors checkpoints: weights, optimizer moments, RNG
-//! state, update count and the resolved config, written atomically.
+//! state, update count and the resolved config, written atomically. All
+//! checkpoint I/O of the crate lives here.
 //!
 //! Tensor names: `policy.<param>`, `adam.actor.{m,v}.<param>`,
 //! `adam.critic.{m,v}.<param>`. Metadata (string map in the safetensors
-//! header): `format` = [`FORMAT`], `config` (TOML), `update`, `rng`
-//! (four hex words), `adam_actor_step`, `adam_critic_step`.
+//! header): `format` = [`FORMAT`], `config` (TOML), `env_kind` (the
+//! environment's own [`mappo_env::Env::kind`]), `update`, `rng` (four hex
+//! words), `adam_actor_step`, `adam_critic_step`, `env_state`.
+//!
+//! The same state gives the same bytes: the header's keys are written in
+//! sorted order (safetensors itself writes its metadata map in hash order).
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use mappo_config::Config;
+use candle_core::{DType, Device, Tensor};
+use mappo_config::{Config, Rng};
+use mappo_nn::{ActorCritic, Policy};
 
 use crate::TrainError;
 
@@ -23,6 +28,9 @@ pub const FORMAT: &str = "mappo-checkpoint/1";
 pub struct Checkpoint {
     /// The run's resolved config.
     pub config: Config,
+    /// The kind of environment it was trained on (`synthetic`, `text`, or a
+    /// library user's own [`mappo_env::Env::kind`]).
+    pub env_kind: String,
     /// Updates completed when it was written.
     pub update: u64,
     /// The trainer RNG's state.
@@ -33,20 +41,25 @@ pub struct Checkpoint {
     pub env_state: Vec<u64>,
     /// Every tensor, by name.
     pub tensors: HashMap<String, Tensor>,
+    /// The file it was loaded from or last saved to.
+    pub path: Option<PathBuf>,
 }
 
-fn ckpt_err(path: &Path, problem: impl std::fmt::Display) -> TrainError {
+pub(crate) fn ckpt_err(path: &Path, problem: impl std::fmt::Display) -> TrainError {
     TrainError::Checkpoint { path: path.display().to_string(), problem: problem.to_string() }
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint atomically: a temporary file in the same
-    /// directory, flushed and fsynced, then renamed over `path` (and the
-    /// directory fsynced), so a crash leaves the old file or the new one.
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    fn where_(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("<checkpoint in memory>"))
+    }
+
+    /// The file's bytes: the same checkpoint always gives the same bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert("config".to_string(), self.config.to_toml_string());
+        meta.insert("env_kind".to_string(), self.env_kind.clone());
         meta.insert("update".to_string(), self.update.to_string());
         let rng = self.rng_state.iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(",");
         meta.insert("rng".to_string(), rng);
@@ -57,13 +70,29 @@ impl Checkpoint {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let data: Vec<(&str, &Tensor)> = names.iter().map(|n| (n.as_str(), &self.tensors[*n])).collect();
-        let bytes = safetensors::serialize(data, Some(meta)).map_err(|e| ckpt_err(path, e))?;
-        write_atomic(path, &bytes).map_err(|e| ckpt_err(path, format!("cannot write: {e}")))
+        let bytes = safetensors::serialize(data, Some(meta)).map_err(|e| ckpt_err(&self.where_(), e))?;
+        canonical_header(bytes).map_err(|e| ckpt_err(&self.where_(), e))
     }
 
-    /// Reads and checks a checkpoint (tensors on `device`).
+    /// Writes the checkpoint atomically and durably (see
+    /// [`mappo_config::write_atomic`]): a crash leaves the old file or the new one.
+    pub fn save(&mut self, path: &Path) -> Result<(), TrainError> {
+        let bytes = self.to_bytes()?;
+        mappo_config::write_atomic(path, &bytes).map_err(|e| ckpt_err(path, format!("cannot write: {e}")))?;
+        self.path = Some(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Reads and checks a checkpoint file (tensors on `device`).
     pub fn load(path: &Path, device: &Device) -> Result<Self, TrainError> {
-        let bytes = std::fs::read(path).map_err(|e| ckpt_err(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            let hint = if path.is_dir() {
+                " (a directory: give a checkpoint file, or a run directory where a command accepts one)"
+            } else {
+                ""
+            };
+            ckpt_err(path, format!("cannot read: {e}{hint}"))
+        })?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| ckpt_err(path, format!("not a safetensors file or truncated ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
@@ -99,39 +128,90 @@ impl Checkpoint {
                 .collect::<Result<_, _>>()
                 .map_err(|_| ckpt_err(path, "metadata `env_state` is malformed"))?,
         };
+        // Checkpoints written before `env_kind` existed: the config's kind.
+        let env_kind = meta.get("env_kind").cloned().unwrap_or_else(|| config.env.kind.to_string());
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| ckpt_err(path, format!("corrupt tensor data ({e})")))?;
-        Ok(Self { config, update, rng_state, adam_steps, env_state, tensors })
+        Ok(Self {
+            config,
+            env_kind,
+            update,
+            rng_state,
+            adam_steps,
+            env_state,
+            tensors,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A checkpoint file, or the newest loadable checkpoint of a run directory
+    /// (as `--resume RUN_DIR` takes it).
+    pub fn open(path_or_run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        if path_or_run_dir.is_dir() {
+            latest_valid_checkpoint(path_or_run_dir, device)
+        } else {
+            Self::load(path_or_run_dir, device)
+        }
     }
 
     /// Takes tensor `name`, checking its shape.
-    pub fn tensor(&self, path: &Path, name: &str, dims: &[usize]) -> Result<Tensor, TrainError> {
-        let t = self.tensors.get(name).ok_or_else(|| ckpt_err(path, format!("missing tensor `{name}`")))?;
+    pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Tensor, TrainError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ckpt_err(&self.where_(), format!("missing tensor `{name}`")))?;
         if t.dims() != dims {
             return Err(ckpt_err(
-                path,
+                &self.where_(),
                 format!("tensor `{name}` has shape {:?} but the config's model needs {dims:?}", t.dims()),
             ));
         }
         Ok(t.clone())
     }
+
+    /// Copies the `policy.*` tensors into `policy`, checking names and shapes.
+    pub fn load_weights_into<P: Policy + ?Sized>(&self, policy: &P) -> Result<(), TrainError> {
+        for nv in policy.all_vars() {
+            let t = self.tensor(&format!("policy.{}", nv.name), nv.var.dims())?;
+            nv.var.set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the [`ActorCritic`] stored in the checkpoint (its shape comes
+    /// from the checkpoint's own config) for observations of width `obs_dim`.
+    pub fn policy(&self, obs_dim: usize, device: &Device) -> Result<ActorCritic, TrainError> {
+        let cfg = &self.config;
+        let policy = ActorCritic::new(obs_dim, cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
+        self.load_weights_into(&policy)?;
+        Ok(policy)
+    }
 }
 
-/// Writes `bytes` to `path` via a fsynced temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+/// Rewrites a safetensors file's JSON header with its keys in sorted order
+/// (same length: the same keys and values, only reordered).
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or("serialised checkpoint has no header")? as usize;
+    let header = bytes.get(8..8 + n).ok_or("serialised checkpoint header is truncated")?;
+    let mut top: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("serialised checkpoint header: {e}"))?;
+    if let Some(meta) = top.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, serde_json::Value> = serde_json::from_value(meta.take())
+            .map_err(|e| format!("serialised checkpoint metadata: {e}"))?;
+        *meta = serde_json::to_value(sorted).map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    let mut text = serde_json::to_string(&top).map_err(|e| e.to_string())?;
+    if text.len() > n {
+        return Err(format!("canonical header is longer ({}) than the original ({n})", text.len()));
     }
-    Ok(())
+    // safetensors pads the header with spaces to keep the data aligned.
+    text.extend(std::iter::repeat_n(' ', n - text.len()));
+    bytes[8..8 + n].copy_from_slice(text.as_bytes());
+    Ok(bytes)
 }
 
 /// The checkpoint file name for an update count.
@@ -154,6 +234,54 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
             Some((n, e.path()))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The newest checkpoint of a run directory that loads; unreadable ones are
+/// skipped with a warning. Errors when none is usable.
+pub fn latest_valid_checkpoint(run_dir: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
+    let mut problems = Vec::new();
+    for path in list_checkpoints(run_dir)? {
+        match Checkpoint::load(&path, device) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!("skipping unusable checkpoint: {e}");
+                problems.push(e.to_string());
+            }
+        }
+    }
+    Err(TrainError::Checkpoint {
+        path: run_dir.join("checkpoints").display().to_string(),
+        problem: if problems.is_empty() {
+            "no checkpoint in this run directory".into()
+        } else {
+            format!("no usable checkpoint: {}", problems.join("; "))
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_header_sorts_metadata_and_keeps_the_length() {
+        let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).expect("tensor");
+        let mut a = HashMap::new();
+        let mut b = HashMap::new();
+        for k in ["zeta", "alpha", "mid", "beta", "omega", "gamma"] {
+            a.insert(k.to_string(), format!("value of {k}"));
+        }
+        for k in ["gamma", "omega", "beta", "mid", "alpha", "zeta"] {
+            b.insert(k.to_string(), format!("value of {k}"));
+        }
+        let sa = safetensors::serialize(vec![("w", &t)], Some(a)).expect("serialise a");
+        let sb = safetensors::serialize(vec![("w", &t)], Some(b)).expect("serialise b");
+        let (ca, cb) = (canonical_header(sa.clone()).expect("a"), canonical_header(sb).expect("b"));
+        assert_eq!(ca, cb);
+        assert_eq!(ca.len(), sa.len());
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&ca).expect("still safetensors");
+        assert_eq!(meta.metadata().as_ref().map(HashMap::len), Some(6));
+    }
 }

@@ -1,12 +1,22 @@
 //! Greedy (argmax) evaluation against an environment that knows every
 //! action's expected reward.
 
-use candle_core::Tensor;
-use mappo_env::{KnownRewards, Rng};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use mappo_env::{KnownRewards, Rng, SyntheticEnv};
 use mappo_nn::{Policy, sample_actions};
 use serde::Serialize;
 
-use crate::TrainError;
+use crate::{Checkpoint, TrainError};
+
+/// The greedy (most probable) action of every row of `obs`: what a trained
+/// router does (Stable-Baselines3's `predict(obs, deterministic=True)`).
+pub fn greedy_actions<P: Policy + ?Sized>(policy: &P, obs: &Tensor) -> Result<Vec<u32>, TrainError> {
+    let out = policy.forward(obs)?;
+    // Greedy selection draws no random number: the RNG is a formality.
+    Ok(sample_actions(&out.logits.detach(), &mut Rng::new(0), true)?.actions)
+}
 
 /// What a greedy evaluation measured.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -53,13 +63,11 @@ impl GreedyEvaluator {
 
     /// Evaluates `policy` greedily.
     pub fn evaluate<P: Policy + ?Sized>(&self, policy: &P) -> Result<EvalReport, TrainError> {
-        let out = policy.forward(&self.obs)?;
-        let mut unused = Rng::new(0);
-        let greedy = sample_actions(&out.logits.detach(), &mut unused, true)?;
+        let greedy = greedy_actions(policy, &self.obs)?;
         let a = self.num_actions;
         let n = self.len();
         let (mut mean, mut oracle, mut random, mut agree) = (0f64, 0f64, 0f64, 0usize);
-        for (row, &act) in self.expected.chunks(a).zip(&greedy.actions) {
+        for (row, &act) in self.expected.chunks(a).zip(&greedy) {
             let best = mappo_env::argmax(row);
             mean += f64::from(row[act as usize]);
             oracle += f64::from(row[best]);
@@ -79,4 +87,33 @@ impl GreedyEvaluator {
             oracle_agreement: agree as f64 / nf,
         })
     }
+}
+
+/// Greedy evaluation of a synthetic-env checkpoint on `episodes` fresh
+/// prompts (drawn from `eval_seed`; the agents come from the run's seed).
+pub fn evaluate_checkpoint_synthetic(
+    ckpt: &Checkpoint,
+    episodes: usize,
+    eval_seed: u64,
+    device: &Device,
+) -> Result<EvalReport, TrainError> {
+    if ckpt.env_kind != "synthetic" {
+        let path = ckpt.path.as_deref().unwrap_or(Path::new("<checkpoint>")).display().to_string();
+        let problem = if ckpt.env_kind == "text" {
+            "it was trained on the text environment: evaluate it on prompts with `--corpus FILE.jsonl` \
+             (e.g. the run's env.eval_corpus)"
+                .to_string()
+        } else {
+            format!(
+                "it was trained on a custom `{}` environment, which only its own program can rebuild",
+                ckpt.env_kind
+            )
+        };
+        return Err(TrainError::Checkpoint { path, problem });
+    }
+    let cfg = &ckpt.config;
+    let mut env = SyntheticEnv::new(&cfg.env, episodes.max(1), cfg.train.seed, device);
+    let policy = ckpt.policy(cfg.env.embed_dim, device)?;
+    let evaluator = GreedyEvaluator::new(&mut env, &mut Rng::derived(eval_seed, "fresh-eval"))?;
+    evaluator.evaluate(&policy)
 }

@@ -9,17 +9,20 @@
 //! use mappo_config::Config;
 //! let cfg = Config::load(None, &["train.total_updates=100".into()])?;
 //! let mut setup = mappo_train::SyntheticSetup::new(&cfg)?;
-//! let summary = mappo_train::run(
-//!     &mut setup.trainer,
-//!     Some(&setup.evaluator),
-//!     &mappo_train::RunOptions::new("runs/example"),
-//!     &mut mappo_train::NoObserver,
-//! )?;
+//! let opts = mappo_train::RunOptions::new("runs/example").evaluator(&setup.evaluator);
+//! let summary = setup.trainer.run(opts)?;
 //! println!("{}", summary.final_checkpoint.display());
 //! # Ok::<(), mappo_train::TrainError>(())
 //! ```
+//!
+//! Your own environment: implement [`mappo_env::Env`] (and
+//! [`mappo_env::KnownRewards`] for oracle baselines), build a policy
+//! ([`mappo_nn::ActorCritic`]) and call [`Trainer::new`]; see
+//! `examples/csv-bandit` in the repository. With `default-features = false`
+//! this crate compiles no tokenizer and no BERT.
 
 mod checkpoint;
+mod error;
 mod eval;
 mod loss;
 mod run;
@@ -27,72 +30,20 @@ mod setup;
 mod text;
 mod trainer;
 
-use thiserror::Error;
+// The crates a user of the library needs, so that one dependency is enough.
+pub use candle_core;
+pub use mappo_config as config;
+pub use mappo_env as env;
+pub use mappo_nn as nn;
 
-pub use checkpoint::{Checkpoint, FORMAT, checkpoint_name, list_checkpoints, write_atomic};
-pub use eval::{EvalReport, GreedyEvaluator};
-pub use loss::{HeadGrads, LossStats, ppo_loss_head};
-pub use run::{NoObserver, Observer, RunOptions, RunSummary, latest_valid_checkpoint, run};
-pub use setup::{SyntheticSetup, evaluate_checkpoint_synthetic, load_checkpoint_policy, select_device};
+pub use checkpoint::{Checkpoint, FORMAT, checkpoint_name, latest_valid_checkpoint, list_checkpoints};
+pub use error::TrainError;
+pub use eval::{EvalReport, GreedyEvaluator, evaluate_checkpoint_synthetic, greedy_actions};
+pub use loss::LossStats;
+pub use run::{NoObserver, Observer, RunOptions, RunSummary};
+pub use setup::{SyntheticSetup, select_device};
 pub use text::{
     AgentScore, CorpusReport, EmbedProgress, EmbeddedCorpus, Routed, Router, TextSetup, embed_corpus,
     evaluate_corpus, load_embedder, model_dir,
 };
-pub use trainer::{Trainer, UpdateMetrics, explained_variance, load_policy_weights};
-
-/// Errors of training, evaluation and checkpoints.
-#[derive(Debug, Error)]
-pub enum TrainError {
-    /// Invalid configuration.
-    #[error(transparent)]
-    Config(#[from] mappo_config::ConfigError),
-    /// Environment failure.
-    #[error(transparent)]
-    Env(#[from] mappo_env::EnvError),
-    /// Network or optimizer failure.
-    #[error(transparent)]
-    Nn(#[from] mappo_nn::NnError),
-    /// Rollout buffer failure.
-    #[error(transparent)]
-    Buffer(#[from] mappo_buffer::BufferError),
-    /// A tensor operation failed.
-    #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
-    /// A checkpoint cannot be used.
-    #[error("checkpoint {path}: {problem}")]
-    Checkpoint {
-        /// The file.
-        path: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A file or directory of the run cannot be read or written.
-    #[error("{path}: {message}")]
-    Io {
-        /// The path.
-        path: String,
-        /// What failed.
-        message: String,
-    },
-    /// A loss or gradient became NaN or infinite.
-    #[error(
-        "training diverged at update {update}: the {what} is not finite; the last good checkpoint is kept"
-    )]
-    NonFinite {
-        /// The update that produced it.
-        update: u64,
-        /// Which quantity.
-        what: String,
-    },
-    /// The pieces given do not fit together.
-    #[error("{0}")]
-    Setup(String),
-    /// The requested device is not available.
-    #[error("device `{spec}`: {reason}")]
-    Device {
-        /// What was asked for.
-        spec: String,
-        /// Why it cannot be used.
-        reason: String,
-    },
-}
+pub use trainer::{TrainSettings, Trainer, UpdateMetrics, explained_variance};

@@ -13,16 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::Device;
 use mappo_env::Env;
 use mappo_nn::Policy;
 use serde::Serialize;
 
-use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics, checkpoint_name};
+use crate::{EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics, checkpoint_name};
 
-/// Where and how to run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
+/// Where and how to run: the run directory and what watches the run. The
+/// cadences (`log_interval`, `eval_interval`, `save_interval`) come from the
+/// trainer's config (`[train]`).
+pub struct RunOptions<'a> {
     /// The run directory (created if missing).
     pub out_dir: PathBuf,
     /// When set to true (e.g. by a Ctrl-C handler), the run writes a
@@ -30,12 +30,61 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Greedy oracle agreement whose first crossing is recorded. Default 0.95.
     pub agreement_target: f64,
+    /// Periodic greedy evaluation (every `train.eval_interval` updates). Default none.
+    pub evaluator: Option<&'a GreedyEvaluator>,
+    /// Progress callbacks. Default none.
+    pub observer: Option<&'a mut dyn Observer>,
+    /// Replace a run already in `out_dir` (its checkpoints, metrics and
+    /// summary are deleted) instead of refusing. Default false.
+    pub force: bool,
 }
 
-impl RunOptions {
+impl std::fmt::Debug for RunOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("out_dir", &self.out_dir)
+            .field("agreement_target", &self.agreement_target)
+            .field("evaluator", &self.evaluator.is_some())
+            .field("force", &self.force)
+            .finish()
+    }
+}
+
+impl<'a> RunOptions<'a> {
     /// Options for `out_dir` with the defaults.
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
-        Self { out_dir: out_dir.into(), stop: None, agreement_target: 0.95 }
+        Self {
+            out_dir: out_dir.into(),
+            stop: None,
+            agreement_target: 0.95,
+            evaluator: None,
+            observer: None,
+            force: false,
+        }
+    }
+
+    /// Evaluates greedily with `evaluator` every `train.eval_interval` updates.
+    pub fn evaluator(mut self, evaluator: &'a GreedyEvaluator) -> Self {
+        self.evaluator = Some(evaluator);
+        self
+    }
+
+    /// Reports progress to `observer`.
+    pub fn observer(mut self, observer: &'a mut dyn Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Stops (after a checkpoint) when `flag` becomes true.
+    pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// Replaces a run already in the directory instead of refusing.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
     }
 }
 
@@ -67,8 +116,9 @@ pub struct RunSummary {
     pub train_seconds: f64,
     /// Milliseconds per update in this call.
     pub ms_per_update: f64,
-    /// First update (and training seconds) at which the periodic greedy
-    /// oracle agreement reached the target, if it did in this call.
+    /// First update (and training seconds of the call that got there) at
+    /// which the periodic greedy oracle agreement reached the target, over the
+    /// whole run (a resumed run keeps the crossing logged before).
     pub reached_target: Option<(u64, f64)>,
     /// The last periodic evaluation.
     pub last_eval: Option<EvalReport>,
@@ -89,6 +139,7 @@ struct UpdateLine<'a> {
 struct EvalLine<'a> {
     kind: &'static str,
     update: u64,
+    train_seconds: f64,
     #[serde(flatten)]
     r: &'a EvalReport,
 }
@@ -97,17 +148,73 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io { path: path.display().to_string(), message: e.to_string() }
 }
 
-/// Runs `trainer` to `train.total_updates`, from whatever update it is at.
-///
-/// On resume (the trainer restored from a checkpoint of `out_dir`), lines of
-/// `metrics.jsonl` beyond the checkpoint's update are dropped first, so an
-/// interrupted and resumed run leaves the same log as an uninterrupted one
-/// (wall-clock fields aside).
-pub fn run<E: Env, P: Policy>(
+impl<E: Env, P: Policy> Trainer<E, P> {
+    /// Runs to `train.total_updates`, from whatever update the trainer is at,
+    /// writing the run directory (see the module docs).
+    ///
+    /// A directory that already holds a run is refused at update 0 (unless
+    /// [`RunOptions::force`]): two runs never mix their checkpoints. On resume
+    /// (the trainer restored from a checkpoint of `out_dir`), lines of
+    /// `metrics.jsonl` beyond the checkpoint's update are dropped first, so an
+    /// interrupted and resumed run leaves the same log as an uninterrupted one
+    /// (wall-clock fields aside).
+    pub fn run(&mut self, opts: RunOptions<'_>) -> Result<RunSummary, TrainError> {
+        let RunOptions { out_dir, stop, agreement_target, evaluator, observer, force } = opts;
+        let mut no_observer = NoObserver;
+        let observer: &mut dyn Observer = match observer {
+            Some(o) => o,
+            None => &mut no_observer,
+        };
+        let mut last_saved = None;
+        let result =
+            run_loop(self, &out_dir, stop, agreement_target, evaluator, observer, force, &mut last_saved);
+        result.map_err(|e| match e {
+            TrainError::NonFinite { update, what, .. } => {
+                TrainError::NonFinite { update, what, last_checkpoint: last_saved }
+            }
+            e => e,
+        })
+    }
+}
+
+/// Refuses (or with `force` clears) a directory that already holds a run.
+fn claim_run_dir(dir: &Path, ckpt_dir: &Path, force: bool) -> Result<(), TrainError> {
+    let metrics = dir.join("metrics.jsonl");
+    let has_ckpts = std::fs::read_dir(ckpt_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if !has_ckpts && !metrics.exists() {
+        return Ok(());
+    }
+    if !force {
+        return Err(TrainError::Setup(format!(
+            "the run directory {} already holds a run (checkpoints or metrics.jsonl): choose another \
+             --out, continue it with --resume {}, or replace it with --force",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    tracing::warn!("--force: replacing the run in {}", dir.display());
+    for p in crate::list_checkpoints(dir)? {
+        std::fs::remove_file(&p).map_err(|e| io_err(&p, format!("cannot remove: {e}")))?;
+    }
+    for name in ["metrics.jsonl", "summary.json"] {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| io_err(&p, format!("cannot remove: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop<E: Env, P: Policy>(
     trainer: &mut Trainer<E, P>,
+    dir: &Path,
+    stop: Option<Arc<AtomicBool>>,
+    agreement_target: f64,
     evaluator: Option<&GreedyEvaluator>,
-    opts: &RunOptions,
     observer: &mut dyn Observer,
+    force: bool,
+    last_saved: &mut Option<PathBuf>,
 ) -> Result<RunSummary, TrainError> {
     let cfg = trainer.config().clone();
     if cfg.train.threads > 0 {
@@ -121,14 +228,20 @@ pub fn run<E: Env, P: Policy>(
             );
         }
     }
-    let dir = &opts.out_dir;
     let ckpt_dir = dir.join("checkpoints");
+    let start_update = trainer.update_count();
+    if start_update == 0 {
+        claim_run_dir(dir, &ckpt_dir, force)?;
+    } else {
+        let resumed = ckpt_dir.join(checkpoint_name(start_update));
+        *last_saved = resumed.exists().then_some(resumed);
+    }
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, format!("cannot create: {e}")))?;
     let cfg_path = dir.join("config.toml");
-    crate::write_atomic(&cfg_path, cfg.to_toml_string().as_bytes()).map_err(|e| io_err(&cfg_path, e))?;
+    mappo_config::write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())
+        .map_err(|e| io_err(&cfg_path, e))?;
     let metrics_path = dir.join("metrics.jsonl");
-    let start_update = trainer.update_count();
-    truncate_metrics(&metrics_path, start_update)?;
+    let earlier = truncate_metrics(&metrics_path, start_update)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,9 +259,8 @@ pub fn run<E: Env, P: Policy>(
     );
 
     let mut train_seconds = 0f64;
-    let mut reached = None;
+    let mut reached = first_crossing(&earlier, agreement_target);
     let mut last_eval = None;
-    let mut final_checkpoint = None;
     let mut interrupted = false;
     let mut window_start = (Instant::now(), 0f64, start_update);
     while trainer.update_count() < t.total_updates {
@@ -181,37 +293,35 @@ pub fn run<E: Env, P: Policy>(
             && (u % t.eval_interval == 0 || u == t.total_updates)
         {
             let r = ev.evaluate(trainer.policy())?;
-            if reached.is_none() && r.oracle_agreement >= opts.agreement_target {
+            if reached.is_none() && r.oracle_agreement >= agreement_target {
                 reached = Some((u, train_seconds));
             }
             observer.on_eval(u, &r);
-            write_line(&mut log, &metrics_path, &EvalLine { kind: "eval", update: u, r: &r })?;
+            write_line(&mut log, &metrics_path, &EvalLine { kind: "eval", update: u, train_seconds, r: &r })?;
             last_eval = Some(r);
         }
-        let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-        if u % t.save_interval == 0 || u == t.total_updates || stop {
+        let stop_now = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if u % t.save_interval == 0 || u == t.total_updates || stop_now {
             log.flush().map_err(|e| io_err(&metrics_path, e))?;
             let path = ckpt_dir.join(checkpoint_name(u));
             trainer.checkpoint()?.save(&path)?;
             tracing::info!(path = %path.display(), "checkpoint written");
             observer.on_checkpoint(&path);
-            final_checkpoint = Some(path);
+            *last_saved = Some(path);
         }
-        if stop {
+        if stop_now {
             tracing::warn!(update = u, "stop requested: checkpoint written, stopping");
             interrupted = true;
             break;
         }
     }
     log.flush().map_err(|e| io_err(&metrics_path, e))?;
-    let final_checkpoint = match final_checkpoint {
+    let final_checkpoint = match last_saved.clone() {
         Some(p) => p,
         None => {
-            // Nothing left to train (resumed at the end): the run's latest checkpoint.
+            // Resumed from a checkpoint file outside this directory, with nothing left to train.
             let path = ckpt_dir.join(checkpoint_name(trainer.update_count()));
-            if !path.exists() {
-                trainer.checkpoint()?.save(&path)?;
-            }
+            trainer.checkpoint()?.save(&path)?;
             path
         }
     };
@@ -228,48 +338,38 @@ pub fn run<E: Env, P: Policy>(
     })
 }
 
+/// The first logged evaluation at or above `target`: `(update, train_seconds)`.
+fn first_crossing(earlier: &[serde_json::Value], target: f64) -> Option<(u64, f64)> {
+    earlier.iter().find_map(|v| {
+        let is_eval = v.get("kind").and_then(serde_json::Value::as_str) == Some("eval");
+        let agreement = v.get("oracle_agreement").and_then(serde_json::Value::as_f64)?;
+        let update = v.get("update").and_then(serde_json::Value::as_u64)?;
+        let secs = v.get("train_seconds").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        (is_eval && agreement >= target).then_some((update, secs))
+    })
+}
+
 fn write_line(log: &mut impl Write, path: &Path, v: &impl Serialize) -> Result<(), TrainError> {
     let s = serde_json::to_string(v).map_err(|e| io_err(path, e))?;
     writeln!(log, "{s}").map_err(|e| io_err(path, e))
 }
 
-/// Keeps the lines of `metrics.jsonl` whose `update` is at most `upto`.
-fn truncate_metrics(path: &Path, upto: u64) -> Result<(), TrainError> {
+/// Keeps the lines of `metrics.jsonl` whose `update` is at most `upto` and
+/// returns them parsed.
+fn truncate_metrics(path: &Path, upto: u64) -> Result<Vec<serde_json::Value>, TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("update").and_then(serde_json::Value::as_u64))
-                .is_some_and(|u| u <= upto)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    crate::write_atomic(path, kept.as_bytes()).map_err(|e| io_err(path, e))
-}
-
-/// The newest checkpoint of a run directory that loads; unreadable ones are
-/// skipped with a warning. Errors when none is usable.
-pub fn latest_valid_checkpoint(run_dir: &Path, device: &Device) -> Result<(PathBuf, Checkpoint), TrainError> {
-    let mut problems = Vec::new();
-    for path in crate::list_checkpoints(run_dir)? {
-        match Checkpoint::load(&path, device) {
-            Ok(c) => return Ok((path, c)),
-            Err(e) => {
-                tracing::warn!("skipping unusable checkpoint: {e}");
-                problems.push(e.to_string());
-            }
+    let mut kept_text = String::new();
+    let mut kept = Vec::new();
+    for l in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
+        if v.get("update").and_then(serde_json::Value::as_u64).is_some_and(|u| u <= upto) {
+            kept_text.push_str(l);
+            kept_text.push('\n');
+            kept.push(v);
         }
     }
-    Err(TrainError::Checkpoint {
-        path: run_dir.join("checkpoints").display().to_string(),
-        problem: if problems.is_empty() {
-            "no checkpoint in this run directory".into()
-        } else {
-            format!("no usable checkpoint: {}", problems.join("; "))
-        },
-    })
+    mappo_config::write_atomic(path, kept_text.as_bytes()).map_err(|e| io_err(path, e))?;
+    Ok(kept)
 }

@@ -1,14 +1,12 @@
 //! Ready-made setups: the device from its config string, the synthetic
 //! environment with its trainer and evaluator, policies from checkpoints.
 
-use std::path::Path;
-
 use candle_core::Device;
 use mappo_config::{Config, Rng};
 use mappo_env::{Env, SyntheticEnv};
 use mappo_nn::ActorCritic;
 
-use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, load_policy_weights};
+use crate::{GreedyEvaluator, TrainError, Trainer};
 
 /// Resolves `cpu`, `auto`, `cuda` or `cuda:N` to a device, with a sentence
 /// saying which was chosen and why.
@@ -88,44 +86,14 @@ impl SyntheticSetup {
         let mut eval_env = SyntheticEnv::new(&cfg.env, cfg.train.eval_prompts, cfg.train.seed, device);
         let evaluator =
             GreedyEvaluator::new(&mut eval_env, &mut Rng::derived(cfg.train.seed, "periodic-eval"))?;
-        Ok(Self { trainer: Trainer::new(cfg.clone(), env, policy)?, evaluator })
+        Ok(Self { trainer: Trainer::from_config(cfg.clone(), env, policy)?, evaluator })
     }
 }
 
-fn new_policy<E: Env>(cfg: &Config, env: &E, device: &Device) -> Result<ActorCritic, TrainError> {
+pub(crate) fn new_policy<E: Env>(cfg: &Config, env: &E, device: &Device) -> Result<ActorCritic, TrainError> {
     let spec = env.spec();
     let mut rng = Rng::derived(cfg.train.seed, "init");
     Ok(ActorCritic::new(spec.obs_dim, spec.num_actions, &cfg.model, &mut rng, device)?)
-}
-
-/// Rebuilds the policy stored in a checkpoint (the model shape comes from
-/// the checkpoint's own config).
-pub fn load_checkpoint_policy(
-    ckpt: &Checkpoint,
-    path: &Path,
-    obs_dim: usize,
-    device: &Device,
-) -> Result<ActorCritic, TrainError> {
-    let cfg = &ckpt.config;
-    let policy = ActorCritic::new(obs_dim, cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
-    load_policy_weights(&policy, ckpt, path)?;
-    Ok(policy)
-}
-
-/// Greedy evaluation of a synthetic-env checkpoint on `episodes` fresh
-/// prompts (drawn from `eval_seed`; the agents come from the run's seed).
-pub fn evaluate_checkpoint_synthetic(
-    path: &Path,
-    episodes: usize,
-    eval_seed: u64,
-    device: &Device,
-) -> Result<EvalReport, TrainError> {
-    let ckpt = Checkpoint::load(path, device)?;
-    let cfg = &ckpt.config;
-    let mut env = SyntheticEnv::new(&cfg.env, episodes.max(1), cfg.train.seed, device);
-    let policy = load_checkpoint_policy(&ckpt, path, cfg.env.embed_dim, device)?;
-    let evaluator = GreedyEvaluator::new(&mut env, &mut Rng::derived(eval_seed, "fresh-eval"))?;
-    evaluator.evaluate(&policy)
 }
 
 #[cfg(test)]

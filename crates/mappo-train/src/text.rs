@@ -12,7 +12,7 @@ use mappo_env::{DatasetEnv, Prompt, load_corpus};
 use mappo_nn::{ActorCritic, Policy, sample_actions};
 use serde::Serialize;
 
-use crate::{Checkpoint, GreedyEvaluator, TrainError, Trainer, load_checkpoint_policy};
+use crate::{Checkpoint, GreedyEvaluator, TrainError, Trainer};
 
 /// Progress of long embedding work: `(what, done, total)`.
 pub type EmbedProgress<'a> = &'a mut dyn FnMut(&str, usize, usize);
@@ -121,7 +121,7 @@ impl TextSetup {
         let mut rng = Rng::derived(t.seed, "init");
         let policy = ActorCritic::new(train.dim, na, &cfg.model, &mut rng, device)?;
         Ok(Self {
-            trainer: Trainer::new(cfg.clone(), env, policy)?,
+            trainer: Trainer::from_config(cfg.clone(), env, policy)?,
             evaluator,
             corpus_rows: train.prompts.len(),
         })
@@ -171,7 +171,7 @@ pub fn evaluate_corpus(
     let cfg = text_config(&ckpt, ckpt_path)?;
     let embedder = load_embedder(cfg, device)?;
     let data = embed_corpus(cfg, &embedder, corpus, progress)?;
-    let policy = load_checkpoint_policy(&ckpt, ckpt_path, data.dim, device)?;
+    let policy = ckpt.policy(data.dim, device)?;
     let n = data.prompts.len();
     let obs = Tensor::from_slice(&data.embeddings, (n, data.dim), device)?;
     let greedy = sample_actions(&policy.forward(&obs)?.logits, &mut Rng::new(0), true)?.actions;
@@ -251,7 +251,7 @@ impl Router {
         let ckpt = Checkpoint::load(ckpt_path, device)?;
         let cfg = text_config(&ckpt, ckpt_path)?;
         let embedder = load_embedder(cfg, device)?;
-        let policy = load_checkpoint_policy(&ckpt, ckpt_path, embedder.dim(), device)?;
+        let policy = ckpt.policy(embedder.dim(), device)?;
         let agents = cfg.env.agents.iter().map(|a| a.name.clone()).collect();
         Ok(Self { embedder, policy, agents, device: device.clone() })
     }

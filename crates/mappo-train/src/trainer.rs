@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use mappo_buffer::{Batch, Gae, Rollout, Transition};
-use mappo_config::{Config, Rng};
+use mappo_config::{Config, PpoConfig, Rng, TrainConfig};
 use mappo_env::Env;
 use mappo_nn::{Adam, AdamSettings, Policy, global_grad_norm, sample_actions};
 use serde::Serialize;
@@ -36,12 +36,41 @@ pub struct UpdateMetrics {
     pub grad_norm: f64,
     /// Actor learning rate used.
     pub lr_actor: f64,
+    /// Critic learning rate used.
+    pub lr_critic: f64,
     /// Epochs run (fewer than configured when target_kl stopped early).
     pub epochs: usize,
 }
 
+/// The few training settings the [`Trainer`] itself uses (the rest of
+/// `[train]` belongs to the run loop, see [`crate::RunOptions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainSettings {
+    /// PPO updates in the whole run (the learning rates anneal to 0 there
+    /// when `ppo.anneal_lr`). Default 2000.
+    pub total_updates: u64,
+    /// Steps per environment row collected per update. Default 1.
+    pub rollout_len: usize,
+    /// Seed of every random draw of the trainer (action sampling, minibatch
+    /// shuffles, the environment's draws). Default 42.
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self::from(&TrainConfig::default())
+    }
+}
+
+impl From<&TrainConfig> for TrainSettings {
+    fn from(t: &TrainConfig) -> Self {
+        Self { total_updates: t.total_updates, rollout_len: t.rollout_len, seed: t.seed }
+    }
+}
+
 /// PPO over any batched [`Env`] and any [`Policy`].
 pub struct Trainer<E: Env, P: Policy> {
+    /// The resolved config recorded in checkpoints (`ppo` and the settings' fields are the trainer's).
     cfg: Config,
     env: E,
     policy: P,
@@ -60,10 +89,35 @@ impl<E: Env, P: Policy> std::fmt::Debug for Trainer<E, P> {
 }
 
 impl<E: Env, P: Policy> Trainer<E, P> {
-    /// A trainer at update 0. The trainer's RNG (action sampling, prompts,
-    /// reward noise, minibatch shuffles) is derived from `cfg.train.seed`.
-    pub fn new(cfg: Config, env: E, policy: P) -> Result<Self, TrainError> {
+    /// A trainer at update 0 with PPO settings `ppo` (see `mappo config` for
+    /// their defaults), after checking them. The trainer's RNG (action
+    /// sampling, prompts, reward noise, minibatch shuffles) is derived from
+    /// `settings.seed`.
+    pub fn new(ppo: PpoConfig, settings: TrainSettings, env: E, policy: P) -> Result<Self, TrainError> {
+        let mut cfg = Config::default();
         let spec = env.spec();
+        cfg.ppo = ppo;
+        cfg.train.total_updates = settings.total_updates;
+        cfg.train.rollout_len = settings.rollout_len;
+        cfg.train.seed = settings.seed;
+        cfg.train.batch_size = spec.num_envs;
+        cfg.env.num_agents = spec.num_actions;
+        cfg.env.embed_dim = spec.obs_dim;
+        Self::from_config(cfg, env, policy)
+    }
+
+    /// A trainer at update 0 for a whole resolved config (what `mappo train`
+    /// uses): `ppo` and `train` are taken from it, and all of it is recorded in
+    /// checkpoints so that `mappo eval` and `--resume` can rebuild the run.
+    pub fn from_config(cfg: Config, env: E, policy: P) -> Result<Self, TrainError> {
+        cfg.validate()?;
+        let spec = env.spec();
+        if spec.num_envs == 0 || spec.obs_dim == 0 {
+            return Err(TrainError::Setup(format!(
+                "the environment has {} rows of width {}: both must be at least 1",
+                spec.num_envs, spec.obs_dim
+            )));
+        }
         if spec.num_actions != policy.num_actions() {
             return Err(TrainError::Setup(format!(
                 "the environment has {} actions but the policy {}",
@@ -121,7 +175,11 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             ("gradient norm", grad_norm),
         ] {
             if !v.is_finite() {
-                return Err(TrainError::NonFinite { update: self.update, what: name.to_string() });
+                return Err(TrainError::NonFinite {
+                    update: self.update,
+                    what: name.to_string(),
+                    last_checkpoint: None,
+                });
             }
         }
         Ok(UpdateMetrics {
@@ -135,6 +193,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             explained_variance,
             grad_norm,
             lr_actor: self.actor.lr(),
+            lr_critic: self.critic.lr(),
             epochs,
         })
     }
@@ -255,6 +314,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
                 return Err(TrainError::NonFinite {
                     update: self.update,
                     what: format!("weight `{}`", nv.name),
+                    last_checkpoint: None,
                 });
             }
             tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
@@ -264,23 +324,37 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         tensors.extend(a.into_iter().chain(c));
         Ok(Checkpoint {
             config: self.cfg.clone(),
+            env_kind: self.env.kind().to_string(),
             update: self.update,
             rng_state: self.rng.state(),
             adam_steps: (sa, sc),
             env_state: self.env.state(),
             tensors,
+            path: None,
         })
     }
 
-    /// Restores weights, optimizer moments, RNG and update count. The
-    /// checkpoint must come from the same model shape.
-    pub fn restore(&mut self, ckpt: &Checkpoint, path: &std::path::Path) -> Result<(), TrainError> {
-        load_policy_weights(&self.policy, ckpt, path)?;
-        let get = |n: &str| ckpt.tensors.get(n).cloned();
+    /// Restores weights, optimizer moments, RNG, update count and the
+    /// environment's state. The checkpoint must come from the same model shape
+    /// and the same kind of environment.
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<(), TrainError> {
+        let path = ckpt.path.clone().unwrap_or_else(|| "<checkpoint in memory>".into());
         let wrap = |e: mappo_nn::NnError| TrainError::Checkpoint {
             path: path.display().to_string(),
             problem: e.to_string(),
         };
+        if ckpt.env_kind != self.env.kind() {
+            return Err(TrainError::Checkpoint {
+                path: path.display().to_string(),
+                problem: format!(
+                    "it was written for the `{}` environment, this trainer runs `{}`",
+                    ckpt.env_kind,
+                    self.env.kind()
+                ),
+            });
+        }
+        ckpt.load_weights_into(&self.policy)?;
+        let get = |n: &str| ckpt.tensors.get(n).cloned();
         self.actor.load_state("adam.actor", ckpt.adam_steps.0, get).map_err(wrap)?;
         self.critic.load_state("adam.critic", ckpt.adam_steps.1, get).map_err(wrap)?;
         self.env.restore_state(&ckpt.env_state)?;
@@ -288,19 +362,6 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         self.update = ckpt.update;
         Ok(())
     }
-}
-
-/// Copies a checkpoint's `policy.*` tensors into `policy`, checking names and shapes.
-pub fn load_policy_weights<P: Policy + ?Sized>(
-    policy: &P,
-    ckpt: &Checkpoint,
-    path: &std::path::Path,
-) -> Result<(), TrainError> {
-    for nv in policy.all_vars() {
-        let t = ckpt.tensor(path, &format!("policy.{}", nv.name), nv.var.dims())?;
-        nv.var.set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
-    }
-    Ok(())
 }
 
 /// `1 − Var(y − pred) / Var(y)` (population variances); NaN when Var(y) = 0.

@@ -1,0 +1,142 @@
+//! The command line: every subcommand's arguments (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status of a training run stopped by SIGINT (Ctrl-C) after writing its checkpoint.
+pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit status of a training run stopped by SIGTERM after writing its checkpoint.
+pub const EXIT_TERMINATED: i32 = 143;
+
+#[derive(Parser)]
+#[command(
+    name = "mappo",
+    version,
+    about = "Learn with PPO which of N specialist agents should answer a prompt, then route prompts",
+    long_about = "mappo trains a small actor-critic over prompt embeddings with PPO (a learned prompt \
+router), evaluates it and routes prompts from a checkpoint.\n\nQuick start:\n  mappo train            \
+# synthetic environment, default config\n  mappo eval --checkpoint <path printed by train> --json",
+    after_help = "Exit status: 0 done, 1 error (the message starts with `error:`), 130 / 143 a training run \
+stopped by Ctrl-C / SIGTERM after writing its checkpoint (continue it with `mappo train --resume RUN_DIR`)."
+)]
+pub struct Cli {
+    /// Log filter: a level (error, warn, info, debug, trace, off) or TARGET=LEVEL pairs separated
+    /// by commas (e.g. info,mappo_train=debug). RUST_LOG, when set, wins.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    /// Only warnings and errors on stderr, no progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Train a router with PPO. The last line of stdout is the final checkpoint's path.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint greedily (argmax): fresh synthetic prompts, or a corpus for text checkpoints.
+    Eval(EvalArgs),
+    /// Route texts with a text-env checkpoint: the chosen (most probable) agent and every agent's probability.
+    Route(RouteArgs),
+    /// Embed texts with all-MiniLM-L6-v2 (JSON lines in, the same lines with "embedding" added out).
+    Embed(EmbedArgs),
+    /// Print the resolved config (every key; defaults unless --config/--set change them) as TOML.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// TOML config file (keys not in it keep their defaults; see `mappo config`). Relative paths in
+    /// it are relative to the file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. --set train.total_updates=500 --set ppo.lr_actor=1e-3 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory (default: runs/<config name>-seed<seed>-<unix time>). A directory that already
+    /// holds a run is refused: use --resume to continue it or --force to replace it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace the run already in --out (its checkpoints, metrics and summary are deleted).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Continue a run: a run directory (its newest checkpoint that loads) or a checkpoint file.
+    /// The config comes from the checkpoint.
+    #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
+    pub resume: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N (overrides train.device).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Checkpoint file written by `mappo train`, or a run directory (its newest checkpoint that loads).
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Number of fresh prompts (synthetic checkpoints; default 10000).
+    #[arg(long, conflicts_with = "corpus")]
+    pub episodes: Option<usize>,
+    /// Seed of the fresh prompts (synthetic checkpoints; default 2024; the agents come from the run).
+    #[arg(long, conflicts_with = "corpus")]
+    pub seed: Option<u64>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Corpus (JSON lines) for a text-env checkpoint: mean reward under the checkpoint's reward
+    /// model and, for labelled prompts, accuracy, per-agent precision/recall and the confusion matrix.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct RouteArgs {
+    /// Checkpoint of a text-env run, or its run directory (newest checkpoint that loads).
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// One JSON object per text: {"text", "agent_index", "agent", "probabilities" (in agent order),
+    /// "by_agent" {name: probability}} instead of a tab-separated line.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Texts to route; without any, stdin is routed line by line (a filter: each line's answer is
+    /// printed as soon as it is read). Empty texts are refused. The model is English-only.
+    pub texts: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct EmbedArgs {
+    /// JSON lines with a "text" field (default: stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where to write the input lines with an "embedding" (384 floats) added; every other field
+    /// passes through (default: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Directory of all-MiniLM-L6-v2 (default: $MAPPO_MODEL_DIR or the user cache).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config file to resolve.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override one key (repeatable), as for `mappo train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}

@@ -1,0 +1,175 @@
+//! `mappo eval | route | embed | config`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use mappo_config::Config;
+use mappo_train::{Checkpoint, evaluate_checkpoint_synthetic, select_device};
+
+use crate::args::{ConfigArgs, EmbedArgs, EvalArgs, RouteArgs};
+use crate::outln;
+use crate::progress::{EmbedProgress, Mode};
+
+/// A checkpoint file, or the newest checkpoint of a run directory that loads.
+fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        let ckpt = mappo_train::latest_valid_checkpoint(path, &Device::Cpu)?;
+        let file = ckpt.path.context("checkpoint without a path")?;
+        tracing::info!("using {}", file.display());
+        Ok(file)
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
+pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    let ckpt_path = checkpoint_file(&a.checkpoint)?;
+    if let Some(corpus) = &a.corpus {
+        let mut bar = EmbedProgress::new(mode);
+        let r =
+            mappo_train::evaluate_corpus(&ckpt_path, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        bar.finish();
+        if a.json {
+            outln!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        outln!("{:<12} {}", "prompts", r.n);
+        outln!("{:<12} {:.4}", "accuracy", r.accuracy);
+        outln!("{:<12} {:.4}", "mean reward", r.mean_reward);
+        let width = r.agents.iter().map(String::len).max().unwrap_or(5).max(5);
+        outln!("");
+        outln!("{:<width$} {:>9} {:>9} {:>8} {:>9}", "agent", "precision", "recall", "support", "routed");
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+        for s in &r.per_agent {
+            outln!(
+                "{:<width$} {:>9} {:>9} {:>8} {:>9}",
+                s.agent,
+                f(s.precision),
+                f(s.recall),
+                s.support,
+                s.predicted
+            );
+        }
+        outln!("");
+        outln!("confusion matrix (rows: label, columns: routed to; column k = agent k above)");
+        let cell = r.confusion.iter().flatten().map(|c| c.to_string().len()).max().unwrap_or(1).max(3);
+        let head: Vec<String> = (0..r.agents.len()).map(|k| format!("{k:>cell$}")).collect();
+        outln!("{:<width$} {}", "", head.join(" "));
+        for (name, row) in r.agents.iter().zip(&r.confusion) {
+            let cells: Vec<String> = row.iter().map(|c| format!("{c:>cell$}")).collect();
+            outln!("{name:<width$} {}", cells.join(" "));
+        }
+        return Ok(());
+    }
+    if a.episodes == Some(0) {
+        bail!("--episodes must be at least 1");
+    }
+    let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+    let r =
+        evaluate_checkpoint_synthetic(&ckpt, a.episodes.unwrap_or(10_000), a.seed.unwrap_or(2024), &device)?;
+    if a.json {
+        outln!("{}", serde_json::to_string(&r)?);
+    } else {
+        outln!("prompts            {}", r.n);
+        outln!("mean reward        {:.4}", r.mean_reward);
+        outln!("oracle reward      {:.4}", r.oracle_reward);
+        outln!("random reward      {:.4}", r.random_reward);
+        outln!("normalized reward  {:.4}", r.normalized_reward);
+        outln!("oracle agreement   {:.4}", r.oracle_agreement);
+    }
+    Ok(())
+}
+
+pub fn route(a: RouteArgs) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    let router = mappo_train::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
+    let print = |r: &mappo_train::Routed| -> Result<()> {
+        if a.json {
+            let mut v = serde_json::to_value(r)?;
+            let by_agent: serde_json::Map<String, serde_json::Value> =
+                router.agents().iter().zip(&r.probabilities).map(|(n, p)| (n.clone(), (*p).into())).collect();
+            v["by_agent"] = by_agent.into();
+            outln!("{v}");
+        } else {
+            let probs: Vec<String> =
+                router.agents().iter().zip(&r.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
+            outln!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
+        }
+        Ok(())
+    };
+    if !a.texts.is_empty() {
+        if let Some(i) = a.texts.iter().position(|t| t.trim().is_empty()) {
+            bail!("text {} is empty: there is nothing to route", i + 1);
+        }
+        let refs: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+        for r in router.route(&refs)? {
+            print(&r)?;
+        }
+        return Ok(());
+    }
+    // A filter: route each line as it arrives.
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.with_context(|| format!("reading stdin, line {}", n + 1))?;
+        if line.trim().is_empty() {
+            tracing::warn!("stdin line {} is empty: not routed", n + 1);
+            continue;
+        }
+        for r in router.route(&[line.as_str()])? {
+            print(&r)?;
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+pub fn embed(a: EmbedArgs, mode: Mode) -> Result<()> {
+    let (device, _) = select_device(&a.device)?;
+    let dir = a.model_dir.clone().unwrap_or_else(mappo_env::embed::default_model_dir);
+    let embedder = mappo_env::embed::Embedder::load(&dir, &device)?;
+    let reader: Box<dyn BufRead> = match &a.input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let origin = a.input.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdin".into());
+    let mut rows = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{origin}, line {}: cannot read", n + 1))?;
+        let line = line.strip_prefix('\u{feff}').unwrap_or(&line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{origin}, line {}: not valid JSON", n + 1))?;
+        match v.get("text") {
+            Some(serde_json::Value::String(_)) if v.is_object() => rows.push(v),
+            _ => bail!("{origin}, line {}: expected an object with a string \"text\"", n + 1),
+        }
+    }
+    let mut bar = EmbedProgress::new(mode);
+    let texts: Vec<&str> = rows.iter().filter_map(|v| v["text"].as_str()).collect();
+    let embeddings = embedder.embed_with_progress(&texts, |d, t| bar.update("embedding", d, t))?;
+    bar.finish();
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for (mut v, e) in rows.into_iter().zip(embeddings) {
+        v["embedding"] = serde_json::json!(e);
+        writeln!(out, "{v}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn config(a: ConfigArgs) -> Result<()> {
+    let cfg = Config::load(a.config.as_deref(), &a.set)?;
+    write!(std::io::stdout(), "{}", cfg.to_toml_string())?;
+    Ok(())
+}
