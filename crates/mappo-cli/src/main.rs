@@ -234,12 +234,15 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     };
     limit_threads(cfg.train.threads);
-    let device_spec = a.device.clone().unwrap_or_else(|| cfg.train.device.clone());
-    let (device, why) = select_device(&device_spec)?;
+    let device_spec = match &a.device {
+        Some(d) => d.parse()?,
+        None => cfg.train.device,
+    };
+    let (device, why) = select_device(device_spec)?;
     tracing::info!("device {why}");
     let quiet = a.quiet || !std::io::stderr().is_terminal();
     let ctx = RunCtx { cfg: &cfg, out: &out, resume_from: resume_from.as_deref(), device: &device, quiet };
-    let summary = if cfg.env.kind == "text" {
+    let summary = if cfg.env.kind == mappo_config::EnvKind::Text {
         let mut embed_bar = EmbedBar::new(quiet);
         let mut setup = TextSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
         embed_bar.finish();
@@ -399,7 +402,7 @@ fn limit_threads(threads: usize) {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse()?)?;
     if a.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
@@ -438,7 +441,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn route(a: RouteArgs) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse()?)?;
     let texts: Vec<String> = if a.texts.is_empty() {
         let mut v = Vec::new();
         for line in std::io::stdin().lock().lines() {
@@ -463,7 +466,7 @@ fn route(a: RouteArgs) -> Result<()> {
 }
 
 fn embed(a: EmbedArgs) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse()?)?;
     let dir = a.model_dir.clone().unwrap_or_else(mappo_env::embed::default_model_dir);
     let embedder = mappo_env::embed::Embedder::load(&dir, &device)?;
     let reader: Box<dyn BufRead> = match &a.input {
