@@ -235,7 +235,7 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     limit_threads(cfg.train.threads);
     let device_spec = match &a.device {
-        Some(d) => d.parse()?,
+        Some(d) => d.parse().context("--device")?,
         None => cfg.train.device,
     };
     let (device, why) = select_device(device_spec)?;
@@ -402,7 +402,7 @@ fn limit_threads(threads: usize) {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (device, _) = select_device(a.device.parse()?)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     if a.episodes == 0 {
         bail!("--episodes must be at least 1");
     }
@@ -441,7 +441,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn route(a: RouteArgs) -> Result<()> {
-    let (device, _) = select_device(a.device.parse()?)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let texts: Vec<String> = if a.texts.is_empty() {
         let mut v = Vec::new();
         for line in std::io::stdin().lock().lines() {
@@ -466,7 +466,7 @@ fn route(a: RouteArgs) -> Result<()> {
 }
 
 fn embed(a: EmbedArgs) -> Result<()> {
-    let (device, _) = select_device(a.device.parse()?)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let dir = a.model_dir.clone().unwrap_or_else(mappo_env::embed::default_model_dir);
     let embedder = mappo_env::embed::Embedder::load(&dir, &device)?;
     let reader: Box<dyn BufRead> = match &a.input {
