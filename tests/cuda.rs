@@ -33,7 +33,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn selecting_auto_picks_the_gpu() {
-    let (d, why) = mappo_train::select_device("auto").expect("auto");
+    let (d, why) = mappo_train::select_device(mappo_config::Device::Auto).expect("auto");
     assert!(d.is_cuda(), "auto must pick the GPU in a CUDA build with a GPU: {why}");
 }
 

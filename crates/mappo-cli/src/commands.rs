@@ -25,7 +25,7 @@ fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
 }
 
 pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
     if let Some(corpus) = &a.corpus {
         let mut bar = EmbedProgress::new(mode);
@@ -84,7 +84,7 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
 }
 
 pub fn route(a: RouteArgs) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let router = mappo_train::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
     let print = |r: &mappo_train::Routed| -> Result<()> {
         if a.json {
@@ -126,7 +126,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
 }
 
 pub fn embed(a: EmbedArgs, mode: Mode) -> Result<()> {
-    let (device, _) = select_device(&a.device)?;
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let dir = a.model_dir.clone().unwrap_or_else(mappo_env::embed::default_model_dir);
     let embedder = mappo_env::embed::Embedder::load(&dir, &device)?;
     let reader: Box<dyn BufRead> = match &a.input {

@@ -41,11 +41,14 @@ pub fn train(a: TrainArgs, mode: Mode) -> Result<Option<i32>> {
         }
     };
     crate::limit_threads(cfg.train.threads);
-    let device_spec = a.device.clone().unwrap_or_else(|| cfg.train.device.to_string());
-    let (device, why) = mappo_train::select_device(&device_spec)?;
+    let device_spec = match &a.device {
+        Some(d) => d.parse().context("--device")?,
+        None => cfg.train.device,
+    };
+    let (device, why) = mappo_train::select_device(device_spec)?;
     tracing::info!("device {why}");
     let ctx = RunCtx { out: &out, resume_from: resume_from.as_ref(), mode, force: a.force };
-    let (summary, target) = if cfg.env.kind.to_string() == "text" {
+    let (summary, target) = if cfg.env.kind == mappo_config::EnvKind::Text {
         let mut embed_bar = EmbedProgress::new(mode);
         let mut setup = TextSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
         embed_bar.finish();

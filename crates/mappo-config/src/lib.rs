@@ -16,7 +16,9 @@
 
 mod error;
 mod fsutil;
+mod load;
 mod rng;
+mod types;
 
 use std::path::Path;
 
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use fsutil::write_atomic;
 pub use rng::Rng;
+pub use types::{Device, EnvKind, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,12 +45,24 @@ pub struct Config {
 }
 
 /// Which environment to train on.
+///
+/// # Paths
+/// `corpus`, `eval_corpus`, `model_dir` and `cache_dir` may be relative. In a
+/// config file (`--config FILE`) they are relative to the directory of that
+/// file, so `mappo train --config /abs/configs/prompts.toml` works from any
+/// directory; given with `--set` they are relative to the current directory.
+/// Absolute paths and `""` (the default) are kept as written. [`Config::load`]
+/// stores relative paths resolved to absolute ones, so the config written to a
+/// run's `config.toml` and into its checkpoints names the same files from
+/// wherever `--resume` or `eval` later runs. Configs read back with
+/// [`Config::from_toml_str`] (checkpoints, whose paths older versions stored
+/// relative to the then current directory) are taken as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
     /// `synthetic` (the seed's cosine-similarity env) or `text` (a corpus of
     /// prompts embedded with all-MiniLM-L6-v2). Default `synthetic`.
-    pub kind: String,
+    pub kind: EnvKind,
     /// Dimension of the synthetic prompt embeddings (the observation). Default 32.
     pub embed_dim: usize,
     /// Number of agents (actions). Default 4.
@@ -55,7 +70,7 @@ pub struct EnvConfig {
     /// Standard deviation of the Gaussian noise added to each reward. Default 0.1.
     pub reward_noise: f64,
     /// Text env: training corpus, JSON lines `{"text": ..., "label": ...}`
-    /// (relative paths are taken from the working directory).
+    /// (a relative path: see [Paths](EnvConfig#paths)).
     pub corpus: String,
     /// Text env: corpus for the periodic greedy evaluation ("" = a sample of
     /// the training corpus).
@@ -66,7 +81,7 @@ pub struct EnvConfig {
     /// Text env reward: `label` (1 if the chosen agent is the prompt's label,
     /// else 0) or `cosine` (cosine between the prompt's and the agent
     /// description's embeddings). Plus `reward_noise`. Default `label`.
-    pub reward: String,
+    pub reward: RewardModel,
     /// Directory of all-MiniLM-L6-v2 ("" = `$MAPPO_MODEL_DIR`, else the user
     /// cache; `cargo xtask fetch-model` fills it).
     pub model_dir: String,
@@ -77,14 +92,14 @@ pub struct EnvConfig {
 impl Default for EnvConfig {
     fn default() -> Self {
         Self {
-            kind: "synthetic".into(),
+            kind: EnvKind::Synthetic,
             embed_dim: 32,
             num_agents: 4,
             reward_noise: 0.1,
             corpus: String::new(),
             eval_corpus: String::new(),
             agents: Vec::new(),
-            reward: "label".into(),
+            reward: RewardModel::Label,
             model_dir: String::new(),
             cache_dir: String::new(),
         }
@@ -94,12 +109,12 @@ impl Default for EnvConfig {
 impl EnvConfig {
     /// Number of actions: the agents listed for the text env, else `num_agents`.
     pub fn action_count(&self) -> usize {
-        if self.kind == "text" { self.agents.len() } else { self.num_agents }
+        if self.kind == EnvKind::Text { self.agents.len() } else { self.num_agents }
     }
 }
 
 /// An agent prompts can be routed to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
     /// Its name: corpus labels refer to it.
@@ -219,7 +234,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Device: `auto` (default: CUDA when built with the `cuda` feature and a GPU
     /// answers, else the CPU), `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: Device,
     /// CPU threads for candle's matrix products (0 = candle's default, all
     /// cores). Default 1: for the small default network, splitting each
     /// product across threads costs more than it saves (measured 5× slower
@@ -239,7 +254,7 @@ impl Default for TrainConfig {
             eval_interval: 50,
             eval_prompts: 4096,
             seed: 42,
-            device: "auto".into(),
+            device: Device::Auto,
             threads: 1,
         }
     }
@@ -248,30 +263,48 @@ impl Default for TrainConfig {
 impl Config {
     /// Builds a config from the defaults, an optional TOML file and dotted
     /// `KEY=VALUE` overrides (applied in order), then validates it.
+    ///
+    /// Relative paths in the file are taken from the file's directory, those
+    /// of overrides from the current directory; both are stored absolute (see
+    /// [Paths](EnvConfig#paths)). An error about a key written in the file
+    /// names the file and the line.
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut tree = toml::Table::new();
+        let mut lines = None;
         if let Some(path) = file {
+            let origin = path.display().to_string();
             let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::Io { path: path.display().to_string(), source: e })?;
-            tree = parse_toml(&text, &path.display().to_string())?;
+                .map_err(|e| ConfigError::Io { path: origin.clone(), source: e })?;
+            tree = load::parse_toml(&text, &origin)?;
+            let key_lines = load::KeyLines::new(&text, &origin);
+            let dir = path.parent().unwrap_or(Path::new(""));
+            load::resolve_paths(&mut tree, dir, None).map_err(|e| key_lines.locate(e, &[]))?;
+            lines = Some(key_lines);
         }
+        let mut overridden = Vec::new();
         for ov in overrides {
-            apply_override(&mut tree, ov)?;
+            let key = load::apply_override(&mut tree, ov)?;
+            if let Some(k) = key.strip_prefix("env.").filter(|k| load::PATH_KEYS.contains(k)) {
+                load::resolve_paths(&mut tree, Path::new(""), Some(k))?;
+            }
+            overridden.push(key);
         }
-        Self::from_table(tree)
+        Self::from_table(tree).map_err(|e| match &lines {
+            Some(l) => l.locate(e, &overridden),
+            None => e,
+        })
     }
 
-    /// Parses a complete TOML document (as saved in run directories and checkpoints).
+    /// Parses a complete TOML document (as saved in run directories and
+    /// checkpoints); paths are taken as written.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        Self::from_table(parse_toml(text, origin)?)
+        Self::from_table(load::parse_toml(text, origin)?)
+            .map_err(|e| load::KeyLines::new(text, origin).locate(e, &[]))
     }
 
     fn from_table(tree: toml::Table) -> Result<Self, ConfigError> {
-        let defaults = default_table();
-        check_keys(&tree, &defaults, "")?;
-        let cfg: Config = toml::Value::Table(tree).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid { key: String::new(), message: e.message().to_string() }
-        })?;
+        load::check_keys(&tree, &load::default_table(), "")?;
+        let cfg = load::deserialize(tree)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -299,9 +332,9 @@ impl Config {
         let at_least = |key: &str, v: u64, min: u64| {
             if v >= min { Ok(()) } else { Err(bad(key, v, &format!("must be an integer >= {min}"))) }
         };
-        match self.env.kind.as_str() {
-            "synthetic" => {}
-            "text" => {
+        match self.env.kind {
+            EnvKind::Synthetic => {}
+            EnvKind::Text => {
                 if self.env.corpus.is_empty() {
                     return Err(bad("env.corpus", "\"\"", "the text env needs a corpus file (JSON lines)"));
                 }
@@ -322,11 +355,21 @@ impl Config {
                         ));
                     }
                 }
-                if self.env.reward != "label" && self.env.reward != "cosine" {
-                    return Err(bad("env.reward", &self.env.reward, "one of: label, cosine"));
+                if self.env.reward == RewardModel::Cosine {
+                    for (i, a) in self.env.agents.iter().enumerate() {
+                        if a.description.trim().is_empty() {
+                            return Err(ConfigError::Invalid {
+                                key: format!("env.agents[{i}].description"),
+                                message: format!(
+                                    "agent `{}` has no description, which the `cosine` reward needs \
+                                     (it rewards the cosine between a prompt and the agent's description)",
+                                    a.name
+                                ),
+                            });
+                        }
+                    }
                 }
             }
-            other => return Err(bad("env.kind", other, "one of: synthetic, text")),
         }
 
         // Upper bounds keep sizes far from overflow and from absurd allocations.
@@ -380,11 +423,6 @@ impl Config {
                 "must be at most train.batch_size * train.rollout_len",
             ));
         }
-        let dev = t.device.as_str();
-        let cuda_ok = dev.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
-        if !(dev == "cpu" || dev == "auto" || dev == "cuda" || cuda_ok) {
-            return Err(bad("train.device", dev, "one of: auto, cpu, cuda, cuda:N"));
-        }
         Ok(())
     }
 
@@ -400,102 +438,10 @@ impl Config {
             }
         }
         let mut out = Vec::new();
-        walk(&default_table(), "", &mut out);
+        walk(&load::default_table(), "", &mut out);
         out.sort();
         out
     }
-}
-
-fn default_table() -> toml::Table {
-    match toml::Table::try_from(Config::default()) {
-        Ok(t) => t,
-        Err(_) => toml::Table::new(),
-    }
-}
-
-fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
-    text.parse::<toml::Table>().map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-        ConfigError::Syntax { origin: origin.to_string(), line, message: e.message().to_string() }
-    })
-}
-
-fn type_name(v: &toml::Value) -> &'static str {
-    match v {
-        toml::Value::String(_) => "a string",
-        toml::Value::Integer(_) => "an integer",
-        toml::Value::Float(_) => "a number",
-        toml::Value::Boolean(_) => "a boolean (true or false)",
-        toml::Value::Datetime(_) => "a datetime",
-        toml::Value::Array(_) => "an array",
-        toml::Value::Table(_) => "a table",
-    }
-}
-
-/// Checks that every key of `user` exists in `defaults` with a compatible type.
-fn check_keys(user: &toml::Table, defaults: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
-    for (k, v) in user {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        let Some(def) = defaults.get(k) else {
-            let mut allowed: Vec<&str> = defaults.keys().map(String::as_str).collect();
-            allowed.sort();
-            return Err(ConfigError::UnknownKey { key, allowed: allowed.join(", ") });
-        };
-        match (def, v) {
-            (toml::Value::Table(d), toml::Value::Table(u)) => check_keys(u, d, &key)?,
-            (toml::Value::Float(_), toml::Value::Float(_) | toml::Value::Integer(_)) => {}
-            (toml::Value::Integer(_), toml::Value::Integer(i)) if *i < 0 => {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: format!("{i} is not allowed: must be a non-negative integer"),
-                });
-            }
-            (d, u) if std::mem::discriminant(d) == std::mem::discriminant(u) => {}
-            (d, u) => {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: format!("expected {}, found {}", type_name(d), type_name(u)),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Applies one `a.b.c=value` override. The value is read as TOML (`1e-3`,
-/// `true`, `"text"`); anything that does not parse as TOML is taken as a string.
-fn apply_override(tree: &mut toml::Table, ov: &str) -> Result<(), ConfigError> {
-    let Some((key, raw)) = ov.split_once('=') else {
-        return Err(ConfigError::BadOverride { arg: ov.into() });
-    };
-    let key = key.trim();
-    let raw = raw.trim();
-    if key.is_empty() || key.split('.').any(str::is_empty) {
-        return Err(ConfigError::BadOverride { arg: ov.into() });
-    }
-    let value = match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.into()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut node = tree;
-    for (i, part) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            node.insert((*part).to_string(), value);
-            break;
-        }
-        let entry = node.entry((*part).to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        node = match entry {
-            toml::Value::Table(t) => t,
-            _ => {
-                return Err(ConfigError::Invalid {
-                    key: parts[..=i].join("."),
-                    message: "is a value, not a table".into(),
-                });
-            }
-        };
-    }
-    Ok(())
 }
 
 #[cfg(test)]

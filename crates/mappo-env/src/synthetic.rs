@@ -66,7 +66,7 @@ fn normalise(row: &mut [f32]) {
 
 impl Env for SyntheticEnv {
     fn kind(&self) -> &str {
-        "synthetic"
+        mappo_config::EnvKind::Synthetic.as_str()
     }
 
     fn spec(&self) -> EnvSpec {

@@ -243,7 +243,7 @@ impl DatasetEnv {
 
 impl Env for DatasetEnv {
     fn kind(&self) -> &str {
-        "text"
+        mappo_config::EnvKind::Text.as_str()
     }
 
     fn spec(&self) -> EnvSpec {

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use mappo_config::EnvKind;
 use mappo_env::{KnownRewards, Rng, SyntheticEnv};
 use mappo_nn::{Policy, sample_actions};
 use serde::Serialize;
@@ -97,9 +98,9 @@ pub fn evaluate_checkpoint_synthetic(
     eval_seed: u64,
     device: &Device,
 ) -> Result<EvalReport, TrainError> {
-    if ckpt.env_kind != "synthetic" {
+    if ckpt.env_kind != EnvKind::Synthetic.as_str() {
         let path = ckpt.path.as_deref().unwrap_or(Path::new("<checkpoint>")).display().to_string();
-        let problem = if ckpt.env_kind == "text" {
+        let problem = if ckpt.env_kind == EnvKind::Text.as_str() {
             "it was trained on the text environment: evaluate it on prompts with `--corpus FILE.jsonl` \
              (e.g. the run's env.eval_corpus)"
                 .to_string()

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use mappo_config::{Config, Rng};
+use mappo_config::{Config, EnvKind, RewardModel, Rng};
 use mappo_env::embed::{Embedder, default_model_dir};
 use mappo_env::text::{cosine_rewards, default_cache_dir, embed_cached, label_rewards};
 use mappo_env::{DatasetEnv, Prompt, load_corpus};
@@ -57,14 +57,14 @@ pub fn embed_corpus(
     let (embeddings, _) = embed_cached(embedder, &texts, &cache_dir(cfg), |d, t| progress(&what, d, t))?;
     let dim = embedder.dim();
     let na = cfg.env.agents.len();
-    let expected = match cfg.env.reward.as_str() {
-        "cosine" => {
+    let expected = match cfg.env.reward {
+        RewardModel::Cosine => {
             let descs: Vec<&str> = cfg.env.agents.iter().map(|a| a.description.as_str()).collect();
             let agent_rows = embedder.embed(&descs).map_err(|e| TrainError::Env(e.into()))?;
             let flat: Vec<f32> = agent_rows.into_iter().flatten().collect();
             cosine_rewards(&embeddings, &flat, dim)
         }
-        _ => {
+        RewardModel::Label => {
             if let Some(i) = prompts.iter().position(|p| p.label.is_none()) {
                 return Err(TrainError::Env(mappo_env::EnvError::Corpus {
                     path: path.display().to_string(),
@@ -211,7 +211,7 @@ pub fn evaluate_corpus(
 }
 
 fn text_config<'a>(ckpt: &'a Checkpoint, path: &Path) -> Result<&'a Config, TrainError> {
-    if ckpt.config.env.kind != "text" {
+    if ckpt.config.env.kind != EnvKind::Text {
         return Err(TrainError::Checkpoint {
             path: path.display().to_string(),
             problem: format!(

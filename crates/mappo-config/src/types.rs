@@ -1,0 +1,206 @@
+//! The typed values of string-valued keys: [`EnvKind`], [`RewardModel`] and
+//! [`Device`]. Each parses from (and prints and serialises as) exactly the
+//! strings the config files have always used, so saved configs and
+//! checkpoints read the same either way.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A string that is not one of a key's allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value `{value}`; expected one of {expected}")]
+pub struct ParseValueError {
+    /// The value as given.
+    pub value: String,
+    /// The allowed values, quoted and comma-separated (e.g. "`label`, `cosine`").
+    pub expected: &'static str,
+}
+
+/// Serde through `Display`/`FromStr`, so that file, `--set` and CLI flags
+/// share one parser and one error message.
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// Which environment a run trains on (`env.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EnvKind {
+    /// `synthetic`: the seed's cosine-similarity env.
+    #[default]
+    Synthetic,
+    /// `text`: a corpus of prompts embedded with all-MiniLM-L6-v2.
+    Text,
+}
+
+impl EnvKind {
+    /// The config string: `synthetic` or `text`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Synthetic => "synthetic",
+            Self::Text => "text",
+        }
+    }
+}
+
+impl fmt::Display for EnvKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EnvKind {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "synthetic" => Ok(Self::Synthetic),
+            "text" => Ok(Self::Text),
+            _ => Err(ParseValueError { value: s.into(), expected: "`synthetic`, `text`" }),
+        }
+    }
+}
+
+serde_via_str!(EnvKind);
+
+/// How the text env rewards a routing decision (`env.reward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RewardModel {
+    /// `label`: 1 if the chosen agent is the prompt's label, else 0.
+    #[default]
+    Label,
+    /// `cosine`: cosine between the prompt's and the agent description's embeddings.
+    Cosine,
+}
+
+impl RewardModel {
+    /// The config string: `label` or `cosine`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Label => "label",
+            Self::Cosine => "cosine",
+        }
+    }
+}
+
+impl fmt::Display for RewardModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RewardModel {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "label" => Ok(Self::Label),
+            "cosine" => Ok(Self::Cosine),
+            _ => Err(ParseValueError { value: s.into(), expected: "`label`, `cosine`" }),
+        }
+    }
+}
+
+serde_via_str!(RewardModel);
+
+/// Where tensors live (`train.device`, the CLI's `--device`).
+///
+/// Written `auto`, `cpu`, `cuda` or `cuda:N`; `cuda` is `cuda:0` and prints
+/// as `cuda` (so `cuda:0` is saved back as `cuda`). Surrounding whitespace is
+/// ignored; anything else (`CPU`, `gpu`, `cuda:`, `cuda:-1`) is refused.
+/// Turning a `Device` into a real device (and what `auto` picks) is
+/// `mappo_train::select_device`'s job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    /// CUDA when the binary was built with the `cuda` feature and a GPU answers, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU of this ordinal; never falls back to the CPU.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(0) => f.write_str("cuda"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseValueError { value: s.into(), expected: "`auto`, `cpu`, `cuda`, `cuda:N`" };
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            t => {
+                let n = t.strip_prefix("cuda:").ok_or_else(bad)?;
+                // `usize::from_str` accepts a leading `+`; a device ordinal is digits only.
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                n.parse().map(Self::Cuda).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+serde_via_str!(Device);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_parses_and_prints_the_config_strings() {
+        for (s, d, back) in [
+            ("auto", Device::Auto, "auto"),
+            ("cpu", Device::Cpu, "cpu"),
+            ("cuda", Device::Cuda(0), "cuda"),
+            ("cuda:0", Device::Cuda(0), "cuda"),
+            ("cuda:3", Device::Cuda(3), "cuda:3"),
+            (" cpu ", Device::Cpu, "cpu"),
+        ] {
+            assert_eq!(s.parse::<Device>(), Ok(d), "{s}");
+            assert_eq!(d.to_string(), back);
+        }
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:+1", "cuda:x", "CPU", "", "cuda:99999999999999999999999"]
+        {
+            let e = bad.parse::<Device>().expect_err(bad).to_string();
+            assert!(e.contains("`auto`, `cpu`, `cuda`, `cuda:N`"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn enums_parse_only_their_strings() {
+        assert_eq!("text".parse::<EnvKind>(), Ok(EnvKind::Text));
+        assert_eq!(EnvKind::Synthetic.to_string(), "synthetic");
+        assert_eq!("cosine".parse::<RewardModel>(), Ok(RewardModel::Cosine));
+        assert_eq!(RewardModel::Label.to_string(), "label");
+        let e = "cosin".parse::<RewardModel>().expect_err("typo").to_string();
+        assert!(e.contains("`cosin`") && e.contains("`label`, `cosine`"), "{e}");
+        assert!("Text".parse::<EnvKind>().is_err());
+    }
+}
