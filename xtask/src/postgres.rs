@@ -56,6 +56,15 @@ impl Cluster {
     /// have left there).
     pub fn start(bindir: &Path, base: &Path) -> Result<Cluster> {
         let as_postgres = is_root();
+        // The postgres user must reach the data directory: when a parent of `base` is closed to
+        // it (a clone under /root, say), use a directory in the system's temporary directory.
+        let fallback;
+        let base = if as_postgres && !reachable_by_postgres(base) {
+            fallback = std::env::temp_dir().join(format!("mappo-pg-test-{}", std::process::id()));
+            fallback.as_path()
+        } else {
+            base
+        };
         let data = base.join("data");
         if data.join("postmaster.pid").exists() {
             let _ = run(
@@ -124,6 +133,19 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// Whether every existing ancestor of `p` lets the `postgres` user through.
+fn reachable_by_postgres(p: &Path) -> bool {
+    let Some(existing) = p.ancestors().find(|a| a.exists()) else {
+        return false;
+    };
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(existing)
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn path_str(p: &Path) -> Result<&str> {

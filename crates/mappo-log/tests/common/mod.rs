@@ -30,7 +30,11 @@ pub fn pg_url(test: &str) -> Option<String> {
                 "{PG_VAR} is not set and CI=true: the PostgreSQL tests must run in CI \
                  (run them through `cargo xtask test`, which starts a throwaway cluster)"
             );
-            eprintln!(
+            // Straight to stderr, not eprintln!: the test harness would capture that and hide
+            // the skip.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED {test} (PostgreSQL): {PG_VAR} is not set; `cargo xtask test` starts a \
                  throwaway cluster and sets it (DEVELOPERS.md)"
             );
