@@ -6,6 +6,7 @@ mod bench;
 mod build_cuda;
 mod fetch_data;
 mod fetch_model;
+mod postgres;
 mod test;
 
 #[derive(Parser)]

@@ -1,0 +1,97 @@
+//! Versioned schema migrations, applied in order at open and recorded in `schema_migrations`.
+//!
+//! Both backends get the same tables, columns and meaning; only the column types differ
+//! (`BLOB`/`BYTEA`, `UUID`, `JSONB`). To change the schema, append a migration to **both** lists
+//! with the next version number; never edit one that has shipped.
+
+/// One schema step.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Applied in increasing order; recorded in `schema_migrations.version`.
+    pub version: i64,
+    /// Short name, recorded beside the version.
+    pub name: &'static str,
+    /// The statements (several, separated by `;`).
+    pub sql: &'static str,
+}
+
+/// The bookkeeping table itself (created before any migration).
+pub const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_us BIGINT NOT NULL
+)";
+
+/// SQLite's migrations.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "decisions, rewards, policy_versions",
+    sql: "
+CREATE TABLE policy_versions (
+    version BIGINT PRIMARY KEY,
+    created_us BIGINT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    checkpoint BLOB NOT NULL,
+    source TEXT NOT NULL,
+    note TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE decisions (
+    id BLOB PRIMARY KEY,
+    time_us BIGINT NOT NULL,
+    policy_version BIGINT NOT NULL,
+    action BIGINT NOT NULL,
+    agent TEXT NOT NULL,
+    probabilities BLOB NOT NULL,
+    propensity DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('sampled', 'greedy', 'forced')),
+    embedding BLOB NOT NULL,
+    model_hash TEXT NOT NULL,
+    text TEXT,
+    replica TEXT NOT NULL
+);
+CREATE INDEX decisions_time_id ON decisions (time_us, id);
+CREATE TABLE rewards (
+    decision_id BLOB PRIMARY KEY REFERENCES decisions (id),
+    reward DOUBLE PRECISION NOT NULL,
+    time_us BIGINT NOT NULL
+);
+",
+}];
+
+/// PostgreSQL's migrations.
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "decisions, rewards, policy_versions",
+    sql: "
+CREATE TABLE policy_versions (
+    version BIGINT PRIMARY KEY,
+    created_us BIGINT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    checkpoint BYTEA NOT NULL,
+    source TEXT NOT NULL,
+    note TEXT,
+    meta JSONB NOT NULL DEFAULT '{}'
+);
+CREATE TABLE decisions (
+    id UUID PRIMARY KEY,
+    time_us BIGINT NOT NULL,
+    policy_version BIGINT NOT NULL,
+    action BIGINT NOT NULL,
+    agent TEXT NOT NULL,
+    probabilities BYTEA NOT NULL,
+    propensity DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('sampled', 'greedy', 'forced')),
+    embedding BYTEA NOT NULL,
+    model_hash TEXT NOT NULL,
+    text TEXT,
+    replica TEXT NOT NULL
+);
+CREATE INDEX decisions_time_id ON decisions (time_us, id);
+CREATE TABLE rewards (
+    decision_id UUID PRIMARY KEY REFERENCES decisions (id),
+    reward DOUBLE PRECISION NOT NULL,
+    time_us BIGINT NOT NULL
+);
+",
+}];

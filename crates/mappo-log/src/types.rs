@@ -1,0 +1,362 @@
+//! The records the log stores and returns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::LogError;
+
+/// A point in time: microseconds since the Unix epoch (UTC). Stored as a 64-bit integer in both
+/// backends, so ordering and equality are exact and identical everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time (microsecond resolution).
+    pub fn now() -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        Timestamp((now.unix_timestamp_nanos() / 1_000) as i64)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// RFC 3339 in UTC, e.g. `2025-11-26T12:09:00.123456Z` (sub-second digits only as needed).
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| self.0.to_string()),
+            // Out of the representable range (year > 9999): fall back to the raw number.
+            Err(_) => self.0.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// How the action of a decision was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionKind {
+    /// Sampled from the logged probabilities: the only kind off-policy learning uses.
+    Sampled,
+    /// The argmax, logged with propensity 1 (not used for learning).
+    Greedy,
+    /// Chosen by the caller, not by the policy (e.g. an override); not used for learning.
+    Forced,
+}
+
+impl DecisionKind {
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Sampled => "sampled",
+            DecisionKind::Greedy => "greedy",
+            DecisionKind::Forced => "forced",
+        }
+    }
+}
+
+impl fmt::Display for DecisionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DecisionKind {
+    type Err = LogError;
+    fn from_str(s: &str) -> Result<Self, LogError> {
+        match s {
+            "sampled" => Ok(DecisionKind::Sampled),
+            "greedy" => Ok(DecisionKind::Greedy),
+            "forced" => Ok(DecisionKind::Forced),
+            other => Err(LogError::Corrupt(format!("unknown decision kind `{other}`"))),
+        }
+    }
+}
+
+/// One routing decision, as the service logs it before answering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Unique across replicas; [`Decision::new_id`] gives a time-ordered UUID v7.
+    pub id: Uuid,
+    /// When the decision was taken.
+    pub time: Timestamp,
+    /// The policy version that produced `probabilities`.
+    pub policy_version: i64,
+    /// Index of the chosen agent in `probabilities`.
+    pub action: u32,
+    /// Name of the chosen agent.
+    pub agent: String,
+    /// The probability of every agent (after the exploration floor), in agent order.
+    pub probabilities: Vec<f32>,
+    /// The probability the chosen action was taken with (`probabilities[action]` when sampled, 1
+    /// when greedy).
+    pub propensity: f32,
+    /// Sampled, greedy or forced.
+    pub kind: DecisionKind,
+    /// The context embedding (e.g. 384 floats), stored bit-exact as f32 little-endian.
+    pub embedding: Vec<f32>,
+    /// Identifies the embedding model (e.g. the sha256 of its weights).
+    pub model_hash: String,
+    /// The prompt, only when the service logs texts (`serve.log_text`).
+    pub text: Option<String>,
+    /// Which replica took the decision.
+    pub replica: String,
+}
+
+impl Decision {
+    /// A fresh decision id: a UUID v7 (time-ordered, random in its low bits, unique across
+    /// replicas).
+    pub fn new_id() -> Uuid {
+        Uuid::now_v7()
+    }
+
+    /// Checks what the database cannot: finite numbers, an action inside the probabilities.
+    pub fn validate(&self) -> Result<(), LogError> {
+        let bad = |reason: String| LogError::InvalidDecision { id: self.id, reason };
+        if self.probabilities.is_empty() {
+            return Err(bad("no probabilities".into()));
+        }
+        if self.action as usize >= self.probabilities.len() {
+            return Err(bad(format!(
+                "action {} out of range for {} probabilities",
+                self.action,
+                self.probabilities.len()
+            )));
+        }
+        if self.probabilities.iter().any(|p| !p.is_finite() || *p < 0.0) {
+            return Err(bad("a probability is negative or not finite".into()));
+        }
+        if !self.propensity.is_finite() || self.propensity <= 0.0 || self.propensity > 1.0 {
+            return Err(bad(format!("propensity {} is not in (0, 1]", self.propensity)));
+        }
+        if self.embedding.iter().any(|x| !x.is_finite()) {
+            return Err(bad("the embedding has a non-finite value".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes floats as f32 little-endian bytes (the blob format of `embedding` and
+/// `probabilities`).
+pub fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes f32 little-endian bytes; the length must be a multiple of 4.
+pub fn bytes_to_f32s(b: &[u8]) -> Result<Vec<f32>, LogError> {
+    if !b.len().is_multiple_of(4) {
+        return Err(LogError::Corrupt(format!("a float blob of {} bytes is not a multiple of 4", b.len())));
+    }
+    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// A reward joined to its decision.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reward {
+    /// The reward value.
+    pub reward: f64,
+    /// When it was recorded.
+    pub time: Timestamp,
+}
+
+/// A decision with its reward, if one has arrived: what the learner reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinedEvent {
+    /// The logged decision.
+    pub decision: Decision,
+    /// Its reward, `None` when none has arrived (yet).
+    pub reward: Option<Reward>,
+}
+
+impl JoinedEvent {
+    /// The position of this event in the stable order of [`crate::DecisionLog::joined_events`].
+    pub fn watermark(&self) -> Watermark {
+        Watermark { time: self.decision.time, id: self.decision.id }
+    }
+}
+
+/// A position in the stable order of decisions: `(time, id)`, ascending. Events strictly after a
+/// watermark are those with a greater `(time, id)` pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Decision time.
+    pub time: Timestamp,
+    /// Decision id (breaks ties between equal times; compared bytewise, as both databases do).
+    pub id: Uuid,
+}
+
+/// Which events [`crate::DecisionLog::joined_events`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventQuery {
+    /// Only events strictly after this position (`None`: from the start).
+    pub after: Option<Watermark>,
+    /// Only decisions taken strictly before this time (`None`: no bound). A learner that waits
+    /// `reward_wait_s` for rewards passes `now - reward_wait_s`, so it never consumes a decision
+    /// whose reward may still come, nor one a replica has not committed yet.
+    pub before: Option<Timestamp>,
+    /// At most this many events (the page size).
+    pub limit: u32,
+}
+
+/// A policy version without its checkpoint bytes (what `mappo policy list` shows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// The version: 1, 2, 3, … in publication order.
+    pub version: i64,
+    /// When it was published.
+    pub created: Timestamp,
+    /// sha256 of the checkpoint bytes (lowercase hex).
+    pub sha256: String,
+    /// Who published it (`"mappo policy publish"`, `"mappo serve --config"`, `"mappo learn"`, …).
+    pub source: String,
+    /// Free text.
+    pub note: Option<String>,
+    /// Free-form JSON, e.g. the promotion gate's estimates.
+    pub meta: serde_json::Value,
+    /// Size of the checkpoint in bytes.
+    pub size: i64,
+}
+
+/// A policy version with its checkpoint (the contents of the safetensors file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Everything but the bytes.
+    pub info: PolicyInfo,
+    /// The checkpoint file's contents.
+    pub checkpoint: Vec<u8>,
+}
+
+/// What [`crate::DecisionLog::publish_policy`] records beside the bytes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PublishMeta {
+    /// Who publishes.
+    pub source: String,
+    /// Free text.
+    pub note: Option<String>,
+    /// Free-form JSON (`Value::Null` is stored as `{}`).
+    pub meta: serde_json::Value,
+}
+
+/// The outcome of [`crate::DecisionLog::publish_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The version of these bytes.
+    pub version: i64,
+    /// `false` when the same bytes (same sha256) were already published: `version` is that one.
+    pub created: bool,
+}
+
+/// Per-agent figures in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// The agent's name.
+    pub agent: String,
+    /// Decisions that chose it.
+    pub decisions: i64,
+    /// Of those, how many have a reward.
+    pub rewarded: i64,
+    /// Mean reward over those (`None` when none).
+    pub reward_mean: Option<f64>,
+}
+
+/// Counts over the whole log (`mappo log stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// All decisions.
+    pub decisions: i64,
+    /// Decisions by kind: sampled, greedy, forced.
+    pub sampled: i64,
+    /// Greedy decisions.
+    pub greedy: i64,
+    /// Forced decisions.
+    pub forced: i64,
+    /// Rewards (each joined to exactly one decision).
+    pub rewards: i64,
+    /// `rewards / decisions` (0 when there are no decisions).
+    pub join_rate: f64,
+    /// Mean of all rewards.
+    pub reward_mean: Option<f64>,
+    /// Published policy versions.
+    pub policy_versions: i64,
+    /// The newest version.
+    pub latest_policy_version: Option<i64>,
+    /// First and last decision times.
+    pub first_decision: Option<Timestamp>,
+    /// Last decision time.
+    pub last_decision: Option<Timestamp>,
+    /// Per agent, by name.
+    pub agents: Vec<AgentStats>,
+}
+
+/// Options of [`crate::DecisionLog::export_jsonl`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportOptions {
+    /// Also write `"embedding"` (an array of floats) on each line, for tools that do not embed.
+    pub embeddings: bool,
+}
+
+/// One line of `mappo log export`, in this field order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportLine {
+    /// The decision id.
+    pub decision_id: Uuid,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The policy version that decided.
+    pub policy_version: i64,
+    /// Index of the chosen agent.
+    pub action: u32,
+    /// Name of the chosen agent.
+    pub agent: String,
+    /// Every agent's probability.
+    pub probabilities: Vec<f32>,
+    /// The chosen action's logged probability.
+    pub propensity: f32,
+    /// The reward, `null` when none.
+    pub reward: Option<f64>,
+    /// The prompt, present only when it was logged.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text: Option<String>,
+    /// `sampled`, `greedy` or `forced`.
+    pub kind: DecisionKind,
+    /// The embedding, only with [`ExportOptions::embeddings`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl ExportLine {
+    /// The line for one joined event.
+    pub fn new(e: &JoinedEvent, opts: ExportOptions) -> Self {
+        let d = &e.decision;
+        ExportLine {
+            decision_id: d.id,
+            time: d.time.to_rfc3339(),
+            policy_version: d.policy_version,
+            action: d.action,
+            agent: d.agent.clone(),
+            probabilities: d.probabilities.clone(),
+            propensity: d.propensity,
+            reward: e.reward.map(|r| r.reward),
+            text: d.text.clone(),
+            kind: d.kind,
+            embedding: opts.embeddings.then(|| d.embedding.clone()),
+        }
+    }
+}
