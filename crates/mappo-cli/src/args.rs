@@ -44,6 +44,70 @@ pub enum Cmd {
     Embed(EmbedArgs),
     /// Print the resolved config (every key; defaults unless --config/--set change them) as TOML.
     Config(ConfigArgs),
+    /// The decision log of `mappo serve`: export it as JSON lines, or print its statistics.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+    /// Policy versions in the decision log's database: publish a checkpoint, list the versions.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+/// The database URL's default: the embedded SQLite file `mappo serve` uses.
+pub const DEFAULT_DB: &str = "sqlite:runs/serve/mappo.db";
+
+#[derive(Subcommand)]
+pub enum LogCmd {
+    /// Write every decision as one JSON line: decision_id, time (RFC 3339), policy_version,
+    /// action, agent, probabilities, propensity, reward (null when none), text (when logged), kind.
+    Export {
+        /// Database: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Also write each decision's logged embedding ("embedding": 384 floats).
+        #[arg(long)]
+        embeddings: bool,
+    },
+    /// Counts, reward join rate, mean reward per agent.
+    Stats {
+        /// Database: sqlite:PATH or postgres://...
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Publish a checkpoint as a new policy version (the same file twice gives the same version).
+    Publish {
+        /// Database: sqlite:PATH or postgres://...
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+        /// Checkpoint file, or a run directory (its newest checkpoint that loads).
+        #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+        checkpoint: PathBuf,
+        /// A note stored with the version.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List the published versions, newest last.
+    List {
+        /// Database: sqlite:PATH or postgres://...
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]

@@ -300,3 +300,36 @@ fn embed_passes_every_field_through() {
     assert_eq!(lines[0]["embedding"].as_array().map(Vec::len), Some(384));
     assert_eq!(lines[1]["text"], serde_json::json!("second"));
 }
+
+#[test]
+fn policy_publish_list_and_log_stats_on_a_fresh_database() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("run");
+    let o = train(&run, &["train.total_updates=10", "train.eval_interval=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db = format!("sqlite:{}", s(&tmp.path().join("db/mappo.db")));
+    let o = mappo(&["policy", "publish", "--db", &db, "--checkpoint", s(&run), "--note", "first"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "1");
+    // The same file again is the same version; a file that is not a checkpoint is refused.
+    let o = mappo(&["policy", "publish", "--db", &db, "--checkpoint", s(&last_line(&o).with_file_name("x"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = mappo(&["policy", "publish", "--db", &db, "--checkpoint", s(&run)]);
+    assert_eq!(stdout(&o).trim(), "1", "{}", stderr(&o));
+    let o = mappo(&["policy", "list", "--db", &db, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["version"], serde_json::json!(1));
+    assert_eq!(v[0]["note"], serde_json::json!("first"));
+    let o = mappo(&["log", "stats", "--db", &db, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!((v["decisions"].as_i64(), v["policy_versions"].as_i64()), (Some(0), Some(1)), "{v}");
+    let o = mappo(&["log", "export", "--db", &db]);
+    assert!(o.status.success() && stdout(&o).is_empty(), "{}", stderr(&o));
+    // An unreachable database is named, without its password.
+    let o = mappo(&["log", "stats", "--db", "postgres://me:secret@127.0.0.1:1/none"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("127.0.0.1:1") && !stderr(&o).contains("secret"), "{}", stderr(&o));
+}

@@ -1,0 +1,124 @@
+//! `mappo log export|stats` and `mappo policy publish|list`: the decision log's database.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use mappo_log::{DecisionLog, ExportOptions, PublishMeta};
+use mappo_train::Checkpoint;
+
+use crate::args::{LogCmd, PolicyCmd};
+use crate::outln;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+pub fn log(cmd: LogCmd) -> Result<()> {
+    runtime()?.block_on(async {
+        match cmd {
+            LogCmd::Export { db, output, embeddings } => {
+                let log = DecisionLog::open(&db).await?;
+                let opts = ExportOptions { embeddings };
+                let n = match &output {
+                    Some(p) => {
+                        let f = std::fs::File::create(p)
+                            .with_context(|| format!("cannot create {}", p.display()))?;
+                        let mut w = std::io::BufWriter::new(f);
+                        let n = log.export_jsonl(&mut w, opts).await?;
+                        w.flush()?;
+                        n
+                    }
+                    None => {
+                        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                        let n = log.export_jsonl(&mut w, opts).await?;
+                        w.flush()?;
+                        n
+                    }
+                };
+                tracing::info!("exported {n} decisions from {}", log.db());
+            }
+            LogCmd::Stats { db, json } => {
+                let log = DecisionLog::open(&db).await?;
+                let s = log.stats().await?;
+                if json {
+                    outln!("{}", serde_json::to_string(&s)?);
+                } else {
+                    outln!("{:<24} {}", "decisions", s.decisions);
+                    outln!("{:<24} {} / {} / {}", "sampled / greedy / forced", s.sampled, s.greedy, s.forced);
+                    outln!("{:<24} {}", "rewards", s.rewards);
+                    outln!("{:<24} {:.4}", "join rate", s.join_rate);
+                    let mean = |m: Option<f64>| m.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+                    outln!("{:<24} {}", "mean reward", mean(s.reward_mean));
+                    outln!("{:<24} {}", "policy versions", s.policy_versions);
+                    let width = s.agents.iter().map(|a| a.agent.len()).max().unwrap_or(5).max(5);
+                    outln!("");
+                    outln!(
+                        "{:<width$} {:>10} {:>10} {:>12}",
+                        "agent",
+                        "decisions",
+                        "rewarded",
+                        "mean reward"
+                    );
+                    for a in &s.agents {
+                        outln!(
+                            "{:<width$} {:>10} {:>10} {:>12}",
+                            a.agent,
+                            a.decisions,
+                            a.rewarded,
+                            mean(a.reward_mean)
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn policy(cmd: PolicyCmd) -> Result<()> {
+    runtime()?.block_on(async {
+        match cmd {
+            PolicyCmd::Publish { db, checkpoint, note } => {
+                // Only a checkpoint that loads is published.
+                let ckpt = Checkpoint::open(&checkpoint, &Device::Cpu)?;
+                let path = ckpt.path.clone().context("checkpoint without a path")?;
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let meta = PublishMeta {
+                    source: format!("mappo policy publish {}", path.display()),
+                    note,
+                    meta: serde_json::json!({"update": ckpt.update, "env_kind": ckpt.env_kind}),
+                };
+                let log = DecisionLog::open(&db).await?;
+                let p = log.publish_policy(&bytes, &meta).await?;
+                if p.created {
+                    tracing::info!("published {} as version {}", path.display(), p.version);
+                } else {
+                    tracing::info!("{} was already published as version {}", path.display(), p.version);
+                }
+                outln!("{}", p.version);
+            }
+            PolicyCmd::List { db, json } => {
+                let log = DecisionLog::open(&db).await?;
+                let list = log.list_policies().await?;
+                if json {
+                    outln!("{}", serde_json::to_string(&list)?);
+                } else {
+                    outln!("{:>7}  {:<32}  {:>10}  {}", "version", "created", "bytes", "source / note");
+                    for p in &list {
+                        let note = p.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                        outln!(
+                            "{:>7}  {:<32}  {:>10}  {}{note}",
+                            p.version,
+                            p.created.to_rfc3339(),
+                            p.size,
+                            p.source
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
