@@ -9,11 +9,8 @@ use candle_core::{Device, Tensor};
 use mappo_config::Rng;
 use mappo_env::{Env, SyntheticEnv};
 use mappo_nn::Policy;
-use mappo_tests::small_config;
-use mappo_train::{
-    Checkpoint, NoObserver, RunOptions, SyntheticSetup, TextSetup, evaluate_checkpoint_synthetic,
-    load_checkpoint_policy, run,
-};
+use mappo_tests::{small_config, train_in};
+use mappo_train::{Checkpoint, SyntheticSetup, TextSetup, evaluate_checkpoint_synthetic};
 
 fn gpu() -> Device {
     match Device::new_cuda(0) {
@@ -46,17 +43,18 @@ fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
     let train_on = |device: &Device| {
         let mut setup = SyntheticSetup::on(&cfg, device).expect("setup");
         let dir = tempfile::tempdir().expect("tmp");
-        let s =
-            run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
-                .expect("run");
+        let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
         (dir, s.final_checkpoint)
     };
     let (_dc, cpu_ckpt) = train_on(&Device::Cpu);
     let (_dg, gpu_ckpt) = train_on(&gpu());
 
     // Both checkpoints evaluated on the CPU, on the same 4096 fresh prompts.
-    let cpu = evaluate_checkpoint_synthetic(&cpu_ckpt, 4096, 2024, &Device::Cpu).expect("cpu eval");
-    let gpu_on_cpu = evaluate_checkpoint_synthetic(&gpu_ckpt, 4096, 2024, &Device::Cpu).expect("eval");
+    let load = |p: &std::path::Path, d: &Device| Checkpoint::load(p, d).expect("checkpoint loads");
+    let cpu = evaluate_checkpoint_synthetic(&load(&cpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu)
+        .expect("cpu eval");
+    let gpu_on_cpu = evaluate_checkpoint_synthetic(&load(&gpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu)
+        .expect("eval");
     assert!(cpu.oracle_agreement > 0.93, "CPU run: {cpu:?}");
     assert!(gpu_on_cpu.oracle_agreement > 0.93, "GPU run did not learn as well: {gpu_on_cpu:?}");
     assert!(
@@ -64,14 +62,13 @@ fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
         "GPU {gpu_on_cpu:?} vs CPU {cpu:?}"
     );
     // The GPU checkpoint evaluated on the GPU agrees with itself evaluated on the CPU.
-    let gpu_on_gpu = evaluate_checkpoint_synthetic(&gpu_ckpt, 4096, 2024, &gpu()).expect("eval");
+    let gpu_on_gpu =
+        evaluate_checkpoint_synthetic(&load(&gpu_ckpt, &gpu()), 4096, 2024, &gpu()).expect("eval");
     assert!((gpu_on_gpu.oracle_agreement - gpu_on_cpu.oracle_agreement).abs() < 0.01);
 
     // Same weights, same logits on both devices (CPU checkpoint loaded on the GPU and back).
-    let ck = Checkpoint::load(&cpu_ckpt, &gpu()).expect("cpu checkpoint on the gpu");
-    let on_gpu = load_checkpoint_policy(&ck, &cpu_ckpt, cfg.env.embed_dim, &gpu()).expect("policy");
-    let ck = Checkpoint::load(&cpu_ckpt, &Device::Cpu).expect("cpu checkpoint");
-    let on_cpu = load_checkpoint_policy(&ck, &cpu_ckpt, cfg.env.embed_dim, &Device::Cpu).expect("policy");
+    let on_gpu = load(&cpu_ckpt, &gpu()).policy(cfg.env.embed_dim, &gpu()).expect("policy");
+    let on_cpu = load(&cpu_ckpt, &Device::Cpu).policy(cfg.env.embed_dim, &Device::Cpu).expect("policy");
     let mut env = SyntheticEnv::new(&cfg.env, 256, 5, &Device::Cpu);
     let obs = env.reset(&mut Rng::new(9)).expect("reset");
     let a = on_cpu.forward(&obs).expect("cpu forward");
@@ -95,8 +92,7 @@ fn text_pipeline_runs_on_the_gpu_and_matches_the_cpu() {
     // Embedding on the GPU (the cache is written by this call), then training on the GPU.
     let mut setup = TextSetup::on(&cfg, &gpu(), &mut |_, _, _| {}).expect("text setup on the gpu");
     let dir = tempfile::tempdir().expect("tmp");
-    let s = run(&mut setup.trainer, Some(&setup.evaluator), &RunOptions::new(dir.path()), &mut NoObserver)
-        .expect("run");
+    let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
     let after = s.last_eval.expect("eval");
     assert!(after.oracle_agreement > 0.8, "{after:?}");
 
