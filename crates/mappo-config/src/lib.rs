@@ -18,6 +18,7 @@ mod error;
 mod fsutil;
 mod load;
 mod rng;
+mod serve;
 mod types;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 pub use fsutil::write_atomic;
 pub use rng::Rng;
+pub use serve::ServeConfig;
 pub use types::{Device, EnvKind, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
@@ -42,6 +44,8 @@ pub struct Config {
     pub ppo: PpoConfig,
     /// Training loop: budget, seed, logging and checkpoint cadence.
     pub train: TrainConfig,
+    /// The routing service (`mappo serve`).
+    pub serve: ServeConfig,
 }
 
 /// Which environment to train on.
@@ -423,7 +427,7 @@ impl Config {
                 "must be at most train.batch_size * train.rollout_len",
             ));
         }
-        Ok(())
+        self.serve.validate()
     }
 
     /// Every dotted key this config knows, sorted (for help texts and errors).
