@@ -1,0 +1,343 @@
+//! The batching queue and the model thread.
+//!
+//! Handlers put route jobs on a bounded queue; one dedicated OS thread (never the async
+//! executor) takes the first job, waits up to `batch_wait` for more, and runs every text of
+//! the batch (at most `max_batch_texts`) through one embedding and one policy forward pass;
+//! then it floors the probabilities, samples each agent with its seeded RNG (or takes the
+//! argmax for greedy requests) and answers each job on its own channel. Requests that arrive
+//! while the model is busy are batched anyway. A newly loaded policy is swapped in between
+//! batches, so no request ever fails because of a switch.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mappo_config::Rng;
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::model::{PolicyModel, TextEmbedder};
+
+/// A policy version ready to serve.
+pub(crate) struct LoadedPolicy {
+    pub version: i64,
+    pub model: Box<dyn PolicyModel>,
+    pub agents: Arc<[String]>,
+}
+
+/// One routed text.
+#[derive(Debug, Clone)]
+pub(crate) struct Scored {
+    pub embedding: Vec<f32>,
+    pub probabilities: Vec<f32>,
+    pub action: usize,
+    /// `probabilities[action]` when sampled, 1 when greedy.
+    pub propensity: f32,
+}
+
+/// The answer to one job: its texts, scored by one policy version.
+#[derive(Debug, Clone)]
+pub(crate) struct Routed {
+    pub version: i64,
+    pub agents: Arc<[String]>,
+    pub model_hash: Arc<str>,
+    pub items: Vec<Scored>,
+}
+
+/// Why a job was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum EngineError {
+    /// The queue is full: the service is overloaded.
+    #[error("the routing queue is full; retry shortly")]
+    Overloaded,
+    /// The model thread has stopped.
+    #[error("the model thread has stopped")]
+    Stopped,
+    /// The model failed on this batch.
+    #[error("the model failed: {0}")]
+    Model(String),
+}
+
+struct Job {
+    texts: Vec<String>,
+    greedy: bool,
+    reply: oneshot::Sender<Result<Routed, EngineError>>,
+}
+
+/// Settings of the model thread.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EngineOptions {
+    pub min_prob: f64,
+    pub max_batch_texts: usize,
+    pub batch_wait: Duration,
+    pub queue: usize,
+}
+
+/// Handle to the model thread.
+pub(crate) struct Engine {
+    tx: Option<SyncSender<Job>>,
+    pending: Arc<Mutex<Option<LoadedPolicy>>>,
+    version: Arc<AtomicI64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the model thread with an embedder, a first policy and the sampling RNG.
+    pub fn start(
+        embedder: Box<dyn TextEmbedder>,
+        policy: LoadedPolicy,
+        rng: Rng,
+        opts: EngineOptions,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(opts.queue.max(1));
+        let pending = Arc::new(Mutex::new(None));
+        let version = Arc::new(AtomicI64::new(policy.version));
+        metrics.policy_version.set(policy.version);
+        let worker = Worker {
+            embedder,
+            model_hash: Arc::from(String::new()),
+            policy,
+            rng,
+            opts,
+            pending: pending.clone(),
+            version: version.clone(),
+            metrics,
+        };
+        let thread = std::thread::Builder::new().name("mappo-model".into()).spawn(move || worker.run(rx))?;
+        Ok(Self { tx: Some(tx), pending, version, thread: Some(thread) })
+    }
+
+    /// Routes `texts` (one job, answered together).
+    pub async fn route(&self, texts: Vec<String>, greedy: bool) -> Result<Routed, EngineError> {
+        let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
+        let (reply, rx) = oneshot::channel();
+        tx.try_send(Job { texts, greedy, reply }).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::Overloaded,
+            TrySendError::Disconnected(_) => EngineError::Stopped,
+        })?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Hands a new policy to the model thread; it serves it from its next batch on.
+    pub fn swap(&self, policy: LoadedPolicy) {
+        if let Ok(mut slot) = self.pending.lock() {
+            *slot = Some(policy);
+        }
+    }
+
+    /// The version the model thread serves now.
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Stops the thread once the queued jobs are answered.
+    pub fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    embedder: Box<dyn TextEmbedder>,
+    model_hash: Arc<str>,
+    policy: LoadedPolicy,
+    rng: Rng,
+    opts: EngineOptions,
+    pending: Arc<Mutex<Option<LoadedPolicy>>>,
+    version: Arc<AtomicI64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>) {
+        self.model_hash = Arc::from(self.embedder.model_hash());
+        let mut carry: Option<Job> = None;
+        loop {
+            self.take_pending();
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            let mut texts = first.texts.len();
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.opts.batch_wait;
+            while texts < self.opts.max_batch_texts {
+                let next = match rx.try_recv() {
+                    Ok(j) => Some(j),
+                    Err(_) => {
+                        let now = Instant::now();
+                        if now >= deadline { None } else { rx.recv_timeout(deadline - now).ok() }
+                    }
+                };
+                let Some(job) = next else { break };
+                if texts + job.texts.len() > self.opts.max_batch_texts {
+                    carry = Some(job);
+                    break;
+                }
+                texts += job.texts.len();
+                batch.push(job);
+            }
+            self.take_pending();
+            self.process(batch);
+        }
+    }
+
+    fn take_pending(&mut self) {
+        let next = self.pending.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(p) = next {
+            tracing::info!(from = self.policy.version, to = p.version, "serving a new policy version");
+            self.version.store(p.version, Ordering::Release);
+            self.metrics.policy_version.set(p.version);
+            self.metrics.policy_switches.inc();
+            self.policy = p;
+        }
+    }
+
+    fn process(&mut self, batch: Vec<Job>) {
+        let texts: Vec<&str> = batch.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
+        self.metrics.batch_texts.observe(texts.len() as f64);
+        let n = texts.len();
+        let scored = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, EngineError> {
+            let emb = self.embedder.embed(&texts).map_err(|e| EngineError::Model(e.to_string()))?;
+            let probs =
+                self.policy.model.probabilities(&emb, n).map_err(|e| EngineError::Model(e.to_string()))?;
+            if probs.len() != n || emb.len() != n * self.embedder.dim() {
+                return Err(EngineError::Model("the model returned the wrong number of rows".into()));
+            }
+            Ok((emb, probs))
+        }))
+        .unwrap_or_else(|_| Err(EngineError::Model("the model panicked".into())));
+        let (emb, probs) = match scored {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, texts = n, "routing batch failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let dim = self.embedder.dim();
+        let mut rows = emb.chunks_exact(dim.max(1)).zip(probs);
+        for job in batch {
+            let mut items = Vec::with_capacity(job.texts.len());
+            for _ in 0..job.texts.len() {
+                let Some((e, p)) = rows.next() else { break };
+                let probabilities = floor_probabilities(&p, self.opts.min_prob);
+                let (action, propensity) = if job.greedy {
+                    (mappo_env::argmax(&probabilities), 1.0)
+                } else {
+                    let a = sample(&probabilities, &mut self.rng);
+                    (a, probabilities[a])
+                };
+                items.push(Scored { embedding: e.to_vec(), probabilities, action, propensity });
+            }
+            let routed = Routed {
+                version: self.policy.version,
+                agents: self.policy.agents.clone(),
+                model_hash: self.model_hash.clone(),
+                items,
+            };
+            let _ = job.reply.send(Ok(routed));
+        }
+    }
+}
+
+/// Floors every probability at `min_prob` and rescales the others so that the whole still sums
+/// to 1 ("water-filling"): agents whose rescaled probability would fall under the floor get
+/// exactly the floor, the rest keep their ratios. Needs `min_prob * len < 1`; a row that is not
+/// a distribution (NaN, all zero) becomes uniform.
+pub fn floor_probabilities(p: &[f32], min_prob: f64) -> Vec<f32> {
+    let k = p.len();
+    if k == 0 {
+        return Vec::new();
+    }
+    let m = min_prob.clamp(0.0, 1.0 / k as f64);
+    let raw: Vec<f64> =
+        p.iter().map(|&x| if x.is_finite() && x > 0.0 { f64::from(x) } else { 0.0 }).collect();
+    let total: f64 = raw.iter().sum();
+    if total <= 0.0 || !total.is_finite() {
+        return vec![(1.0 / k as f64) as f32; k];
+    }
+    let mut floored = vec![false; k];
+    loop {
+        let nf = floored.iter().filter(|f| **f).count();
+        let free: f64 = raw.iter().zip(&floored).filter(|(_, f)| !**f).map(|(x, _)| x).sum();
+        let budget = 1.0 - m * nf as f64;
+        if free <= 0.0 {
+            // Everything left is floored: spread the rest evenly over the floored agents.
+            return vec![(1.0 / k as f64) as f32; k];
+        }
+        let scale = budget / free;
+        let mut changed = false;
+        for i in 0..k {
+            if !floored[i] && raw[i] * scale < m {
+                floored[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            let mf = m as f32;
+            return (0..k).map(|i| if floored[i] { mf } else { ((raw[i] * scale) as f32).max(mf) }).collect();
+        }
+    }
+}
+
+/// Samples an index from a distribution with the seeded RNG.
+fn sample(p: &[f32], rng: &mut Rng) -> usize {
+    rng.categorical(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn floor_keeps_ratios_above_the_floor() {
+        let q = floor_probabilities(&[0.9, 0.1, 0.0, 0.0], 0.05);
+        assert_eq!(q[2], 0.05);
+        assert_eq!(q[3], 0.05);
+        assert!((q[0] / q[1] - 9.0).abs() < 1e-4, "{q:?}");
+        assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{q:?}");
+    }
+
+    #[test]
+    fn degenerate_rows_become_uniform() {
+        assert_eq!(floor_probabilities(&[f32::NAN, 0.0], 0.01), vec![0.5, 0.5]);
+        assert_eq!(floor_probabilities(&[0.0, 0.0, 0.0, 0.0], 0.01), vec![0.25; 4]);
+    }
+
+    proptest! {
+        #[test]
+        fn floored_rows_are_distributions_above_the_floor(
+            p in proptest::collection::vec(0.0f32..1.0, 2..12),
+            m in 0.0f64..0.08,
+        ) {
+            let q = floor_probabilities(&p, m);
+            prop_assert_eq!(q.len(), p.len());
+            let mf = m as f32;
+            for x in &q {
+                prop_assert!(*x >= mf, "{:?} under {}", q, m);
+            }
+            prop_assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{:?}", q);
+        }
+    }
+}

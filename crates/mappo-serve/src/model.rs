@@ -1,0 +1,205 @@
+//! The seam between the service and mappo's model code: the only module of this crate that
+//! touches `mappo-train`, `mappo-env`, `mappo-nn` or candle. Everything else talks to the
+//! [`ModelLoader`], [`TextEmbedder`] and [`PolicyModel`] traits, so that when the model crates
+//! move, only this file changes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use mappo_config::{Config, Rng};
+use mappo_nn::{ActorCritic, Policy};
+use mappo_train::{Checkpoint, TrainError};
+
+/// A failure of model code: loading files, a checkpoint that does not fit, a forward pass.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ModelError(pub String);
+
+impl From<TrainError> for ModelError {
+    fn from(e: TrainError) -> Self {
+        ModelError(e.to_string())
+    }
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError(format!("tensor error: {e}"))
+    }
+}
+
+/// Embeds texts into fixed-size vectors (owned by the model thread).
+pub trait TextEmbedder: Send + 'static {
+    /// Width of one embedding.
+    fn dim(&self) -> usize;
+    /// Identifies the embedding model (logged with every decision).
+    fn model_hash(&self) -> &str;
+    /// Embeds `texts`: row-major `[texts.len(), dim]`.
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<f32>, ModelError>;
+}
+
+/// A policy: embeddings in, one probability per agent out.
+pub trait PolicyModel: Send + 'static {
+    /// The agents' names, in action order.
+    fn agents(&self) -> &[String];
+    /// π(agent | embedding) for each of the `rows` row-major embeddings.
+    fn probabilities(&self, embeddings: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// Builds embedders and policies from checkpoint bytes (as stored in the decision log's policy
+/// versions).
+pub trait ModelLoader: Send + Sync + 'static {
+    /// The embedder a checkpoint's config asks for.
+    fn embedder(&self, checkpoint: &[u8]) -> Result<Box<dyn TextEmbedder>, ModelError>;
+    /// The policy of a checkpoint, for embeddings of width `embed_dim`.
+    fn policy(&self, checkpoint: &[u8], embed_dim: usize) -> Result<Box<dyn PolicyModel>, ModelError>;
+    /// A checkpoint holding a freshly initialised policy for a text config (seeded by
+    /// `train.seed`), for a team that starts with no trained model.
+    fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError>;
+}
+
+/// The real models: all-MiniLM-L6-v2 and mappo's actor-critic, on the CPU (or the given device).
+#[derive(Debug, Clone)]
+pub struct CandleLoader {
+    device: Device,
+    model_dir: Option<PathBuf>,
+}
+
+impl CandleLoader {
+    /// Loads on the CPU; `model_dir` overrides the checkpoint config's `env.model_dir`.
+    pub fn new(model_dir: Option<PathBuf>) -> Self {
+        Self { device: Device::Cpu, model_dir }
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<(Checkpoint, tempfile::NamedTempFile), ModelError> {
+        // Checkpoint::load reads a file: give it one.
+        let mut f = tempfile::NamedTempFile::new()
+            .map_err(|e| ModelError(format!("cannot create a temporary file: {e}")))?;
+        f.write_all(bytes).map_err(|e| ModelError(format!("cannot write a temporary file: {e}")))?;
+        let ckpt = Checkpoint::load(f.path(), &self.device)?;
+        let cfg = &ckpt.config;
+        if cfg.env.kind != "text" || cfg.env.agents.len() < 2 {
+            return Err(ModelError(
+                "the policy is not a text router (its config needs env.kind = \"text\" and [[env.agents]])"
+                    .into(),
+            ));
+        }
+        Ok((ckpt, f))
+    }
+
+    fn model_dir_for(&self, cfg: &Config) -> PathBuf {
+        self.model_dir.clone().unwrap_or_else(|| mappo_train::model_dir(cfg))
+    }
+}
+
+struct MiniLm {
+    inner: mappo_env::embed::Embedder,
+    hash: String,
+}
+
+impl TextEmbedder for MiniLm {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn model_hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn embed(&mut self, texts: &[&str]) -> Result<Vec<f32>, ModelError> {
+        let t = self.inner.embed_tensor(texts).map_err(|e| ModelError(e.to_string()))?;
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+struct MlpPolicy {
+    net: ActorCritic,
+    agents: Vec<String>,
+    device: Device,
+}
+
+impl PolicyModel for MlpPolicy {
+    fn agents(&self) -> &[String] {
+        &self.agents
+    }
+
+    fn probabilities(&self, embeddings: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let dim = embeddings.len() / rows;
+        let x = Tensor::from_slice(embeddings, (rows, dim), &self.device)?;
+        let logits = self.net.forward(&x).map_err(|e| ModelError(e.to_string()))?.logits;
+        Ok(candle_core::Tensor::to_vec2::<f32>(&softmax(&logits)?)?)
+    }
+}
+
+fn softmax(logits: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let max = logits.max_keepdim(1)?;
+    let e = logits.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(1)?)
+}
+
+impl ModelLoader for CandleLoader {
+    fn embedder(&self, checkpoint: &[u8]) -> Result<Box<dyn TextEmbedder>, ModelError> {
+        let (ckpt, _f) = self.parse(checkpoint)?;
+        let dir = self.model_dir_for(&ckpt.config);
+        let inner = mappo_env::embed::Embedder::load(&dir, &self.device)
+            .map_err(|e| ModelError(format!("the embedding model in {}: {e}", dir.display())))?;
+        let hash = inner.model_hash().to_string();
+        Ok(Box::new(MiniLm { inner, hash }))
+    }
+
+    fn policy(&self, checkpoint: &[u8], embed_dim: usize) -> Result<Box<dyn PolicyModel>, ModelError> {
+        let (ckpt, f) = self.parse(checkpoint)?;
+        let net = mappo_train::load_checkpoint_policy(&ckpt, f.path(), embed_dim, &self.device)?;
+        let agents = ckpt.config.env.agents.iter().map(|a| a.name.clone()).collect();
+        Ok(Box::new(MlpPolicy { net, agents, device: self.device.clone() }))
+    }
+
+    fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {
+        if cfg.env.kind != "text" || cfg.env.agents.len() < 2 {
+            return Err(ModelError(
+                "a fresh policy needs a text config (env.kind = \"text\" with [[env.agents]])".into(),
+            ));
+        }
+        // The observation width is the embedder's: read it from the model's config.json, which
+        // the embedder itself checks when it loads.
+        let dim = embedding_dim(&self.model_dir_for(cfg))?;
+        let mut rng = Rng::derived(cfg.train.seed, "init");
+        let net = ActorCritic::new(dim, cfg.env.agents.len(), &cfg.model, &mut rng, &self.device)
+            .map_err(|e| ModelError(e.to_string()))?;
+        let mut tensors = std::collections::HashMap::new();
+        for nv in net.all_vars() {
+            tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
+        }
+        let ckpt = Checkpoint {
+            config: cfg.clone(),
+            update: 0,
+            rng_state: Rng::derived(cfg.train.seed, "train").state(),
+            adam_steps: (0, 0),
+            env_state: Vec::new(),
+            tensors,
+        };
+        let dir =
+            tempfile::tempdir().map_err(|e| ModelError(format!("cannot create a temporary dir: {e}")))?;
+        let path = dir.path().join("fresh.safetensors");
+        ckpt.save(&path)?;
+        std::fs::read(&path).map_err(|e| ModelError(format!("cannot read back {}: {e}", path.display())))
+    }
+}
+
+/// The width of the embedding model in `dir` (`hidden_size` in its config.json).
+fn embedding_dim(dir: &Path) -> Result<usize, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ModelError(format!("cannot read {} ({e}); run `cargo xtask fetch-model`", path.display()))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError(format!("{} is not JSON: {e}", path.display())))?;
+    v.get("hidden_size")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|d| usize::try_from(d).ok())
+        .filter(|d| *d > 0)
+        .ok_or_else(|| ModelError(format!("{} has no positive `hidden_size`", path.display())))
+}
