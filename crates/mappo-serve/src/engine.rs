@@ -241,7 +241,7 @@ impl Worker {
                 let Some((e, p)) = rows.next() else { break };
                 let probabilities = floor_probabilities(&p, self.opts.min_prob);
                 let (action, propensity) = if job.greedy {
-                    (mappo_env::argmax(&probabilities), 1.0)
+                    (argmax(&probabilities), 1.0)
                 } else {
                     let a = sample(&probabilities, &mut self.rng);
                     (a, probabilities[a])
@@ -299,6 +299,11 @@ pub fn floor_probabilities(p: &[f32], min_prob: f64) -> Vec<f32> {
     }
 }
 
+/// The index of the largest value (the first on ties).
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().fold(0, |best, (i, x)| if *x > p[best] { i } else { best })
+}
+
 /// Samples an index from a distribution with the seeded RNG.
 fn sample(p: &[f32], rng: &mut Rng) -> usize {
     rng.categorical(p)
@@ -317,6 +322,94 @@ mod tests {
         assert_eq!(q[3], 0.05);
         assert!((q[0] / q[1] - 9.0).abs() < 1e-4, "{q:?}");
         assert!((q.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{q:?}");
+    }
+
+    /// Embeds each text as `[len, 1]` and records every batch's size; slow, as a model is.
+    struct FakeEmbedder(Arc<Mutex<Vec<usize>>>);
+
+    impl TextEmbedder for FakeEmbedder {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn model_hash(&self) -> &str {
+            "fake"
+        }
+        fn embed(&mut self, texts: &[&str]) -> Result<Vec<f32>, crate::ModelError> {
+            if let Ok(mut b) = self.0.lock() {
+                b.push(texts.len());
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            Ok(texts.iter().flat_map(|t| [t.len() as f32, 1.0]).collect())
+        }
+    }
+
+    /// Puts all its mass on agent `self.0`.
+    struct OneHot(usize, Vec<String>);
+
+    impl PolicyModel for OneHot {
+        fn agents(&self) -> &[String] {
+            &self.1
+        }
+        fn probabilities(&self, _: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, crate::ModelError> {
+            Ok((0..rows).map(|_| (0..3).map(|i| if i == self.0 { 1.0 } else { 0.0 }).collect()).collect())
+        }
+    }
+
+    fn policy(version: i64, agent: usize) -> LoadedPolicy {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        LoadedPolicy { version, agents: names.clone().into(), model: Box::new(OneHot(agent, names)) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_forward_passes_and_swaps_wait_for_a_batch_boundary() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let opts = EngineOptions {
+            min_prob: 0.1,
+            max_batch_texts: 8,
+            batch_wait: Duration::from_millis(5),
+            queue: 64,
+        };
+        let engine = Arc::new(
+            Engine::start(
+                Box::new(FakeEmbedder(batches.clone())),
+                policy(1, 0),
+                mappo_config::Rng::new(1),
+                opts,
+                Arc::new(Metrics::new()),
+            )
+            .expect("start"),
+        );
+        let mut jobs = Vec::new();
+        for i in 0..20 {
+            let e = engine.clone();
+            jobs.push(tokio::spawn(async move { e.route(vec!["x".repeat(i + 1)], i % 2 == 0).await }));
+        }
+        for (i, j) in jobs.into_iter().enumerate() {
+            let r = j.await.expect("join").expect("routed");
+            assert_eq!((r.version, r.items.len()), (1, 1));
+            let it = &r.items[0];
+            // Each answer carries its own text's embedding, whatever batch it was in.
+            assert_eq!(it.embedding, vec![(i + 1) as f32, 1.0]);
+            // Floored at 0.1: [0.8, 0.1, 0.1].
+            assert_eq!(it.probabilities, vec![0.8, 0.1, 0.1]);
+            if i % 2 == 0 {
+                assert_eq!((it.action, it.propensity), (0, 1.0), "greedy");
+            } else {
+                assert_eq!(it.propensity, it.probabilities[it.action]);
+            }
+        }
+        let sizes = batches.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|s| *s <= 8), "{sizes:?}");
+        assert!(sizes.len() < 10, "20 concurrent requests must share forward passes: {sizes:?}");
+        // A batch over the limit is refused by the handler, but a job alone is never split.
+        let r = engine.route(vec!["y".into(); 3], true).await.expect("routed");
+        assert_eq!(r.items.len(), 3);
+
+        engine.swap(policy(2, 2));
+        let r = engine.route(vec!["z".into()], true).await.expect("routed");
+        assert_eq!((r.version, r.items[0].action), (2, 2));
+        assert_eq!(engine.version(), 2);
     }
 
     #[test]
