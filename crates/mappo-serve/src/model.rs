@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use mappo_config::{Config, Rng};
+use mappo_config::{Config, EnvKind, Rng};
 use mappo_nn::{ActorCritic, Policy};
 use mappo_train::{Checkpoint, TrainError};
 
@@ -78,7 +78,7 @@ impl CandleLoader {
         f.write_all(bytes).map_err(|e| ModelError(format!("cannot write a temporary file: {e}")))?;
         let ckpt = Checkpoint::load(f.path(), &self.device)?;
         let cfg = &ckpt.config;
-        if cfg.env.kind != "text" || cfg.env.agents.len() < 2 {
+        if cfg.env.kind != EnvKind::Text || cfg.env.agents.len() < 2 {
             return Err(ModelError(
                 "the policy is not a text router (its config needs env.kind = \"text\" and [[env.agents]])"
                     .into(),
@@ -151,14 +151,14 @@ impl ModelLoader for CandleLoader {
     }
 
     fn policy(&self, checkpoint: &[u8], embed_dim: usize) -> Result<Box<dyn PolicyModel>, ModelError> {
-        let (ckpt, f) = self.parse(checkpoint)?;
-        let net = mappo_train::load_checkpoint_policy(&ckpt, f.path(), embed_dim, &self.device)?;
+        let (ckpt, _f) = self.parse(checkpoint)?;
+        let net = ckpt.policy(embed_dim, &self.device)?;
         let agents = ckpt.config.env.agents.iter().map(|a| a.name.clone()).collect();
         Ok(Box::new(MlpPolicy { net, agents, device: self.device.clone() }))
     }
 
     fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {
-        if cfg.env.kind != "text" || cfg.env.agents.len() < 2 {
+        if cfg.env.kind != EnvKind::Text || cfg.env.agents.len() < 2 {
             return Err(ModelError(
                 "a fresh policy needs a text config (env.kind = \"text\" with [[env.agents]])".into(),
             ));
@@ -175,17 +175,16 @@ impl ModelLoader for CandleLoader {
         }
         let ckpt = Checkpoint {
             config: cfg.clone(),
+            env_kind: EnvKind::Text.as_str().into(),
             update: 0,
             rng_state: Rng::derived(cfg.train.seed, "train").state(),
             adam_steps: (0, 0),
             env_state: Vec::new(),
             tensors,
+            path: None,
         };
-        let dir =
-            tempfile::tempdir().map_err(|e| ModelError(format!("cannot create a temporary dir: {e}")))?;
-        let path = dir.path().join("fresh.safetensors");
-        ckpt.save(&path)?;
-        std::fs::read(&path).map_err(|e| ModelError(format!("cannot read back {}: {e}", path.display())))
+        // The same config always gives the same bytes: publishing it twice is one version.
+        Ok(ckpt.to_bytes()?)
     }
 }
 
