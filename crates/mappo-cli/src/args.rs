@@ -44,6 +44,8 @@ pub enum Cmd {
     Embed(EmbedArgs),
     /// Print the resolved config (every key; defaults unless --config/--set change them) as TOML.
     Config(ConfigArgs),
+    /// Serve routing over HTTP: every decision logged with its propensity, rewards joined later.
+    Serve(ServeArgs),
     /// The decision log of `mappo serve`: export it as JSON lines, or print its statistics.
     Log {
         #[command(subcommand)]
@@ -193,6 +195,30 @@ pub struct EmbedArgs {
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Decision log: sqlite:PATH (embedded) or postgres://USER:PASSWORD@HOST:PORT/DB (many replicas).
+    #[arg(long, default_value = DEFAULT_DB)]
+    pub db: String,
+    /// Publish this checkpoint (file or run directory) as a policy version, unless it already is,
+    /// and serve it. Without it, the newest published version is served.
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR", conflicts_with = "config")]
+    pub checkpoint: Option<PathBuf>,
+    /// Config whose [serve] section applies; when nothing is published yet, a freshly initialised
+    /// policy for it (seeded by train.seed) is published, so a team can start untrained.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Listen address (overrides serve.addr; default 127.0.0.1:8080).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+    /// Override one key, e.g. --set serve.min_prob=0.05 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Allow listening beyond loopback without API keys (serve.api_keys_file).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(clap::Args)]

@@ -13,7 +13,7 @@ use crate::outln;
 use crate::progress::{EmbedProgress, Mode};
 
 /// A checkpoint file, or the newest checkpoint of a run directory that loads.
-fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
+pub(crate) fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
     if path.is_dir() {
         let ckpt = mappo_train::latest_valid_checkpoint(path, &Device::Cpu)?;
         let file = ckpt.path.context("checkpoint without a path")?;

@@ -122,3 +122,26 @@ pub fn policy(cmd: PolicyCmd) -> Result<()> {
         Ok(())
     })
 }
+
+/// `mappo serve`: the service runs until Ctrl-C or SIGTERM, then drains and exits 0.
+pub fn serve(a: crate::args::ServeArgs) -> Result<()> {
+    let mut sets = a.set.clone();
+    if let Some(addr) = &a.addr {
+        sets.push(format!("serve.addr={addr:?}"));
+    }
+    let cfg = mappo_config::Config::load(a.config.as_deref(), &sets)?;
+    let checkpoint = match &a.checkpoint {
+        Some(p) => Some(crate::commands::checkpoint_file(p)?),
+        None => None,
+    };
+    let mut opts = mappo_serve::ServeOptions::new(a.db.clone(), cfg);
+    opts.checkpoint = checkpoint;
+    opts.publish_fresh = a.config.is_some();
+    opts.insecure = a.insecure;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(mappo_serve::serve(opts))?;
+    Ok(())
+}

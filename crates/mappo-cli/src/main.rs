@@ -52,6 +52,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Route(a) => commands::route(a).map(|()| 0),
         Cmd::Embed(a) => commands::embed(a, mode).map(|()| 0),
         Cmd::Config(a) => commands::config(a).map(|()| 0),
+        Cmd::Serve(a) => db::serve(a).map(|()| 0),
         Cmd::Log { cmd } => db::log(cmd).map(|()| 0),
         Cmd::Policy { cmd } => db::policy(cmd).map(|()| 0),
     }
