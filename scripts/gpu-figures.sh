@@ -15,7 +15,7 @@ if [ ! -f $k/model/model.safetensors ]; then
   cat $k/model/weights.1 $k/b/weights.2 > $k/model/model.safetensors || exit 1
 fi
 echo "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  $k/model/model.safetensors" | sha256sum -c || exit 1
-export MAPPO_MODEL_DIR=$PWD/$k/model MAPPO_SHARED_DIR=$PWD/$k/shared
+export MAPPO_MODEL_DIR=$PWD/$k/model
 run=$k/dist/run-gpu.sh
 nvidia-smi -L; nproc
 mkdir -p data/clinc150 && cp $k/train.jsonl $k/val.jsonl data/clinc150/
@@ -40,7 +40,7 @@ for dev in cpu cuda; do
 done
 
 echo "== 4. embedding throughput (3,000 CLINC150 val texts, batch 64)"
-data=$k/shared/data/clinc150/clinc150_train_val.json
+data=data/clinc150/val.jsonl
 for r in 1 2; do
   $run $k/dist/embed_bench --device cpu --repeat 2 --data $data --model-dir $MAPPO_MODEL_DIR
   $run $k/dist/embed_bench --device cuda --repeat 3 --data $data --model-dir $MAPPO_MODEL_DIR

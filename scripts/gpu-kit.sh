@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Packs what the GPU figures need (scripts/gpu-figures.sh) for a GPU machine that has no Rust,
 # no registry and no model hub, in parts that each fit a 64 MiB transfer:
-#   .gpu/a/kit.tar.xz  the CUDA binaries (cargo xtask build-cuda --tests), the fixture, the
-#                      CLINC150 data, the model's small files and the first part of its weights
+#   .gpu/a/kit.tar.xz  the CUDA binaries (cargo xtask build-cuda --tests; the parity fixture is
+#                      compiled into test-embed_parity), the CLINC150 data (data/clinc150), the
+#                      model's small files and the first part of its weights
 #   .gpu/b/weights.2   the rest of model.safetensors
 # Send .gpu/a, unpack it there (tar -xJf .gpu/a/kit.tar.xz -C .gpu), then .gpu/b, then run
 #   bash scripts/gpu-figures.sh           (it joins the weights and checks their sha256).
-# Usage: scripts/gpu-kit.sh   (from the repository root; ../shared beside it)
+# Usage: scripts/gpu-kit.sh   (from the repository root, after `cargo xtask fetch-data clinc150`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dist=target/cuda/dist
@@ -15,12 +16,10 @@ for f in "$dist/mappo" "$dist/embed_bench" "$dist/test-embed_parity" "$dist/test
   [ -e "$f" ] || { echo "missing $f: run cargo xtask build-cuda --tests" >&2; exit 1; }
 done
 [ -f "$model/model.safetensors" ] || { echo "missing $model: run cargo xtask fetch-model" >&2; exit 1; }
-[ -f data/clinc150/val.jsonl ] || cargo xtask fetch-data clinc150 --from ../shared/data/clinc150
-rm -rf .gpu && mkdir -p .gpu/stage/dist .gpu/stage/model .gpu/stage/shared/fixtures .gpu/stage/shared/data/clinc150 .gpu/a .gpu/b
+[ -f data/clinc150/val.jsonl ] || cargo xtask fetch-data clinc150
+rm -rf .gpu && mkdir -p .gpu/stage/dist .gpu/stage/model .gpu/a .gpu/b
 cp "$dist"/mappo "$dist"/embed_bench "$dist"/test-embed_parity "$dist"/test-cuda "$dist"/run-gpu.sh .gpu/stage/dist/
 cp "$model"/config.json "$model"/tokenizer.json .gpu/stage/model/
-cp ../shared/fixtures/minilm_reference.json .gpu/stage/shared/fixtures/
-cp ../shared/data/clinc150/clinc150_train_val.json .gpu/stage/shared/data/clinc150/
 cp data/clinc150/train.jsonl data/clinc150/val.jsonl .gpu/stage/
 split -b 44M -d -a 1 "$model/model.safetensors" .gpu/weights.
 mv .gpu/weights.0 .gpu/stage/model/weights.1

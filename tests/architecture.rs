@@ -2,14 +2,28 @@
 
 use std::path::Path;
 
-fn deps(krate: &str) -> Vec<String> {
+fn manifest(krate: &str) -> toml::Table {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let text = std::fs::read_to_string(root.join("crates").join(krate).join("Cargo.toml")).expect("manifest");
-    let doc: toml::Table = text.parse().expect("toml");
-    doc.get("dependencies")
+    text.parse().expect("toml")
+}
+
+fn deps(krate: &str) -> Vec<String> {
+    manifest(krate)
+        .get("dependencies")
         .and_then(|d| d.as_table())
         .map(|t| t.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// The normal dependencies of `krate` that are marked `optional = true`.
+fn optional_deps(krate: &str) -> Vec<String> {
+    let m = manifest(krate);
+    let Some(t) = m.get("dependencies").and_then(|d| d.as_table()) else { return Vec::new() };
+    t.iter()
+        .filter(|(_, v)| v.get("optional").and_then(|o| o.as_bool()) == Some(true))
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 #[test]
@@ -17,13 +31,59 @@ fn crates_depend_only_downwards() {
     let internal = |k: &str| deps(k).into_iter().filter(|d| d.starts_with("mappo-")).collect::<Vec<_>>();
     assert!(internal("mappo-config").is_empty());
     assert!(!deps("mappo-config").iter().any(|d| d.starts_with("candle")), "config has no candle");
-    for k in ["mappo-env", "mappo-nn", "mappo-buffer"] {
+    // The embedder is a leaf: model files, tokenizer and BERT, no mappo crate.
+    assert!(internal("mappo-embed").is_empty(), "{:?}", internal("mappo-embed"));
+    for k in ["mappo-nn", "mappo-buffer"] {
         assert_eq!(internal(k), vec!["mappo-config".to_string()], "{k}");
     }
+    let mut env = internal("mappo-env");
+    env.sort();
+    assert_eq!(env, ["mappo-config", "mappo-embed"]);
+    assert!(
+        optional_deps("mappo-env").contains(&"mappo-embed".to_string()),
+        "mappo-env reaches the embedder only through its `text` feature"
+    );
     let mut train = internal("mappo-train");
     train.sort();
     assert_eq!(train, ["mappo-buffer", "mappo-config", "mappo-env", "mappo-nn"]);
-    for k in ["mappo-config", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-train"] {
+    for k in ["mappo-config", "mappo-embed", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-train"] {
         assert!(!deps(k).contains(&"anyhow".to_string()), "{k} is a library: typed errors, no anyhow");
     }
+}
+
+/// `cargo tree` of `krate` (normal dependencies, no prefix), with `args` added.
+fn cargo_tree(krate: &str, args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", krate])
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .expect("run cargo tree");
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A workspace with its own `Env` depends on mappo-train with `default-features = false` and
+/// compiles no embedder, BERT model or oniguruma. (candle-core 0.11 itself depends on
+/// `tokenizers`, for its gguf support: that one stays, with the pure-Rust regex backend.)
+#[test]
+fn train_without_default_features_has_no_text_stack() {
+    let tree = cargo_tree("mappo-train", &["--no-default-features"]);
+    for banned in ["mappo-embed ", "candle-transformers ", "onig ", "onig_sys ", "hf-hub ", "ureq "] {
+        assert!(!tree.lines().any(|l| l.starts_with(banned)), "{banned}in:\n{tree}");
+    }
+    let who = cargo_tree("mappo-train", &["--no-default-features", "-i", "tokenizers", "--depth", "1"]);
+    let dependents: Vec<&str> = who.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        dependents.iter().all(|l| l.starts_with("candle-core ")),
+        "tokenizers only via candle-core: {who}"
+    );
+    // And with the default features the text stack is there, with a single tokenizers.
+    let full = cargo_tree("mappo-train", &[]);
+    assert!(full.lines().any(|l| l.starts_with("mappo-embed ")), "{full}");
+    let mut versions: Vec<&str> = full.lines().filter(|l| l.starts_with("tokenizers ")).collect();
+    versions.sort();
+    versions.dedup_by(|a, b| a.split(' ').nth(1) == b.split(' ').nth(1));
+    assert_eq!(versions.len(), 1, "one tokenizers version: {versions:?}");
 }

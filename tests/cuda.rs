@@ -98,7 +98,7 @@ fn text_pipeline_runs_on_the_gpu_and_matches_the_cpu() {
 
     // The GPU's embedding table matches the CPU's.
     let texts = ["fix this segfault in my C code", "", "prove that sqrt(2) is irrational"];
-    let model = mappo_train::model_dir(&cfg);
+    let model = mappo_env::text::model_dir(&cfg.env);
     let e_gpu = mappo_env::embed::Embedder::load(&model, &gpu()).expect("embedder on gpu");
     let e_cpu = mappo_env::embed::Embedder::load(&model, &Device::Cpu).expect("embedder on cpu");
     let (g, c) = (e_gpu.embed(&texts).expect("gpu"), e_cpu.embed(&texts).expect("cpu"));

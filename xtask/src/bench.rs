@@ -31,13 +31,6 @@ pub struct Args {
     json: bool,
 }
 
-pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -68,7 +61,7 @@ fn run_mappo(bin: &Path, a: &Args, out: &Path) -> Result<(f64, Option<f64>)> {
 }
 
 fn run_seed(py: &Path, a: &Args, ckpt: &Path) -> Result<f64> {
-    let script = root().join("../shared/baselines/seed_mappo.py");
+    let script = crate::workspace_root().join("../shared/baselines/seed_mappo.py");
     if !script.exists() {
         bail!("{} not found", script.display());
     }
@@ -93,13 +86,13 @@ fn run_seed(py: &Path, a: &Args, ckpt: &Path) -> Result<f64> {
 pub fn run(a: Args) -> Result<()> {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "--quiet", "-p", "mappo-cli"])
-        .current_dir(root())
+        .current_dir(crate::workspace_root())
         .status()
         .context("cargo build")?;
     if !status.success() {
         bail!("building the release binary failed");
     }
-    let bin = root().join("target/release/mappo");
+    let bin = crate::workspace_root().join("target/release/mappo");
     let tmp = std::env::temp_dir().join(format!("mappo-bench-{}", std::process::id()));
     let (mut ours, mut seed, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.repeats {

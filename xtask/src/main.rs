@@ -1,4 +1,6 @@
 //! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, build-cuda).
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -41,4 +43,12 @@ fn main() -> Result<()> {
         Cmd::Test(a) => test::run(a),
         Cmd::BuildCuda(a) => build_cuda::run(a),
     }
+}
+
+/// The workspace root (xtask's parent directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }

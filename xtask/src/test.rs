@@ -29,11 +29,11 @@ pub fn run(a: Args) -> Result<()> {
     // The install step a fresh machine needs: the model the embedding tests load. A no-op
     // (after checking the sha256 of each file) when it is already there.
     crate::fetch_model::run(crate::fetch_model::Args::default()).context("fetching the model")?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let root = crate::workspace_root();
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["test", "--workspace"]).args(&a.cargo_args).current_dir(root);
+    cmd.args(["test", "--workspace"]).args(&a.cargo_args).current_dir(&root);
     // Kept alive (the cluster runs) until the tests have finished.
-    let _cluster = postgres_for_tests(root, &mut cmd)?;
+    let _cluster = postgres_for_tests(&root, &mut cmd)?;
     let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("tests failed");

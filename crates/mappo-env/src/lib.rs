@@ -11,18 +11,26 @@
 //! * [`KnownRewards`] — environments that know every action's expected reward
 //!   expose it, so evaluation can report oracle and random baselines.
 //! * [`SyntheticEnv`] — the seed's cosine-similarity router, batched.
-//! * [`embed`] — all-MiniLM-L6-v2 in candle, for real text.
+//! * [`DatasetEnv`] — a bandit over fixed observation rows with known rewards.
+//! * `text` (cargo feature `text`, default) — the real-text env: a corpus embedded with
+//!   all-MiniLM-L6-v2 ([`mappo_embed`], re-exported as `embed`), cached, with its reward
+//!   models. Without the feature this crate compiles no tokenizer and no BERT.
 
-pub mod embed;
+mod dataset;
 mod synthetic;
+#[cfg(feature = "text")]
 pub mod text;
 
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
+pub use dataset::DatasetEnv;
 pub use mappo_config::Rng;
+#[cfg(feature = "text")]
+pub use mappo_embed as embed;
 pub use synthetic::SyntheticEnv;
-pub use text::{DatasetEnv, Prompt, load_corpus};
+#[cfg(feature = "text")]
+pub use text::{Prompt, load_corpus};
 
 /// Sizes of an environment's observation and action spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +114,26 @@ pub trait KnownRewards: Env {
     }
 }
 
+/// The checks every bandit step makes: the env was reset (`ready`), one action per row, every
+/// action in range.
+pub fn check_actions(
+    ready: bool,
+    actions: &[u32],
+    num_envs: usize,
+    num_actions: usize,
+) -> Result<(), EnvError> {
+    if !ready {
+        return Err(EnvError::NotReset);
+    }
+    if actions.len() != num_envs {
+        return Err(EnvError::ActionCount { expected: num_envs, got: actions.len() });
+    }
+    match actions.iter().position(|&a| a as usize >= num_actions) {
+        Some(row) => Err(EnvError::BadAction { row, action: actions[row], num_actions }),
+        None => Ok(()),
+    }
+}
+
 /// Index of the largest element (first on ties; 0 for an empty slice).
 pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
@@ -155,12 +183,20 @@ pub enum EnvError {
         problem: String,
     },
     /// The embedder failed (model files, tokenizer, ...).
+    #[cfg(feature = "text")]
     #[error(transparent)]
-    Embed(Box<embed::EmbedError>),
+    Embed(Box<mappo_embed::EmbedError>),
     /// The pieces given do not fit together.
     #[error("{0}")]
     Setup(String),
     /// Any other failure of an environment written outside mappo.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[cfg(feature = "text")]
+impl From<mappo_embed::EmbedError> for EnvError {
+    fn from(e: mappo_embed::EmbedError) -> Self {
+        EnvError::Embed(Box::new(e))
+    }
 }

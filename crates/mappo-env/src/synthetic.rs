@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use mappo_config::{EnvConfig, Rng};
 
-use crate::{Env, EnvError, EnvSpec, KnownRewards, Step};
+use crate::{Env, EnvError, EnvSpec, KnownRewards, Step, check_actions};
 
 /// The synthetic cosine-similarity environment, batched. Episodes are one step.
 #[derive(Debug, Clone)]
@@ -50,11 +50,6 @@ impl SyntheticEnv {
     pub fn agent_vectors(&self) -> &[f32] {
         &self.agents_unit
     }
-
-    /// The current prompts, row-major `[num_envs, dim]`.
-    pub fn prompts(&self) -> &[f32] {
-        &self.prompts
-    }
 }
 
 fn normalise(row: &mut [f32]) {
@@ -91,17 +86,9 @@ impl Env for SyntheticEnv {
     }
 
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError> {
-        if !self.has_prompts {
-            return Err(EnvError::NotReset);
-        }
-        if actions.len() != self.num_envs {
-            return Err(EnvError::ActionCount { expected: self.num_envs, got: actions.len() });
-        }
+        check_actions(self.has_prompts, actions, self.num_envs, self.num_agents)?;
         let mut reward = Vec::with_capacity(self.num_envs);
         for (row, &a) in actions.iter().enumerate() {
-            if a as usize >= self.num_agents {
-                return Err(EnvError::BadAction { row, action: a, num_actions: self.num_agents });
-            }
             let noise = if self.noise > 0.0 { self.noise * rng.normal() as f32 } else { 0.0 };
             reward.push(self.cos[row * self.num_agents + a as usize] + noise);
         }

@@ -88,7 +88,7 @@ impl CandleLoader {
     }
 
     fn model_dir_for(&self, cfg: &Config) -> PathBuf {
-        self.model_dir.clone().unwrap_or_else(|| mappo_train::model_dir(cfg))
+        self.model_dir.clone().unwrap_or_else(|| mappo_env::text::model_dir(&cfg.env))
     }
 }
 

@@ -27,6 +27,7 @@ mod eval;
 mod loss;
 mod run;
 mod setup;
+#[cfg(feature = "text")]
 mod text;
 mod trainer;
 
@@ -40,10 +41,10 @@ pub use checkpoint::{Checkpoint, FORMAT, checkpoint_name, latest_valid_checkpoin
 pub use error::TrainError;
 pub use eval::{EvalReport, GreedyEvaluator, evaluate_checkpoint_synthetic, greedy_actions};
 pub use loss::LossStats;
+#[cfg(feature = "text")]
+pub use mappo_env::text::EmbedProgress;
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{SyntheticSetup, select_device};
-pub use text::{
-    AgentScore, CorpusReport, EmbedProgress, EmbeddedCorpus, Routed, Router, TextSetup, embed_corpus,
-    evaluate_corpus, load_embedder, model_dir,
-};
+#[cfg(feature = "text")]
+pub use text::{AgentScore, CorpusReport, Routed, Router, TextSetup, evaluate_corpus};
 pub use trainer::{TrainSettings, Trainer, UpdateMetrics, explained_variance};

@@ -1,85 +1,19 @@
-//! The real-text setup: corpus → cached MiniLM embeddings → a
-//! [`DatasetEnv`] with the configured reward model; corpus evaluation with
-//! accuracy, per-agent precision/recall and a confusion matrix; routing.
+//! The text router on mappo-env's text env (cargo feature `text`): a trainer on an embedded
+//! corpus, greedy evaluation of a checkpoint on a labelled corpus (accuracy, per-agent
+//! precision/recall, confusion matrix), and routing texts with a checkpoint. Everything about
+//! corpora, embeddings, the cache and the reward models is in [`mappo_env::text`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use mappo_config::{Config, EnvKind, RewardModel, Rng};
-use mappo_env::embed::{Embedder, default_model_dir};
-use mappo_env::text::{cosine_rewards, default_cache_dir, embed_cached, label_rewards};
-use mappo_env::{DatasetEnv, Prompt, load_corpus};
+use mappo_config::{Config, EnvKind, Rng};
+use mappo_env::DatasetEnv;
+use mappo_env::embed::Embedder;
+use mappo_env::text::{EmbedProgress, embed_corpus, load_embedder};
 use mappo_nn::{ActorCritic, Policy, sample_actions};
 use serde::Serialize;
 
 use crate::{Checkpoint, GreedyEvaluator, TrainError, Trainer};
-
-/// Progress of long embedding work: `(what, done, total)`.
-pub type EmbedProgress<'a> = &'a mut dyn FnMut(&str, usize, usize);
-
-/// The model directory a config points to (or the default).
-pub fn model_dir(cfg: &Config) -> PathBuf {
-    if cfg.env.model_dir.is_empty() { default_model_dir() } else { PathBuf::from(&cfg.env.model_dir) }
-}
-
-fn cache_dir(cfg: &Config) -> PathBuf {
-    if cfg.env.cache_dir.is_empty() { default_cache_dir() } else { PathBuf::from(&cfg.env.cache_dir) }
-}
-
-/// Loads the embedder a config asks for.
-pub fn load_embedder(cfg: &Config, device: &Device) -> Result<Embedder, TrainError> {
-    Embedder::load(&model_dir(cfg), device).map_err(|e| TrainError::Env(e.into()))
-}
-
-/// A corpus embedded (with the cache) and scored by the config's reward model.
-#[derive(Debug)]
-pub struct EmbeddedCorpus {
-    /// The prompts.
-    pub prompts: Vec<Prompt>,
-    /// Row-major `[n, dim]` unit embeddings.
-    pub embeddings: Vec<f32>,
-    /// Embedding width (384).
-    pub dim: usize,
-    /// Row-major `[n, agents]` expected rewards.
-    pub expected: Vec<f32>,
-}
-
-/// Loads, embeds and scores a corpus.
-pub fn embed_corpus(
-    cfg: &Config,
-    embedder: &Embedder,
-    path: &Path,
-    progress: EmbedProgress<'_>,
-) -> Result<EmbeddedCorpus, TrainError> {
-    let prompts = load_corpus(path, &cfg.env.agents)?;
-    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
-    let what = format!("embedding {}", path.display());
-    let (embeddings, _) = embed_cached(embedder, &texts, &cache_dir(cfg), |d, t| progress(&what, d, t))?;
-    let dim = embedder.dim();
-    let na = cfg.env.agents.len();
-    let expected = match cfg.env.reward {
-        RewardModel::Cosine => {
-            let descs: Vec<&str> = cfg.env.agents.iter().map(|a| a.description.as_str()).collect();
-            let agent_rows = embedder.embed(&descs).map_err(|e| TrainError::Env(e.into()))?;
-            let flat: Vec<f32> = agent_rows.into_iter().flatten().collect();
-            cosine_rewards(&embeddings, &flat, dim)
-        }
-        RewardModel::Label => {
-            if let Some(i) = prompts.iter().position(|p| p.label.is_none()) {
-                return Err(TrainError::Env(mappo_env::EnvError::Corpus {
-                    path: path.display().to_string(),
-                    line: None,
-                    problem: format!(
-                        "prompt {} has no label, which the `label` reward needs (use env.reward = \"cosine\" for unlabelled corpora)",
-                        i + 1
-                    ),
-                }));
-            }
-            label_rewards(&prompts, na)
-        }
-    };
-    Ok(EmbeddedCorpus { prompts, embeddings, dim, expected })
-}
 
 /// The text router: trainer and periodic evaluator.
 #[derive(Debug)]
@@ -95,27 +29,16 @@ pub struct TextSetup {
 impl TextSetup {
     /// Embeds the corpora (cached) and builds the trainer on `device`.
     pub fn on(cfg: &Config, device: &Device, progress: EmbedProgress<'_>) -> Result<Self, TrainError> {
-        let embedder = load_embedder(cfg, device)?;
-        let train = embed_corpus(cfg, &embedder, Path::new(&cfg.env.corpus), progress)?;
+        let embedder = load_embedder(&cfg.env, device)?;
+        let train = embed_corpus(&cfg.env, &embedder, Path::new(&cfg.env.corpus), progress)?;
         let na = cfg.env.agents.len();
         let t = &cfg.train;
-        let env = DatasetEnv::new(
-            &train.embeddings,
-            train.dim,
-            train.expected.clone(),
-            na,
-            t.batch_size,
-            cfg.env.reward_noise,
-            t.seed,
-            device,
-        )?;
+        let env = train.env(t.batch_size, cfg.env.reward_noise, t.seed, device)?;
         let mut eval_env = if cfg.env.eval_corpus.is_empty() {
-            let n = t.eval_prompts.min(train.prompts.len());
-            DatasetEnv::new(&train.embeddings, train.dim, train.expected, na, n, 0.0, t.seed ^ 1, device)?
+            train.env(t.eval_prompts.min(train.prompts.len()), 0.0, t.seed ^ 1, device)?
         } else {
-            let ev = embed_corpus(cfg, &embedder, Path::new(&cfg.env.eval_corpus), progress)?;
-            let n = ev.prompts.len();
-            DatasetEnv::new(&ev.embeddings, ev.dim, ev.expected, na, n, 0.0, t.seed ^ 1, device)?
+            let ev = embed_corpus(&cfg.env, &embedder, Path::new(&cfg.env.eval_corpus), progress)?;
+            ev.env(ev.prompts.len(), 0.0, t.seed ^ 1, device)?
         };
         let evaluator = GreedyEvaluator::new(&mut eval_env, &mut Rng::derived(t.seed, "periodic-eval"))?;
         let mut rng = Rng::derived(t.seed, "init");
@@ -169,8 +92,8 @@ pub fn evaluate_corpus(
 ) -> Result<CorpusReport, TrainError> {
     let ckpt = Checkpoint::load(ckpt_path, device)?;
     let cfg = text_config(&ckpt, ckpt_path)?;
-    let embedder = load_embedder(cfg, device)?;
-    let data = embed_corpus(cfg, &embedder, corpus, progress)?;
+    let embedder = load_embedder(&cfg.env, device)?;
+    let data = embed_corpus(&cfg.env, &embedder, corpus, progress)?;
     let policy = ckpt.policy(data.dim, device)?;
     let n = data.prompts.len();
     let obs = Tensor::from_slice(&data.embeddings, (n, data.dim), device)?;
@@ -250,7 +173,7 @@ impl Router {
     pub fn load(ckpt_path: &Path, device: &Device) -> Result<Self, TrainError> {
         let ckpt = Checkpoint::load(ckpt_path, device)?;
         let cfg = text_config(&ckpt, ckpt_path)?;
-        let embedder = load_embedder(cfg, device)?;
+        let embedder = load_embedder(&cfg.env, device)?;
         let policy = ckpt.policy(embedder.dim(), device)?;
         let agents = cfg.env.agents.iter().map(|a| a.name.clone()).collect();
         Ok(Self { embedder, policy, agents, device: device.clone() })
@@ -266,7 +189,7 @@ impl Router {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let emb = self.embedder.embed_tensor(texts).map_err(|e| TrainError::Env(e.into()))?;
+        let emb = self.embedder.embed_tensor(texts).map_err(mappo_env::EnvError::from)?;
         let logits = self.policy.forward(&emb.to_device(&self.device)?)?.logits;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         Ok(texts

@@ -1,39 +1,15 @@
-//! The text embedder: sentence-transformers/all-MiniLM-L6-v2 in candle.
-//!
-//! [`Embedder`] reproduces sentence-transformers' `encode(..., normalize_embeddings=True)`:
-//! WordPiece tokenization truncated at 256 tokens (the model's `max_seq_length`; its
-//! tokenizer.json says 128), the 6-layer BERT encoder attending only to each text's own
-//! tokens (the attention mask), mean pooling over those tokens, then L2 normalisation.
-//! Rows match sentence-transformers to a cosine of at least 0.9999 (tested against
-//! `shared/fixtures/minilm_reference.json`).
-//!
-//! The files come from [`default_model_dir`] (`$MAPPO_MODEL_DIR`, else the user cache);
-//! `cargo xtask fetch-model` puts them there. [`Embedder::load`] checks every file's sha256
-//! and names the file and the fix when one is missing or corrupt.
-//!
-//! Throughput: texts are sorted by token count (longest first) and embedded in batches of
-//! similar length; the encoder (`embed/bert.rs`) is candle with one fused q|k|v gemm per
-//! layer. On the CPU, tokens are packed without padding and the glue between the gemms
-//! (embedding + LayerNorm, attention, bias + GELU, bias + residual + LayerNorm, pooling)
-//! runs as fused candle custom ops (`embed/kernels.rs`); other devices (CUDA) run the same
-//! model as plain candle ops with padding and the attention mask, with no per-text host
-//! round trips. Texts per second on 2 CPU cores match sentence-transformers (see
-//! `examples/embed_bench.rs`).
+//! [`Embedder`]: tokenize, batch by length, encode, pool, restore the order.
 
-mod bert;
-mod files;
-mod kernels;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-pub use files::{
-    CONFIG_JSON, FETCH_HINT, MODEL_DIR_ENV, MODEL_FILES, MODEL_ID, MODEL_SAFETENSORS, ModelFile,
-    TOKENIZER_JSON, default_model_dir,
-};
+use crate::bert::{self, Encoder};
+use crate::error::EmbedError;
+use crate::files::{self, CONFIG_JSON, MODEL_FILES, MODEL_SAFETENSORS, ModelFile, TOKENIZER_JSON};
 
 /// Maximum tokens per text, [CLS] and [SEP] included (sentence-transformers' max_seq_length).
 pub const MAX_SEQ_LEN: usize = 256;
@@ -45,69 +21,6 @@ pub const DEFAULT_BATCH_SIZE: usize = 64;
 /// hold fewer texts, which bounds memory (attention is quadratic) and keeps the CPU gemms
 /// in cache. CLINC150-like prompts (≈ 11 tokens) never reach it.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4096;
-
-/// Errors of the embedder. File errors name the file and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum EmbedError {
-    /// A model file is missing.
-    #[error("model file {} is missing: run `{FETCH_HINT}` (or set {MODEL_DIR_ENV})", path.display())]
-    MissingFile {
-        /// The missing file.
-        path: PathBuf,
-    },
-    /// A model file could not be read.
-    #[error("cannot read model file {}: {source}; run `{FETCH_HINT}`", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A model file does not have the expected sha256.
-    #[error(
-        "model file {} is truncated or corrupt (sha256 {actual}, expected {expected}): \
-         run `{FETCH_HINT}` to fetch it again",
-        path.display()
-    )]
-    HashMismatch {
-        /// The file.
-        path: PathBuf,
-        /// The expected sha256.
-        expected: String,
-        /// The sha256 found.
-        actual: String,
-    },
-    /// A model file has the right hash but could not be parsed (should not happen).
-    #[error("cannot load model file {}: {message}; run `{FETCH_HINT}`", path.display())]
-    InvalidFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// The tokenizer failed on the input.
-    #[error("tokenizer error: {0}")]
-    Tokenizer(String),
-    /// The batch size (texts or tokens) must be at least 1.
-    #[error("batch sizes must be at least 1")]
-    ZeroBatchSize,
-    /// A tensor operation failed.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
-
-impl EmbedError {
-    fn from_problem(path: PathBuf, problem: files::FileProblem) -> Self {
-        match problem {
-            files::FileProblem::Missing => EmbedError::MissingFile { path },
-            files::FileProblem::Unreadable(source) => EmbedError::Io { path, source },
-            files::FileProblem::HashMismatch { expected, actual } => {
-                EmbedError::HashMismatch { path, expected: expected.to_string(), actual }
-            }
-        }
-    }
-}
 
 /// Checks that `dir` holds config.json, tokenizer.json and model.safetensors with their
 /// expected sha256. The error names the first bad file and the fix (`cargo xtask fetch-model`).
@@ -144,9 +57,24 @@ pub struct StageTimings {
     pub finish: Duration,
 }
 
+/// Which implementation of the BERT encoder an [`Embedder`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The fused CPU kernels on the CPU (when the model's config allows them), candle-transformers'
+    /// `BertModel` on other devices.
+    #[default]
+    Auto,
+    /// Hand-written fused CPU kernels on packed (unpadded) tokens: the fastest on the CPU.
+    /// CPU only, and only for `hidden_act = "gelu"`.
+    FusedCpu,
+    /// candle-transformers' `BertModel` on padded batches with the attention mask: any device.
+    Candle,
+}
+
 /// all-MiniLM-L6-v2 sentence embedder (384 dimensions, unit norm).
 pub struct Embedder {
-    model: bert::Model,
+    model: Encoder,
+    dim: usize,
     tokenizer: Tokenizer,
     device: Device,
     batch_size: usize,
@@ -159,6 +87,7 @@ impl std::fmt::Debug for Embedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Embedder")
             .field("device", &self.device)
+            .field("backend", &self.backend())
             .field("batch_size", &self.batch_size)
             .field("max_batch_tokens", &self.max_batch_tokens)
             .field("model_hash", &self.model_hash)
@@ -167,9 +96,22 @@ impl std::fmt::Debug for Embedder {
 }
 
 impl Embedder {
-    /// Loads the model from `model_dir` (see [`default_model_dir`]) onto `device`, checking
-    /// the sha256 of config.json, tokenizer.json and model.safetensors.
+    /// Loads the model from `model_dir` (see [`default_model_dir`](crate::default_model_dir))
+    /// onto `device`, checking the sha256 of config.json, tokenizer.json and model.safetensors.
+    /// Runs the fused CPU kernels on the CPU and candle-transformers' `BertModel` elsewhere
+    /// ([`Backend::Auto`]).
     pub fn load(model_dir: &Path, device: &Device) -> Result<Self, EmbedError> {
+        Self::load_with_backend(model_dir, device, Backend::Auto)
+    }
+
+    /// Like [`load`](Self::load), with the encoder implementation chosen: e.g.
+    /// [`Backend::Candle`] on the CPU to compare it with the fused kernels.
+    /// [`Backend::FusedCpu`] on another device is an [`EmbedError::Backend`].
+    pub fn load_with_backend(
+        model_dir: &Path,
+        device: &Device,
+        backend: Backend,
+    ) -> Result<Self, EmbedError> {
         let config_bytes = read_verified(model_dir, &CONFIG_JSON)?;
         let tokenizer_bytes = read_verified(model_dir, &TOKENIZER_JSON)?;
         let weights = read_verified(model_dir, &MODEL_SAFETENSORS)?;
@@ -179,7 +121,7 @@ impl Embedder {
             path: model_dir.join(file.name),
             message,
         };
-        let config: bert::Config =
+        let config: Config =
             serde_json::from_slice(&config_bytes).map_err(|e| invalid(&CONFIG_JSON, e.to_string()))?;
 
         let mut tokenizer =
@@ -198,11 +140,15 @@ impl Embedder {
         let tensors = candle_core::safetensors::load_buffer(&weights, device)
             .map_err(|e| invalid(&MODEL_SAFETENSORS, e.to_string()))?;
         drop(weights);
-        let model = bert::Model::load(tensors, &config, device)
+        if backend == Backend::FusedCpu && !device.is_cpu() {
+            return Err(EmbedError::Backend(format!("the fused CPU kernels cannot run on {device:?}")));
+        }
+        let model = Encoder::load(tensors, &config, device, backend)
             .map_err(|e| invalid(&MODEL_SAFETENSORS, e.to_string()))?;
 
         Ok(Self {
             model,
+            dim: config.hidden_size,
             tokenizer,
             device: device.clone(),
             batch_size: DEFAULT_BATCH_SIZE,
@@ -219,14 +165,6 @@ impl Embedder {
         }
         self.batch_size = batch_size;
         Ok(self)
-    }
-
-    /// Whether to run the encoder's glue (attention, GELU, LayerNorm, pooling) as fused CPU
-    /// kernels (default: yes on the CPU; other devices always use plain candle ops).
-    /// Turning them off on the CPU runs the device-generic path, e.g. to compare the two.
-    pub fn with_fused_cpu_kernels(mut self, fused: bool) -> Self {
-        self.model.set_fused(fused);
-        self
     }
 
     /// Caps the tokens per forward pass (default [`DEFAULT_MAX_BATCH_TOKENS`]); a text
@@ -251,7 +189,12 @@ impl Embedder {
 
     /// Embedding dimension (384).
     pub fn dim(&self) -> usize {
-        self.model.hidden_size()
+        self.dim
+    }
+
+    /// The encoder implementation in use ([`Backend::FusedCpu`] or [`Backend::Candle`]).
+    pub fn backend(&self) -> Backend {
+        self.model.backend()
     }
 
     /// sha256 of model.safetensors (lower-case hex), for cache keys.
@@ -352,16 +295,13 @@ impl Embedder {
                 .iter()
                 .map(|chunk| {
                     let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-                    self.model.batch(&ids)
+                    self.model.batch(&ids, &self.device)
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             timings.tokenize += t0.elapsed();
 
             let t0 = Instant::now();
-            let run = |batch: &bert::Batch| -> candle_core::Result<Tensor> {
-                let hidden = self.model.encode(batch)?;
-                self.model.pool(batch, &hidden)
-            };
+            let run = |batch: &bert::Batch| self.model.embed(batch);
             let results: Vec<candle_core::Result<Tensor>> = if prepared.len() > 1 {
                 use rayon::prelude::*;
                 prepared.par_iter().map(run).collect()

@@ -1,8 +1,5 @@
-//! The model's files: where they live and the sha256 each must have.
-//!
-//! This module depends on `std` and `sha2` only, so that `xtask` can include it by path
-//! (`#[path = ...] mod model_files;`) and `cargo xtask fetch-model` does not have to compile
-//! candle to share these constants.
+//! The model's files: where they live and the sha256 each must have (`std` and `sha2` only;
+//! `cargo xtask fetch-model` uses the same list and checks).
 
 use std::fmt;
 use std::io::{self, Read};
@@ -49,28 +46,33 @@ pub const MODEL_SAFETENSORS: ModelFile = ModelFile {
 /// The three files the embedder needs.
 pub const MODEL_FILES: [ModelFile; 3] = [CONFIG_JSON, TOKENIZER_JSON, MODEL_SAFETENSORS];
 
-/// Where the model lives unless told otherwise: `$MAPPO_MODEL_DIR` if set, else
-/// `$XDG_CACHE_HOME/mappo/all-MiniLM-L6-v2`, else `$HOME/.cache/mappo/all-MiniLM-L6-v2`
-/// (and `./.cache/mappo/all-MiniLM-L6-v2` when not even `HOME` is set).
+/// Where the model lives unless told otherwise: `$MAPPO_MODEL_DIR` if set and non-empty,
+/// else `<user cache>/mappo/all-MiniLM-L6-v2` (see [`user_cache_dir`]).
 pub fn default_model_dir() -> PathBuf {
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty(MODEL_DIR_ENV) {
-        return PathBuf::from(dir);
+    match std::env::var_os(MODEL_DIR_ENV).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => user_cache_dir().join("mappo").join("all-MiniLM-L6-v2"),
     }
-    let cache = non_empty("XDG_CACHE_HOME")
+}
+
+/// The user's cache directory: `$XDG_CACHE_HOME` if set and non-empty, else `$HOME/.cache`
+/// if `HOME` is set and non-empty, else `.cache` (relative to the working directory).
+/// mappo's model files and embedding cache live under `<this>/mappo/`.
+pub fn user_cache_dir() -> PathBuf {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    non_empty("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("mappo").join("all-MiniLM-L6-v2")
+        .unwrap_or_else(|| PathBuf::from(".cache"))
 }
 
 /// Lower-case hex sha256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
 /// Lower-case hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -123,7 +125,7 @@ impl fmt::Display for FileProblem {
 }
 
 /// Checks that `bytes` (the content of `file`) hash to the expected sha256.
-pub fn check_bytes(file: &ModelFile, bytes: &[u8]) -> Result<(), FileProblem> {
+pub(crate) fn check_bytes(file: &ModelFile, bytes: &[u8]) -> Result<(), FileProblem> {
     let actual = sha256_hex(bytes);
     if actual == file.sha256 {
         Ok(())

@@ -1,38 +1,34 @@
-//! CPU throughput of the embedder on the 3,000 CLINC150 validation texts.
+//! Throughput of the embedder on the 3,000 CLINC150 validation texts.
 //!
 //! ```text
-//! cargo run --release -p mappo-env --example embed_bench -- [--batch-size N] [--repeat R]
+//! cargo run --release -p mappo-embed --example embed_bench -- [--batch-size N] [--repeat R]
 //!     [--baseline] [--generic] [--concat K] [--data PATH] [--model-dir DIR] [--device cpu|cuda[:N]]
 //! ```
 //! Prints texts/s per run with the time spent tokenizing, in the encoder (with pooling) and
 //! restoring the order, and the CPU time used. `--baseline` interleaves each run with the
-//! straightforward candle version (candle-transformers' `BertModel` on padded batches of the
-//! same texts, sorted by length, candle ops for pooling) and prints the speed ratio of each
-//! pair, a figure that survives a busy machine better than texts/s. `--generic` measures the
-//! device-generic path (plain candle ops, what CUDA runs) instead of the fused CPU kernels.
-//! `--concat K` joins every K consecutive texts into one, to measure long inputs (K = 20
-//! gives ≈ 200 tokens per text).
-//! Needs the model (`cargo xtask fetch-model`) and `shared/data/clinc150/`.
+//! straightforward candle version (`Backend::Candle`: candle-transformers' `BertModel` on
+//! padded batches) and prints the speed ratio of each pair, a figure that survives a busy
+//! machine better than texts/s. `--generic` measures that backend instead of the default one
+//! (the fused CPU kernels on the CPU). `--concat K` joins every K consecutive texts into one,
+//! to measure long inputs (K = 20 gives ≈ 200 tokens per text).
+//! Needs the model (`cargo xtask fetch-model`) and a JSON-lines file of `{"text": ...}` objects
+//! (default `data/clinc150/val.jsonl`, from `cargo xtask fetch-data clinc150`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use mappo_env::embed::{Embedder, MAX_SEQ_LEN, default_model_dir};
-use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use candle_core::Device;
+use mappo_embed::{Backend, DEFAULT_BATCH_SIZE, Embedder, default_model_dir};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> Res<()> {
-    let mut batch_size = mappo_env::embed::DEFAULT_BATCH_SIZE;
+    let mut batch_size = DEFAULT_BATCH_SIZE;
     let mut repeat = 3usize;
     let mut baseline = false;
     let mut generic = false;
     let mut concat = 1usize;
-    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/clinc150/clinc150_train_val.json");
+    let mut data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/clinc150/val.jsonl");
     let mut model_dir = default_model_dir();
     let mut device = Device::Cpu;
     let mut args = std::env::args().skip(1);
@@ -59,26 +55,27 @@ fn main() -> Res<()> {
         }
     }
 
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&data)?)?;
-    let texts: Vec<&str> = json["val"]
-        .as_array()
-        .ok_or("no `val` array in the data file")?
-        .iter()
-        .filter_map(|row| row.get(0).and_then(|t| t.as_str()))
-        .collect();
+    let lines = std::fs::read_to_string(&data)
+        .map_err(|e| format!("{}: {e} (run `cargo xtask fetch-data clinc150`)", data.display()))?;
+    let mut owned = Vec::new();
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        owned.push(v["text"].as_str().ok_or("a line without a string `text`")?.to_string());
+    }
+    let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
     // `--concat K`: K consecutive texts joined into one, to measure long inputs.
     let joined: Vec<String> = texts.chunks(concat).map(|c| c.join(". ")).collect();
     let texts: Vec<&str> = joined.iter().map(String::as_str).collect();
 
     let t0 = Instant::now();
-    let embedder =
-        Embedder::load(&model_dir, &device)?.with_batch_size(batch_size)?.with_fused_cpu_kernels(!generic);
+    let backend = if generic { Backend::Candle } else { Backend::Auto };
+    let embedder = Embedder::load_with_backend(&model_dir, &device, backend)?.with_batch_size(batch_size)?;
     println!(
-        "loaded in {:.2}s; {} texts, batch size {batch_size}, {} threads, {} path on {device:?}",
+        "loaded in {:.2}s; {} texts, batch size {batch_size}, {} threads, {:?} backend on {device:?}",
         t0.elapsed().as_secs_f64(),
         texts.len(),
         candle_core::utils::get_num_threads(),
-        if generic || !device.is_cpu() { "generic" } else { "fused CPU" }
+        embedder.backend()
     );
     let mut counts = embedder.count_tokens(&texts)?;
     let tokens: usize = counts.iter().sum();
@@ -89,7 +86,11 @@ fn main() -> Res<()> {
         tokens as f64 / texts.len() as f64,
         counts.first().copied().unwrap_or(0)
     );
-    let reference = if baseline { Some(Baseline::load(&model_dir, batch_size)?) } else { None };
+    let reference = if baseline {
+        Some(Embedder::load_with_backend(&model_dir, &device, Backend::Candle)?.with_batch_size(batch_size)?)
+    } else {
+        None
+    };
 
     // Warm-up (allocator, thread pools), and a sanity check against the baseline.
     let warm = &texts[..256.min(texts.len())];
@@ -142,55 +143,6 @@ fn main() -> Res<()> {
         println!("median speed-up over the baseline: {:.2}x", ratios[ratios.len() / 2]);
     }
     Ok(())
-}
-
-/// The straightforward candle version: candle-transformers' BertModel on padded batches.
-struct Baseline {
-    model: BertModel,
-    tokenizer: Tokenizer,
-    batch_size: usize,
-}
-
-impl Baseline {
-    fn load(dir: &Path, batch_size: usize) -> Res<Self> {
-        let device = Device::Cpu;
-        let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-        let vb = VarBuilder::from_buffered_safetensors(
-            std::fs::read(dir.join("model.safetensors"))?,
-            DType::F32,
-            &device,
-        )?;
-        let model = BertModel::load(vb, &config)?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
-        tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_SEQ_LEN, ..Default::default() }))?;
-        tokenizer.with_padding(Some(PaddingParams::default())); // BatchLongest
-        Ok(Self { model, tokenizer, batch_size })
-    }
-
-    fn embed(&self, texts: &[&str]) -> Res<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
-        let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.batch_size) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-            let enc = self.tokenizer.encode_batch(batch, true)?;
-            let (n, l) = (enc.len(), enc[0].get_ids().len());
-            let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
-            let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().to_vec()).collect();
-            let ids = Tensor::from_vec(ids, (n, l), &Device::Cpu)?;
-            let mask = Tensor::from_vec(mask, (n, l), &Device::Cpu)?;
-            let hidden = self.model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let mean = hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
-            let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-            let rows = mean.broadcast_div(&norm)?.to_vec2::<f32>()?;
-            for (&i, row) in chunk.iter().zip(rows) {
-                out[i] = row;
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// User + system CPU time of this process (Linux; 0 elsewhere).

@@ -1,14 +1,13 @@
-//! Parity with sentence-transformers: every row of `shared/fixtures/minilm_reference.json`
+//! Parity with sentence-transformers: every row of `tests/fixtures/minilm_reference.json`
 //! (48 texts: empty, whitespace, emoji, CJK, code, a 682-token text, ...) must match our
-//! embedding to a cosine of at least 0.9999.
+//! embedding to a cosine of at least 0.9999, on both backends (fused CPU kernels and
+//! candle-transformers' `BertModel`).
 //!
-//! Needs the model in `mappo_env::embed::default_model_dir()`: run `cargo xtask fetch-model`.
+//! Needs the model in `mappo_embed::default_model_dir()`: run `cargo xtask fetch-model`.
 //! A missing model fails this test; it is never skipped.
 
-use std::path::PathBuf;
-
 use candle_core::Device;
-use mappo_env::embed::{Embedder, default_model_dir};
+use mappo_embed::{Backend, Embedder, default_model_dir};
 use serde::Deserialize;
 
 const MIN_COSINE: f32 = 0.9999;
@@ -26,26 +25,22 @@ struct Row {
     embedding: Vec<f32>,
 }
 
-/// `../shared/fixtures/` beside the checkout, or `$MAPPO_SHARED_DIR/fixtures/` (for a test
-/// binary carried to another machine, such as the GPU machine).
-fn fixture_path() -> PathBuf {
-    let shared = std::env::var_os("MAPPO_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/minilm_reference.json")
-}
+/// The fixture, inside the repository (see `tests/fixtures/README.md` for its provenance).
+/// Compiled into the test binary, so the binary runs anywhere (e.g. carried to a GPU machine).
+const FIXTURE: &str = include_str!("fixtures/minilm_reference.json");
 
 fn load_reference() -> Reference {
-    let path = fixture_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
+    serde_json::from_str(FIXTURE).unwrap_or_else(|e| panic!("bad fixture minilm_reference.json: {e}"))
 }
 
 fn load_embedder() -> Embedder {
+    load_backend(Backend::Auto)
+}
+
+fn load_backend(backend: Backend) -> Embedder {
     let dir = default_model_dir();
     // The error names the missing or corrupt file and says to run `cargo xtask fetch-model`.
-    Embedder::load(&dir, &Device::Cpu)
+    Embedder::load_with_backend(&dir, &Device::Cpu, backend)
         .unwrap_or_else(|e| panic!("cannot load all-MiniLM-L6-v2 from {}: {e}", dir.display()))
 }
 
@@ -58,16 +53,33 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn matches_sentence_transformers() {
-    check_parity(load_embedder(), "fused CPU kernels");
+    let embedder = load_embedder();
+    assert_eq!(embedder.backend(), Backend::FusedCpu, "the CPU runs the fused kernels by default");
+    check_parity(embedder, "fused CPU kernels");
 }
 
-/// The device-generic path (plain candle ops, the one CUDA runs) must match too.
+/// The device-generic path (candle-transformers' BertModel, the one CUDA runs) must match too.
 #[test]
-fn generic_path_matches_sentence_transformers() {
-    check_parity(load_embedder().with_fused_cpu_kernels(false), "generic candle ops");
+fn candle_backend_matches_sentence_transformers() {
+    let embedder = load_backend(Backend::Candle);
+    assert_eq!(embedder.backend(), Backend::Candle);
+    check_parity(embedder, "candle-transformers BertModel");
 }
 
-/// The CUDA build runs the generic path on the GPU (compiled only with `--features cuda`;
+/// The two backends agree with each other row by row, beyond the fixture's tolerance.
+#[test]
+fn backends_agree() {
+    let reference = load_reference();
+    let texts: Vec<&str> = reference.rows.iter().map(|r| r.text.as_str()).collect();
+    let fused = load_backend(Backend::FusedCpu).embed(&texts).expect("fused");
+    let candle = load_backend(Backend::Candle).embed(&texts).expect("candle");
+    for (i, (a, b)) in fused.iter().zip(&candle).enumerate() {
+        let c = cosine(a, b);
+        assert!(c > 0.99999, "row {i}: fused vs candle-transformers cosine {c}");
+    }
+}
+
+/// The CUDA build runs candle-transformers' BertModel on the GPU (compiled only with `--features cuda`;
 /// with no GPU it fails, it is never skipped).
 #[cfg(feature = "cuda")]
 #[test]
@@ -76,16 +88,21 @@ fn cuda_matches_sentence_transformers() {
     let dir = default_model_dir();
     let embedder = Embedder::load(&dir, &gpu)
         .unwrap_or_else(|e| panic!("cannot load all-MiniLM-L6-v2 from {}: {e}", dir.display()));
+    assert_eq!(embedder.backend(), Backend::Candle);
+    assert!(
+        Embedder::load_with_backend(&dir, &gpu, Backend::FusedCpu).is_err(),
+        "the fused kernels are CPU-only"
+    );
     check_parity(embedder, "CUDA");
 }
 
 fn check_parity(embedder: Embedder, path: &str) {
     let reference = load_reference();
-    assert_eq!(reference.max_seq_length, mappo_env::embed::MAX_SEQ_LEN);
+    assert_eq!(reference.max_seq_length, mappo_embed::MAX_SEQ_LEN);
     // Small batches so that the fixture exercises several batches of mixed lengths.
     let embedder = embedder.with_batch_size(7).expect("batch size 7 is valid");
     assert_eq!(embedder.dim(), 384);
-    assert_eq!(embedder.model_hash(), mappo_env::embed::MODEL_SAFETENSORS.sha256);
+    assert_eq!(embedder.model_hash(), mappo_embed::MODEL_SAFETENSORS.sha256);
 
     let texts: Vec<&str> = reference.rows.iter().map(|r| r.text.as_str()).collect();
     let got = embedder.embed(&texts).expect("embedding the fixture");
@@ -129,6 +146,12 @@ fn order_and_batching_do_not_change_results() {
         .expect("batch size 1 is valid")
         .embed(&texts)
         .expect("embedding one at a time");
+    // A token cap of 16 splits the batches by tokens rather than by texts.
+    let capped = load_embedder()
+        .with_max_batch_tokens(16)
+        .expect("a token cap of 16 is valid")
+        .embed(&texts)
+        .expect("embedding with a token cap");
     let mut reversed = texts.clone();
     reversed.reverse();
     let mut c = load_embedder().embed(&reversed).expect("embedding reversed");
@@ -137,12 +160,15 @@ fn order_and_batching_do_not_change_results() {
     assert_eq!(t.dims(), &[texts.len(), 384]);
     let t = t.to_vec2::<f32>().expect("tensor to host");
     for i in 0..texts.len() {
-        for (what, other) in [("single", &b[i]), ("reversed", &c[i]), ("tensor", &t[i])] {
+        for (what, other) in
+            [("single", &b[i]), ("capped", &capped[i]), ("reversed", &c[i]), ("tensor", &t[i])]
+        {
             let cos = cosine(&a[i], other);
             assert!(cos > 0.99999, "row {i}: batched vs {what}: cosine {cos}");
         }
     }
     assert!(load_embedder().with_batch_size(0).is_err(), "batch size 0 must be rejected");
+    assert!(load_embedder().with_max_batch_tokens(0).is_err(), "a token cap of 0 must be rejected");
     let empty = load_embedder().embed(&[]).expect("embedding nothing");
     assert!(empty.is_empty());
 }
@@ -164,10 +190,7 @@ fn corrupt_model_file_names_the_file_and_the_fix() {
     let msg = err.to_string();
     assert!(msg.contains("model.safetensors"), "{msg}");
     assert!(msg.contains("cargo xtask fetch-model"), "{msg}");
-    assert!(
-        mappo_env::embed::verify_model_dir(&dir).is_err(),
-        "verify_model_dir must reject the corrupt file"
-    );
+    assert!(mappo_embed::verify_model_dir(&dir).is_err(), "verify_model_dir must reject the corrupt file");
 
     std::fs::remove_file(dir.join("model.safetensors")).expect("remove weights");
     let msg = Embedder::load(&dir, &Device::Cpu).expect_err("a missing file must not load").to_string();
@@ -181,5 +204,5 @@ fn corrupt_model_file_names_the_file_and_the_fix() {
 fn embedder_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Embedder>();
-    check::<mappo_env::embed::EmbedError>();
+    check::<mappo_embed::EmbedError>();
 }

@@ -4,7 +4,8 @@
 //! on a 2-core machine the glue between the matmuls cost as much as the matmuls. These ops
 //! fuse that glue: embedding lookup + position + LayerNorm, bias + multi-head attention over
 //! the unpadded keys, bias + erf-GELU, bias + residual + LayerNorm, and masked mean pooling +
-//! L2 normalisation. They are CPU-only; `bert.rs` uses plain candle ops on other devices.
+//! L2 normalisation. They are CPU-only; other devices run candle-transformers' `BertModel`
+//! (`bert.rs`, [`crate::Backend::Candle`]).
 //!
 //! Activations are f32, row-major contiguous `[tokens, width]`, and *packed*: no padding,
 //! text `b` owning rows `offsets[b]..offsets[b + 1]` (so the gemms do no wasted work).

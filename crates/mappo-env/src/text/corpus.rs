@@ -1,0 +1,154 @@
+//! Corpora: JSON lines `{"text": "...", "label": "<agent>"}`.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use mappo_config::AgentSpec;
+use serde_json::{Map, Value};
+
+use crate::EnvError;
+
+/// One prompt of a corpus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The text.
+    pub text: String,
+    /// Index of its labelled agent, if labelled.
+    pub label: Option<usize>,
+}
+
+/// Reads JSON lines: one object per non-blank line, with its 1-based line number. A UTF-8
+/// byte-order mark at the start is skipped. Errors name `origin` (a path, or e.g. `stdin`)
+/// and the line. Shared by corpora and every other JSON-lines input (e.g. `mappo embed`).
+pub fn json_lines(
+    reader: impl BufRead,
+    origin: &str,
+) -> impl Iterator<Item = Result<(usize, Map<String, Value>), EnvError>> {
+    let origin = origin.to_string();
+    reader.lines().enumerate().filter_map(move |(n, line)| {
+        let err = |problem: String| EnvError::Corpus { path: origin.clone(), line: Some(n + 1), problem };
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => return Some(Err(err(format!("cannot read: {e}")))),
+        };
+        let line = if n == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
+        if line.trim().is_empty() {
+            return None;
+        }
+        Some(match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(obj)) => Ok((n + 1, obj)),
+            Ok(_) => Err(err("expected a JSON object".into())),
+            Err(e) => Err(err(format!("not valid JSON: {e}"))),
+        })
+    })
+}
+
+/// Reads a JSON-lines corpus: one `{"text": "...", "label": "<agent>"}` per
+/// line (`label` optional; blank lines and a leading byte-order mark skipped).
+/// Errors name the file and line.
+pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, EnvError> {
+    let origin = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| EnvError::Corpus {
+        path: origin.clone(),
+        line: None,
+        problem: format!("cannot open: {e}"),
+    })?;
+    let index: HashMap<&str, usize> = agents.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    let mut out = Vec::new();
+    for item in json_lines(std::io::BufReader::new(file), &origin) {
+        let (n, obj) = item?;
+        let err = |problem: String| EnvError::Corpus { path: origin.clone(), line: Some(n), problem };
+        let text = match obj.get("text") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(err("`text` must be a string".into())),
+            None => return Err(err("missing `text`".into())),
+        };
+        let label = match obj.get("label") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(l)) => Some(*index.get(l.as_str()).ok_or_else(|| {
+                let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+                err(format!("label `{l}` is not an agent (agents: {})", names.join(", ")))
+            })?),
+            Some(_) => return Err(err("`label` must be a string".into())),
+        };
+        out.push(Prompt { text, label });
+    }
+    if out.is_empty() {
+        return Err(EnvError::Corpus {
+            path: origin,
+            line: None,
+            problem: "the corpus is empty: expected JSON lines {\"text\": ..., \"label\": ...}".into(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents() -> Vec<AgentSpec> {
+        ["code", "math"]
+            .iter()
+            .map(|n| AgentSpec { name: n.to_string(), description: String::new() })
+            .collect()
+    }
+
+    fn write(lines: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        std::io::Write::write_all(&mut f, lines.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn corpus_parses_and_errors_name_file_and_line() {
+        let f = write(
+            "{\"text\": \"fix my loop\", \"label\": \"code\"}\n\n{\"text\": \"\"}\n{\"text\": \"2+2\", \"label\": \"math\"}\n",
+        );
+        let c = load_corpus(f.path(), &agents()).expect("corpus");
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].label, Some(0));
+        assert_eq!(c[1], Prompt { text: String::new(), label: None });
+        for (body, needle, line) in [
+            ("{\"text\": \"a\"}\nnot json\n", "not valid JSON", 2),
+            ("{\"label\": \"code\"}\n", "missing `text`", 1),
+            ("{\"text\": \"a\", \"label\": \"cooking\"}\n", "`cooking` is not an agent", 1),
+            ("{\"text\": 3}\n", "must be a string", 1),
+            ("\n[1, 2]\n", "expected a JSON object", 2),
+        ] {
+            let f = write(body);
+            let e = load_corpus(f.path(), &agents()).expect_err(body).to_string();
+            assert!(e.contains(needle) && e.contains(&format!("line {line}")), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
+        }
+        let f = write("\n");
+        assert!(load_corpus(f.path(), &agents()).expect_err("empty").to_string().contains("empty"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_on_the_first_line_only() {
+        let f = write("\u{feff}{\"text\": \"fix my loop\", \"label\": \"code\"}\n{\"text\": \"2+2\"}\n");
+        let c = load_corpus(f.path(), &agents()).expect("a corpus with a BOM loads");
+        assert_eq!(c[0], Prompt { text: "fix my loop".into(), label: Some(0) });
+        assert_eq!(c.len(), 2);
+        // A BOM in the middle of the file is not a line start marker: it is an error there.
+        let f = write("{\"text\": \"a\"}\n\u{feff}{\"text\": \"b\"}\n");
+        let e = load_corpus(f.path(), &agents()).expect_err("BOM on line 2").to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn json_lines_gives_objects_with_line_numbers() {
+        let input = "\u{feff}{\"text\": \"a\", \"id\": 7}\n\n{\"text\": \"b\"}\n";
+        let rows: Vec<_> = json_lines(input.as_bytes(), "stdin").collect::<Result<_, _>>().expect("rows");
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].0, rows[0].1["id"].as_u64()), (1, Some(7)));
+        assert_eq!(rows[1].0, 3);
+        let e = json_lines("{\"text\": \"a\"}\nnope\n".as_bytes(), "stdin")
+            .find_map(Result::err)
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("stdin") && e.contains("line 2"), "{e}");
+    }
+}
