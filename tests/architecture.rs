@@ -46,7 +46,26 @@ fn crates_depend_only_downwards() {
     let mut train = internal("mappo-train");
     train.sort();
     assert_eq!(train, ["mappo-buffer", "mappo-config", "mappo-env", "mappo-nn"]);
-    for k in ["mappo-config", "mappo-embed", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-train"] {
+    // The decision log knows no model code; the service sits above mappo-train and the log.
+    assert_eq!(internal("mappo-log"), Vec::<String>::new(), "mappo-log depends on no mappo crate");
+    assert!(!deps("mappo-log").iter().any(|d| d.starts_with("candle")), "mappo-log has no candle");
+    let serve = internal("mappo-serve");
+    for k in ["mappo-log", "mappo-train"] {
+        assert!(serve.contains(&k.to_string()), "mappo-serve uses {k}: {serve:?}");
+    }
+    for k in ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log"] {
+        assert!(!internal(k).contains(&"mappo-serve".to_string()), "{k} must not depend on the service");
+    }
+    for k in [
+        "mappo-config",
+        "mappo-embed",
+        "mappo-env",
+        "mappo-nn",
+        "mappo-buffer",
+        "mappo-train",
+        "mappo-log",
+        "mappo-serve",
+    ] {
         assert!(!deps(k).contains(&"anyhow".to_string()), "{k} is a library: typed errors, no anyhow");
     }
 }
@@ -70,7 +89,19 @@ fn cargo_tree(krate: &str, args: &[&str]) -> String {
 #[test]
 fn train_without_default_features_has_no_text_stack() {
     let tree = cargo_tree("mappo-train", &["--no-default-features"]);
-    for banned in ["mappo-embed ", "candle-transformers ", "onig ", "onig_sys ", "hf-hub ", "ureq "] {
+    for banned in [
+        "mappo-embed ",
+        "candle-transformers ",
+        "onig ",
+        "onig_sys ",
+        "hf-hub ",
+        "ureq ",
+        "axum ",
+        "hyper ",
+        "reqwest ",
+        "sqlx ",
+        "mappo-log ",
+    ] {
         assert!(!tree.lines().any(|l| l.starts_with(banned)), "{banned}in:\n{tree}");
     }
     let who = cargo_tree("mappo-train", &["--no-default-features", "-i", "tokenizers", "--depth", "1"]);

@@ -58,7 +58,9 @@ fn routes_the_prompt_corpus_and_trains_the_projection() {
     let r = mappo_train::evaluate_corpus(&s.final_checkpoint, &corpus, &Device::Cpu, &mut |_, _, _| {})
         .expect("eval corpus");
     assert_eq!(r.n, 248);
-    assert!(r.accuracy > 0.8, "{}", r.accuracy);
+    let accuracy = r.accuracy.expect("the corpus is labelled");
+    assert!(accuracy > 0.8, "{accuracy}");
+    assert_eq!(r.labelled, r.n);
     assert_eq!(r.confusion.iter().flatten().sum::<usize>(), 248);
     let router = mappo_train::Router::load(&s.final_checkpoint, &Device::Cpu).expect("router");
     let routed = router.route(&["My package never arrived and I want a refund.", ""]).expect("route");
@@ -90,4 +92,27 @@ fn text_run_resumes_bit_identical_including_the_corpus_position() {
     let b = train_in(&mut s3.trainer, Some(&s3.evaluator), part.path()).final_checkpoint;
     assert_checkpoints_identical(&a, &b);
     assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()));
+}
+
+/// A cosine-reward checkpoint evaluated on unlabelled prompts: by its reward
+/// model, not a silent `"n": 0, "accuracy": 0`.
+#[test]
+fn cosine_checkpoints_evaluate_unlabelled_corpora_by_their_reward_model() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(30, cache.path());
+    cfg.env.reward = mappo_config::RewardModel::Cosine;
+    let dir = tempfile::tempdir().expect("tmp");
+    let unlabelled = dir.path().join("unlabelled.jsonl");
+    let body: String = ["reset my password please", "integrate x^2 from 0 to 1", "write a haiku about rain"]
+        .iter()
+        .map(|t| format!("{}\n", serde_json::json!({ "text": t })))
+        .collect();
+    std::fs::write(&unlabelled, body).expect("write");
+    let mut setup = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
+    let s = train_in(&mut setup.trainer, Some(&setup.evaluator), &dir.path().join("run"));
+    let r = mappo_train::evaluate_corpus(&s.final_checkpoint, &unlabelled, &Device::Cpu, &mut |_, _, _| {})
+        .expect("eval");
+    assert_eq!((r.n, r.labelled, r.accuracy), (3, 0, None));
+    assert!(r.oracle_reward >= r.mean_reward && r.oracle_reward > r.random_reward, "{r:?}");
+    assert!(r.normalized_reward.is_finite() && (0.0..=1.0).contains(&r.oracle_agreement), "{r:?}");
 }

@@ -36,9 +36,15 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
             outln!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
-        outln!("{:<12} {}", "prompts", r.n);
-        outln!("{:<12} {:.4}", "accuracy", r.accuracy);
-        outln!("{:<12} {:.4}", "mean reward", r.mean_reward);
+        outln!("{:<18} {}", "prompts", r.n);
+        outln!("{:<18} {}", "labelled", r.labelled);
+        let acc = r.accuracy.map(|a| format!("{a:.4}")).unwrap_or_else(|| "- (no labels)".into());
+        outln!("{:<18} {acc}", "accuracy");
+        outln!("{:<18} {:.4}", "mean reward", r.mean_reward);
+        outln!("{:<18} {:.4}", "oracle reward", r.oracle_reward);
+        outln!("{:<18} {:.4}", "random reward", r.random_reward);
+        outln!("{:<18} {:.4}", "normalized reward", r.normalized_reward);
+        outln!("{:<18} {:.4}", "oracle agreement", r.oracle_agreement);
         let width = r.agents.iter().map(String::len).max().unwrap_or(5).max(5);
         outln!("");
         outln!("{:<width$} {:>9} {:>9} {:>8} {:>9}", "agent", "precision", "recall", "support", "routed");

@@ -52,6 +52,12 @@ impl GreedyEvaluator {
         Ok(Self { obs, expected: env.expected_rewards(), num_actions: env.spec().num_actions })
     }
 
+    /// An evaluator over given observations (`[n, obs_dim]`) and their
+    /// row-major `[n, num_actions]` expected rewards.
+    pub(crate) fn from_parts(obs: Tensor, expected: Vec<f32>, num_actions: usize) -> Self {
+        Self { obs, expected, num_actions }
+    }
+
     /// Number of observations.
     pub fn len(&self) -> usize {
         self.expected.len() / self.num_actions.max(1)

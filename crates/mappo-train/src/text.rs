@@ -69,12 +69,22 @@ pub struct AgentScore {
 /// Greedy routing of a labelled corpus.
 #[derive(Debug, Clone, Serialize)]
 pub struct CorpusReport {
-    /// Labelled prompts evaluated.
+    /// Prompts evaluated.
     pub n: usize,
-    /// Share routed to their label.
-    pub accuracy: f64,
+    /// Prompts with a label (accuracy, precision, recall and the confusion matrix count these).
+    pub labelled: usize,
+    /// Share of labelled prompts routed to their label; `null` when no prompt has a label.
+    pub accuracy: Option<f64>,
     /// Mean expected reward (the checkpoint's reward model) of the greedy choices.
     pub mean_reward: f64,
+    /// Mean reward of always choosing the best agent under the reward model.
+    pub oracle_reward: f64,
+    /// Mean reward of choosing uniformly at random.
+    pub random_reward: f64,
+    /// `(mean − random) / (oracle − random)`: 0 = random, 1 = oracle.
+    pub normalized_reward: f64,
+    /// Share of prompts whose greedy choice is the reward model's best agent.
+    pub oracle_agreement: f64,
     /// Per agent.
     pub per_agent: Vec<AgentScore>,
     /// `confusion[label][predicted]` counts.
@@ -83,7 +93,9 @@ pub struct CorpusReport {
     pub agents: Vec<String>,
 }
 
-/// Evaluates a text checkpoint greedily on a labelled corpus.
+/// Evaluates a text checkpoint greedily on a corpus: by its reward model (every
+/// prompt; `label` needs labels, `cosine` does not) and, for labelled prompts,
+/// by accuracy, per-agent precision/recall and the confusion matrix.
 pub fn evaluate_corpus(
     ckpt_path: &Path,
     corpus: &Path,
@@ -97,12 +109,12 @@ pub fn evaluate_corpus(
     let policy = ckpt.policy(data.dim, device)?;
     let n = data.prompts.len();
     let obs = Tensor::from_slice(&data.embeddings, (n, data.dim), device)?;
-    let greedy = sample_actions(&policy.forward(&obs)?.logits, &mut Rng::new(0), true)?.actions;
     let na = cfg.env.agents.len();
+    let by_reward = GreedyEvaluator::from_parts(obs.clone(), data.expected.clone(), na).evaluate(&policy)?;
+    let greedy = sample_actions(&policy.forward(&obs)?.logits, &mut Rng::new(0), true)?.actions;
     let mut confusion = vec![vec![0usize; na]; na];
-    let (mut correct, mut labelled, mut reward) = (0usize, 0usize, 0f64);
-    for (i, (p, &a)) in data.prompts.iter().zip(&greedy).enumerate() {
-        reward += f64::from(data.expected[i * na + a as usize]);
+    let (mut correct, mut labelled) = (0usize, 0usize);
+    for (p, &a) in data.prompts.iter().zip(&greedy) {
         if let Some(l) = p.label {
             labelled += 1;
             correct += usize::from(l == a as usize);
@@ -124,9 +136,14 @@ pub fn evaluate_corpus(
         })
         .collect();
     Ok(CorpusReport {
-        n: labelled,
-        accuracy: correct as f64 / labelled.max(1) as f64,
-        mean_reward: reward / n.max(1) as f64,
+        n,
+        labelled,
+        accuracy: (labelled > 0).then(|| correct as f64 / labelled as f64),
+        mean_reward: by_reward.mean_reward,
+        oracle_reward: by_reward.oracle_reward,
+        random_reward: by_reward.random_reward,
+        normalized_reward: by_reward.normalized_reward,
+        oracle_agreement: by_reward.oracle_agreement,
         per_agent,
         confusion,
         agents: cfg.env.agents.iter().map(|a| a.name.clone()).collect(),
