@@ -52,6 +52,7 @@ impl GreedyEvaluator {
         Ok(Self { obs, expected: env.expected_rewards(), num_actions: env.spec().num_actions })
     }
 
+    #[cfg_attr(not(feature = "text"), allow(dead_code))]
     /// An evaluator over given observations (`[n, obs_dim]`) and their
     /// row-major `[n, num_actions]` expected rewards.
     pub(crate) fn from_parts(obs: Tensor, expected: Vec<f32>, num_actions: usize) -> Self {
