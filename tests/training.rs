@@ -80,3 +80,32 @@ fn interrupted_and_resumed_run_ends_bit_identical() {
         assert_eq!(metrics_without_time(full.path()), metrics_without_time(part.path()), "{extra:?}");
     }
 }
+
+/// The first crossing of the agreement target is kept across an interruption:
+/// a resumed run reports the same update as an uninterrupted one.
+#[test]
+fn reached_target_survives_a_resume() {
+    let cfg = small_config(150, &["train.eval_interval=10"]);
+    let target = 0.5;
+    let full = tempfile::tempdir().expect("tmp");
+    let mut s1 = SyntheticSetup::new(&cfg).expect("setup");
+    let mut opts = RunOptions::new(full.path()).evaluator(&s1.evaluator);
+    opts.agreement_target = target;
+    let a = s1.trainer.run(opts).expect("run").reached_target.expect("reaches 0.5").0;
+    assert!(a < 140, "crossing at {a}: too late to test a resume after it");
+    let part = tempfile::tempdir().expect("tmp");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut s2 = SyntheticSetup::new(&cfg).expect("setup");
+    let mut stop_at = StopAt(a + 5, stop.clone());
+    let mut opts =
+        RunOptions::new(part.path()).evaluator(&s2.evaluator).observer(&mut stop_at).stop_flag(stop);
+    opts.agreement_target = target;
+    s2.trainer.run(opts).expect("first part");
+    let ckpt = mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu).expect("latest");
+    let mut s3 = SyntheticSetup::new(&ckpt.config).expect("setup");
+    s3.trainer.restore(&ckpt).expect("restore");
+    let mut opts = RunOptions::new(part.path()).evaluator(&s3.evaluator);
+    opts.agreement_target = target;
+    let b = s3.trainer.run(opts).expect("resume").reached_target.expect("kept");
+    assert_eq!(b.0, a, "the resumed run must report the crossing logged before the interruption");
+}
