@@ -1,23 +1,10 @@
 //! The `mappo` binary as a user runs it.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{last_line, mappo, stderr, stdout};
+
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn mappo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mappo")).args(args).output().expect("run mappo")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn last_line(o: &Output) -> PathBuf {
-    PathBuf::from(stdout(o).lines().last().expect("stdout has a line").trim())
-}
 
 fn train(dir: &Path, sets: &[&str]) -> Output {
     let mut args = vec!["train", "--out", dir.to_str().expect("utf-8 path")];

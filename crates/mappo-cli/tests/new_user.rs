@@ -2,24 +2,11 @@
 //! directories that mix runs, summaries that lie, checkpoints that are not
 //! byte-identical, and smaller mismatches). Each test fails on the old binary.
 
+mod common;
+use common::{last_line, mappo, stderr, stdout};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn mappo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mappo")).args(args).output().expect("run mappo")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn last_line(o: &Output) -> PathBuf {
-    PathBuf::from(stdout(o).lines().last().expect("stdout has a line").trim())
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
