@@ -1,19 +1,10 @@
 //! The `mappo` binary as a user runs it.
 
 mod common;
-use common::{last_line, mappo, stderr, stdout};
+use common::{last_line, mappo, stderr, stdout, train};
 
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn train(dir: &Path, sets: &[&str]) -> Output {
-    let mut args = vec!["train", "--out", dir.to_str().expect("utf-8 path")];
-    for s in sets {
-        args.push("--set");
-        args.push(s);
-    }
-    mappo(&args)
-}
+use std::process::Command;
 
 #[test]
 fn train_then_eval_json() {

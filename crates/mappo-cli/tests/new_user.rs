@@ -3,22 +3,13 @@
 //! byte-identical, and smaller mismatches). Each test fails on the old binary.
 
 mod common;
-use common::{last_line, mappo, stderr, stdout};
+use common::{last_line, mappo, stderr, stdout, train};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-fn train(dir: &Path, sets: &[&str]) -> Output {
-    let mut args = vec!["train", "--out", s(dir)];
-    for x in sets {
-        args.push("--set");
-        args.push(x);
-    }
-    mappo(&args)
 }
 
 #[test]

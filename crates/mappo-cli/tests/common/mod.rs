@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI tests: run the binary, read its output.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs `mappo` with `args` and waits for it.
@@ -22,4 +22,14 @@ pub fn stderr(o: &Output) -> String {
 /// The last line of stdout as a path (`train` prints the final checkpoint there).
 pub fn last_line(o: &Output) -> PathBuf {
     PathBuf::from(stdout(o).lines().last().expect("stdout has a line").trim())
+}
+
+/// `mappo train --out DIR --set ...` (stderr gets the info log: it is not a terminal).
+pub fn train(dir: &Path, sets: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", dir.to_str().expect("utf-8 path")];
+    for s in sets {
+        args.push("--set");
+        args.push(s);
+    }
+    mappo(&args)
 }
