@@ -1,10 +1,11 @@
-//! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, build-cuda).
+//! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, bench-serve, build-cuda).
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_serve;
 mod build_cuda;
 mod fetch_data;
 mod fetch_model;
@@ -27,6 +28,9 @@ enum Cmd {
     /// Measure training speed (ms per update, release build), optionally side by side with the
     /// seed's Python program.
     Bench(bench::Args),
+    /// Measure `mappo serve` (routed texts/s at concurrency 32, p50/p99 at concurrency 4) side by
+    /// side with a Python FastAPI + sentence-transformers server, in one run.
+    BenchServe(bench_serve::Args),
     /// Build the CUDA binary (and with --tests the GPU tests) on a machine without a GPU: the
     /// CUDA 13.0 toolchain from pinned PyPI wheels, CUDA_COMPUTE_CAP=90; output in target/cuda/dist.
     BuildCuda(build_cuda::Args),
@@ -40,6 +44,7 @@ fn main() -> Result<()> {
         Cmd::FetchModel(a) => fetch_model::run(a),
         Cmd::FetchData(a) => fetch_data::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::BenchServe(a) => bench_serve::run(a),
         Cmd::Test(a) => test::run(a),
         Cmd::BuildCuda(a) => build_cuda::run(a),
     }

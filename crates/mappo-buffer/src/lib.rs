@@ -124,11 +124,6 @@ impl Rollout {
         }
     }
 
-    /// Number of environments.
-    pub fn num_envs(&self) -> usize {
-        self.num_envs
-    }
-
     /// Number of steps stored.
     pub fn num_steps(&self) -> usize {
         self.obs.len()

@@ -203,7 +203,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = DEFAULT_DB)]
     pub db: String,
     /// Publish this checkpoint (file or run directory) as a policy version, unless it already is,
-    /// and serve it. Without it, the newest published version is served.
+    /// and serve that version (even if a newer one exists). Without it, the newest published
+    /// version is served. Either way, versions published later are switched to within seconds.
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR", conflicts_with = "config")]
     pub checkpoint: Option<PathBuf>,
     /// Config whose [serve] section applies; when nothing is published yet, a freshly initialised

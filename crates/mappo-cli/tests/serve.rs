@@ -5,27 +5,42 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Starts `mappo serve` on a free port and returns the child and its address.
+/// Starts `mappo serve` on a free port with the prompts config and returns the child and its
+/// address.
 fn start(db: &str) -> (Child, String) {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
+    start_with(db, &["--config", s(&cfg)])
+}
+
+/// Starts `mappo serve --db DB --addr 127.0.0.1:0 ARGS...`; returns once it listens.
+fn start_with(db: &str, args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args(["serve", "--db", db, "--config", s(&cfg), "--addr", "127.0.0.1:0"])
+        .args(["serve", "--db", db, "--addr", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mappo serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
     let addr = loop {
-        let line = lines.next().expect("serve ended before listening").expect("stderr line");
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            _ => panic!("serve ended before listening:\n{}", seen.join("\n")),
+        };
         if let Some(a) = line.split("listening on http://").nth(1) {
             break a.trim().to_string();
         }
+        seen.push(line);
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
@@ -65,7 +80,17 @@ fn export(db: &str) -> Vec<serde_json::Value> {
 #[test]
 fn route_feedback_sigterm_then_export_has_every_field() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let db = format!("sqlite:{}", s(&tmp.path().join("serve.db")));
+    route_feedback_sigterm_export(&format!("sqlite:{}", s(&tmp.path().join("serve.db"))));
+}
+
+#[test]
+fn postgres_route_feedback_sigterm_then_export_has_every_field() {
+    let Some(pg) = common::PgDb::create("postgres_route_feedback_sigterm") else { return };
+    route_feedback_sigterm_export(&pg.url);
+}
+
+fn route_feedback_sigterm_export(db: &str) {
+    let db = db.to_string();
     let (mut child, addr) = start(&db);
     let (code, body) = http(&addr, "GET", "/healthz", "");
     assert_eq!(code, 200, "{body}");
@@ -110,7 +135,17 @@ fn route_feedback_sigterm_then_export_has_every_field() {
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_decision_or_reward() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let db = format!("sqlite:{}", s(&tmp.path().join("serve.db")));
+    sigkill_under_load(&format!("sqlite:{}", s(&tmp.path().join("serve.db"))));
+}
+
+#[test]
+fn postgres_sigkill_under_load_loses_no_acknowledged_decision_or_reward() {
+    let Some(pg) = common::PgDb::create("postgres_sigkill_under_load") else { return };
+    sigkill_under_load(&pg.url);
+}
+
+fn sigkill_under_load(db: &str) {
+    let db = db.to_string();
     let (mut child, addr) = start(&db);
     let acked = std::sync::Arc::new(std::sync::Mutex::new((Vec::<String>::new(), Vec::<String>::new())));
     let workers: Vec<_> = (0..4)
@@ -179,4 +214,158 @@ fn sigkill_under_load_loses_no_acknowledged_decision_or_reward() {
     let lost_rewards: Vec<&String> =
         rewards.iter().filter(|id| by_id.get(*id).is_none_or(|r| r["reward"].is_null())).collect();
     assert!(lost_rewards.is_empty(), "{} of {} acknowledged rewards lost", lost_rewards.len(), rewards.len());
+}
+
+/// Two checkpoint files of one short training run on the prompts corpus (different weights).
+fn two_checkpoints(dir: &Path) -> (String, String) {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
+    let run = dir.join("run");
+    let o = common::mappo(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--set",
+        "train.total_updates=4",
+        "--set",
+        "train.save_interval=2",
+        "--set",
+        "train.eval_interval=0",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let ck = |n: u32| run.join(format!("checkpoints/update-{n:07}.safetensors"));
+    let (a, b) = (ck(2), ck(4));
+    assert!(a.is_file() && b.is_file(), "{a:?} {b:?}");
+    (s(&a).to_string(), s(&b).to_string())
+}
+
+fn publish(db: &str, checkpoint: &str) -> i64 {
+    let o = common::mappo(&["policy", "publish", "--db", db, "--checkpoint", checkpoint]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    common::stdout(&o).trim().parse().expect("publish prints the version")
+}
+
+fn route_version(addr: &str) -> (u16, Option<i64>) {
+    let (code, body) = http(addr, "POST", "/v1/route", r#"{"text": "my card was charged twice"}"#);
+    let v = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|d| d["policy_version"].as_i64());
+    (code, v)
+}
+
+#[test]
+fn a_checkpoint_given_is_served_even_when_newer_versions_exist_and_later_ones_are_followed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite:{}", s(&tmp.path().join("serve.db")));
+    let (a, b) = two_checkpoints(tmp.path());
+    assert_eq!(publish(&db, &a), 1);
+    assert_eq!(publish(&db, &b), 2);
+    // Pinned to the older checkpoint: version 1, not the newest (2).
+    let (mut child, addr) = start_with(&db, &["--checkpoint", &a]);
+    let (code, h) = http(&addr, "GET", "/healthz", "");
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(json(&h)["policy_version"], 1, "{h}");
+    for _ in 0..5 {
+        assert_eq!(route_version(&addr), (200, Some(1)));
+    }
+    // Still version 1 after several poll periods: 2 was there before the start.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(route_version(&addr), (200, Some(1)));
+    // A version published after the start is followed.
+    // Republishing a known checkpoint gives its old version: train a third one instead.
+    let (_, c) = {
+        let d = tmp.path().join("second");
+        std::fs::create_dir_all(&d).expect("dir");
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
+        let run = d.join("run");
+        let o = common::mappo(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&run),
+            "--set",
+            "train.total_updates=2",
+            "--set",
+            "train.save_interval=2",
+            "--set",
+            "train.eval_interval=0",
+            "--set",
+            "train.seed=9",
+        ]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        ((), s(&run.join("checkpoints/update-0000002.safetensors")).to_string())
+    };
+    assert_eq!(publish(&db, &c), 3);
+    let t = Instant::now();
+    loop {
+        let (code, v) = route_version(&addr);
+        assert_eq!(code, 200);
+        if v == Some(3) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "version 3 not served 2 s after its publication");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[test]
+fn postgres_two_replicas_switch_to_a_published_version_within_two_seconds_without_a_failed_request() {
+    let Some(pg) = common::PgDb::create("postgres_two_replicas") else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_, b) = two_checkpoints(tmp.path());
+    // Replica A publishes a freshly initialised policy (version 1); B serves it.
+    let (mut ra, addr_a) = start(&pg.url);
+    let (mut rb, addr_b) = start(&pg.url);
+    for addr in [&addr_a, &addr_b] {
+        assert_eq!(route_version(addr), (200, Some(1)));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = [addr_a.clone(), addr_a.clone(), addr_b.clone(), addr_b.clone()]
+        .into_iter()
+        .map(|addr| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (code, v) = route_version(&addr);
+                    seen.push((Instant::now(), code, v));
+                }
+                (addr, seen)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(publish(&pg.url, &b), 2);
+    let t_pub = Instant::now();
+    std::thread::sleep(Duration::from_millis(3500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut first_new = std::collections::HashMap::new();
+    for t in traffic {
+        let (addr, seen) = t.join().expect("traffic thread");
+        assert!(seen.len() > 10, "{addr}: too little traffic ({})", seen.len());
+        let failed: Vec<_> = seen.iter().filter(|(_, c, v)| *c != 200 || v.is_none()).collect();
+        assert!(failed.is_empty(), "{addr}: {} of {} requests failed", failed.len(), seen.len());
+        let switch = seen.iter().position(|(_, _, v)| *v == Some(2));
+        let switch = switch.unwrap_or_else(|| panic!("{addr} never served version 2"));
+        // Never back to 1 once switched.
+        assert!(seen[switch..].iter().all(|(_, _, v)| *v == Some(2)), "{addr} went back to version 1");
+        let after = seen[switch].0.saturating_duration_since(t_pub);
+        first_new.entry(addr).and_modify(|d: &mut Duration| *d = (*d).min(after)).or_insert(after);
+    }
+    assert_eq!(first_new.len(), 2, "both replicas served: {first_new:?}");
+    for (addr, d) in &first_new {
+        assert!(*d < Duration::from_secs(2), "{addr} switched {d:?} after the publication");
+    }
+    for c in [&mut ra, &mut rb] {
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().expect("kill");
+        assert_eq!(c.wait().expect("wait").code(), Some(0));
+    }
+    // Both replicas logged into the one database.
+    let rows = export(&pg.url);
+    let replicas: std::collections::HashSet<_> =
+        rows.iter().filter_map(|r| r["replica"].as_str().map(str::to_string)).collect();
+    assert!(rows.len() > 40, "{}", rows.len());
+    assert_eq!(replicas.len(), 2, "each replica names itself in the log: {replicas:?}");
 }

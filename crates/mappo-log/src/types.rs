@@ -336,6 +336,9 @@ pub struct ExportLine {
     pub text: Option<String>,
     /// `sampled`, `greedy` or `forced`.
     pub kind: DecisionKind,
+    /// The replica (`mappo serve` process) that decided.
+    #[serde(default)]
+    pub replica: String,
     /// The embedding, only with [`ExportOptions::embeddings`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub embedding: Option<Vec<f32>>,
@@ -356,6 +359,7 @@ impl ExportLine {
             reward: e.reward.map(|r| r.reward),
             text: d.text.clone(),
             kind: d.kind,
+            replica: d.replica.clone(),
             embedding: opts.embeddings.then(|| d.embedding.clone()),
         }
     }

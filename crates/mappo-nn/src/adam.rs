@@ -79,11 +79,6 @@ impl Adam {
         self.step
     }
 
-    /// The parameters this optimizer updates.
-    pub fn params(&self) -> impl Iterator<Item = &NamedVar> {
-        self.slots.iter().map(|s| &s.param)
-    }
-
     /// The gradients of this optimizer's parameters present in `grads`.
     pub fn grads<'a>(&self, grads: &'a GradStore) -> Vec<&'a Tensor> {
         self.slots.iter().filter_map(|s| grads.get(s.param.var.as_tensor())).collect()

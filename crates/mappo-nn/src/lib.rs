@@ -18,7 +18,9 @@ mod policy;
 
 pub use adam::{Adam, AdamSettings, global_grad_norm};
 pub use init::orthogonal;
-pub use policy::{ActorCritic, Linear, NamedVar, Policy, PolicyOutput, Sampled, relu, sample_actions};
+pub use policy::{
+    ActorCritic, Linear, NamedVar, Policy, PolicyOutput, Sampled, log_softmax_row, relu, sample_actions,
+};
 
 use thiserror::Error;
 

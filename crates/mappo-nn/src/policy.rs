@@ -197,14 +197,13 @@ pub struct Sampled {
     pub log_probs: Vec<f32>,
 }
 
-/// Row-wise log-softmax of a row-major `[rows, cols]` slice, in place.
-pub(crate) fn log_softmax_rows(x: &mut [f32], cols: usize) {
-    for row in x.chunks_mut(cols.max(1)) {
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
-        for v in row.iter_mut() {
-            *v -= lse;
-        }
+/// Log-softmax of one row of logits, in f64 (max-shifted log-sum-exp): the one
+/// implementation behind action sampling and the PPO loss head.
+pub fn log_softmax_row(row: &[f32], out: &mut [f64]) {
+    let m = f64::from(row.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)));
+    let lse = m + row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln();
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = f64::from(v) - lse;
     }
 }
 
@@ -213,8 +212,15 @@ pub(crate) fn log_softmax_rows(x: &mut [f32], cols: usize) {
 /// the argmax instead.
 pub fn sample_actions(logits: &Tensor, rng: &mut Rng, greedy: bool) -> Result<Sampled, NnError> {
     let (_, a) = logits.dims2()?;
-    let mut lp = logits.flatten_all()?.to_vec1::<f32>()?;
-    log_softmax_rows(&mut lp, a);
+    let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+    let mut lp = vec![0f32; flat.len()];
+    let mut row64 = vec![0f64; a];
+    for (src, dst) in flat.chunks(a.max(1)).zip(lp.chunks_mut(a.max(1))) {
+        log_softmax_row(src, &mut row64);
+        for (d, &v) in dst.iter_mut().zip(&row64) {
+            *d = v as f32;
+        }
+    }
     let mut actions = Vec::with_capacity(lp.len() / a.max(1));
     let mut log_probs = Vec::with_capacity(actions.capacity());
     let mut probs = vec![0f32; a];

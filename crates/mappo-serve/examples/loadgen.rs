@@ -6,7 +6,8 @@
 //! cargo run --release -p mappo-serve --example loadgen -- [--corpus data/prompts.jsonl] \
 //!     [--repeat 4] [--concurrency 32,4] [--checkpoint FILE] [--set serve.batch_wait_ms=2]
 //! ```
-//! Or against a running server: `--url http://127.0.0.1:8080 [--key KEY]`.
+//! Or against a running server: `--url http://127.0.0.1:8080 [--key KEY]`. `--json` prints one
+//! JSON object per concurrency (what `cargo xtask bench-serve` reads).
 
 use std::path::PathBuf;
 
@@ -102,6 +103,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut o = LoadOptions::new(url.clone(), c);
         o.api_key = arg(&args, "--key");
         let r = run_load(&texts, &o).await?;
+        if args.iter().any(|a| a == "--json") {
+            let mut v = serde_json::to_value(&r)?;
+            v["concurrency"] = c.into();
+            println!("{v}");
+            continue;
+        }
         println!(
             "concurrency {c:>3}: {} texts in {:.2} s = {:.1} texts/s, p50 {:.1} ms, p99 {:.1} ms, failed {} {:?}",
             r.requests, r.seconds, r.texts_per_s, r.p50_ms, r.p99_ms, r.failed, r.statuses

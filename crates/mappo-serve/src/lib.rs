@@ -120,7 +120,8 @@ pub enum ServeError {
 pub struct ServeOptions {
     /// `sqlite:PATH` or `postgres://…`.
     pub db: String,
-    /// Publish this checkpoint (if not already published) before serving.
+    /// Publish this checkpoint (if not already published) and serve its version, even when a
+    /// newer one exists; versions published after the start are still followed.
     pub checkpoint: Option<PathBuf>,
     /// The resolved config: its `[serve]` section (and, with [`ServeOptions::publish_fresh`],
     /// the policy to initialise).
@@ -303,12 +304,20 @@ impl Server {
             .latest_policy_version()
             .await?
             .ok_or_else(|| ServeError::NoPolicy { db: log.db().to_string() })?;
+        if let Some(v) = first_version.filter(|&v| v != latest) {
+            tracing::info!(
+                serving = v,
+                newest = latest,
+                "serving the checkpoint given, not the newest version"
+            );
+        }
         let policy = match first_version {
-            Some(v) if v == latest => {
-                LoadedPolicy { version: v, agents: first_policy.agents().into(), model: first_policy }
-            }
+            // A checkpoint given is served as given (even when a newer version exists: a team
+            // pinning a known-good checkpoint, or going back to it); a freshly published one
+            // is the newest anyway.
+            Some(v) => LoadedPolicy { version: v, agents: first_policy.agents().into(), model: first_policy },
             _ => {
-                // Serve the newest version (a checkpoint published long ago is older).
+                // Nothing given: serve the newest version.
                 let p = log
                     .policy(latest)
                     .await?
@@ -350,8 +359,15 @@ impl Server {
             openapi: openapi_json(),
         });
         let (stop_watcher, stop_rx) = watch::channel(false);
-        let watcher =
-            tokio::spawn(watch_policies(state.clone(), log.clone(), loader, dim, opts.policy_poll, stop_rx));
+        let watcher = tokio::spawn(watch_policies(
+            state.clone(),
+            log.clone(),
+            loader,
+            dim,
+            latest,
+            opts.policy_poll,
+            stop_rx,
+        ));
         let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener.local_addr()?;
         Ok(Self { listener, addr, state, log, watcher, stop_watcher })
@@ -426,10 +442,13 @@ async fn watch_policies(
     log: DecisionLog,
     loader: Arc<dyn ModelLoader>,
     dim: usize,
+    newest_at_start: i64,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut handled = state.engine.version();
+    // Only versions published after the start switch the policy (a pinned checkpoint stays
+    // until then).
+    let mut handled = newest_at_start;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

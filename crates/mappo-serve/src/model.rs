@@ -130,14 +130,8 @@ impl PolicyModel for MlpPolicy {
         let dim = embeddings.len() / rows;
         let x = Tensor::from_slice(embeddings, (rows, dim), &self.device)?;
         let logits = self.net.forward(&x).map_err(|e| ModelError(e.to_string()))?.logits;
-        Ok(candle_core::Tensor::to_vec2::<f32>(&softmax(&logits)?)?)
+        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?)
     }
-}
-
-fn softmax(logits: &Tensor) -> Result<Tensor, candle_core::Error> {
-    let max = logits.max_keepdim(1)?;
-    let e = logits.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(1)?)
 }
 
 impl ModelLoader for CandleLoader {

@@ -59,11 +59,9 @@ pub fn ppo_loss_head(logits: &[f32], values: &[f32], mb: &Batch, p: &PpoConfig) 
     let mut prob = vec![0f64; a];
     for i in 0..n {
         let row = &logits[i * a..(i + 1) * a];
-        let m = row.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y)) as f64;
-        let lse = m + row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln();
+        mappo_nn::log_softmax_row(row, &mut logp);
         let mut h = 0f64;
         for j in 0..a {
-            logp[j] = f64::from(row[j]) - lse;
             prob[j] = logp[j].exp();
             h -= prob[j] * logp[j];
         }

@@ -33,3 +33,72 @@ pub fn train(dir: &Path, sets: &[&str]) -> Output {
     }
     mappo(&args)
 }
+
+/// A fresh PostgreSQL database for one test, dropped when this goes out of scope. Its server
+/// is the one `MAPPO_TEST_DATABASE_URL` names (`cargo xtask test` starts a throwaway cluster and
+/// sets it).
+pub struct PgDb {
+    /// The URL of the fresh database.
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDb {
+    /// `None` after saying plainly that the test is skipped when the variable is unset; with
+    /// `CI=true` that is a failure instead.
+    pub fn create(test: &str) -> Option<Self> {
+        const VAR: &str = "MAPPO_TEST_DATABASE_URL";
+        let admin = match std::env::var(VAR) {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+                assert!(
+                    !ci,
+                    "{VAR} is not set and CI=true: the PostgreSQL tests must run (cargo xtask test)"
+                );
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test} (PostgreSQL): {VAR} is not set; `cargo xtask test` starts a throwaway \
+                     cluster and sets it (DEVELOPERS.md)"
+                );
+                return None;
+            }
+        };
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "mappo_cli_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        pg_exec(&admin, &format!("DROP DATABASE IF EXISTS {name}"));
+        pg_exec(&admin, &format!("CREATE DATABASE {name}"));
+        // Same server and credentials, another database: replace the path of the URL.
+        let (base, query) = admin.split_once('?').map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+        let slash = base.rfind('/').expect("a postgres URL with a database path");
+        let mut url = format!("{}/{name}", &base[..slash]);
+        if let Some(q) = query {
+            url = format!("{url}?{q}");
+        }
+        Some(PgDb { url, admin, name })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        pg_exec(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn pg_exec(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect to the test PostgreSQL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    });
+}

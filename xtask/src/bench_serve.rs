@@ -1,0 +1,352 @@
+//! `cargo xtask bench-serve`: routing throughput and latency of `mappo serve`, side by side in
+//! one run with the Python service a user would write instead (`xtask/bench/ref_router_server.py`:
+//! FastAPI + uvicorn, sentence-transformers, the same MLP from the checkpoint's safetensors,
+//! SQLite inserts), both loaded by the same client (`mappo-serve`'s `loadgen` example): the
+//! corpus's texts sent one per request at concurrency 32 (throughput) and 4 (p50/p99 latency).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::workspace_root;
+
+/// The Python packages of the reference server, pinned (the versions measured in the README)
+/// so that the figure means the same thing next time.
+const PY_PACKAGES: &[&str] = &[
+    "torch==2.15.0",
+    "sentence-transformers==6.2.0",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "safetensors==0.8.0",
+];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// JSON-lines corpus whose `text` fields are sent [default: data/clinc150/val.jsonl].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Texts taken from the corpus (its first N).
+    #[arg(long, default_value_t = 3000)]
+    texts: usize,
+    /// Concurrencies to load each server with (the first for throughput, the second for latency).
+    #[arg(long, value_delimiter = ',', default_value = "32,4")]
+    concurrency: Vec<usize>,
+    /// Checkpoint both servers route with [default: a short `mappo train` of configs/clinc150.toml
+    /// if data/clinc150 exists, else of configs/prompts.toml, written under target/bench-serve].
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Python interpreter with the reference server's packages [default: a venv made under
+    /// target/bench-serve/venv with pip].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Measure mappo serve only.
+    #[arg(long)]
+    no_python: bool,
+    /// The embedding model directory [default: as `mappo` finds it; `cargo xtask fetch-model`].
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Extra `--set KEY=VALUE` for `mappo serve` (repeatable).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    /// Print one JSON object at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One server under one concurrency.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Point {
+    concurrency: usize,
+    requests: usize,
+    failed: usize,
+    texts_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let root = workspace_root();
+    let work = root.join("target/bench-serve");
+    std::fs::create_dir_all(&work)?;
+    let corpus = a.corpus.clone().unwrap_or_else(|| root.join("data/clinc150/val.jsonl"));
+    if !corpus.is_file() {
+        bail!(
+            "{} not found: run `cargo xtask fetch-data clinc150` first (or pass --corpus FILE)",
+            corpus.display()
+        );
+    }
+    let texts = work.join("texts.jsonl");
+    let n = take_texts(&corpus, a.texts, &texts)?;
+    eprintln!("bench-serve: {n} texts from {}", corpus.display());
+
+    eprintln!("bench-serve: building the release binaries (mappo, loadgen)");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "mappo-cli", "-p", "mappo-serve", "--example", "loadgen"])
+        .status()?;
+    if !st.success() {
+        bail!("cargo build failed");
+    }
+    let mappo = root.join("target/release/mappo");
+    let loadgen = root.join("target/release/examples/loadgen");
+    let model_dir = match &a.model_dir {
+        Some(d) => d.clone(),
+        None => mappo_embed::default_model_dir(),
+    };
+    if !model_dir.join("model.safetensors").is_file() {
+        bail!(
+            "no model in {}: run `cargo xtask fetch-model` first (or pass --model-dir)",
+            model_dir.display()
+        );
+    }
+    let checkpoint = match &a.checkpoint {
+        Some(c) => c.clone(),
+        None => short_training(&root, &mappo, &work)?,
+    };
+    eprintln!("bench-serve: checkpoint {}", checkpoint.display());
+
+    // mappo serve
+    let db = work.join("mappo.db");
+    remove_db(&db);
+    let port = free_port()?;
+    let mut cmd = Command::new(&mappo);
+    cmd.args(["serve", "--quiet", "--checkpoint"]).arg(&checkpoint);
+    cmd.arg("--db").arg(format!("sqlite:{}", db.display()));
+    cmd.args(["--addr", &format!("127.0.0.1:{port}")]).arg("--model-dir").arg(&model_dir);
+    for s in &a.set {
+        cmd.args(["--set", s]);
+    }
+    let server = Server::start(cmd, port, "mappo serve")?;
+    let mappo_points = load(&loadgen, &texts, port, &a.concurrency);
+    drop(server);
+    let mappo_points = mappo_points?;
+    print_points("mappo serve", &mappo_points);
+
+    // The Python reference server
+    let python_points = if a.no_python {
+        None
+    } else {
+        let py = match &a.python {
+            Some(p) => p.clone(),
+            None => python_venv(&work)?,
+        };
+        let script = root.join("xtask/bench/ref_router_server.py");
+        let db = work.join("python.db");
+        remove_db(&db);
+        let port = free_port()?;
+        let mut cmd = Command::new(&py);
+        cmd.arg(&script).arg(&model_dir).arg(&checkpoint).arg(&db).arg(port.to_string());
+        let server = Server::start(cmd, port, "the Python reference server")?;
+        let points = load(&loadgen, &texts, port, &a.concurrency);
+        drop(server);
+        let points = points?;
+        print_points("Python (FastAPI + sentence-transformers)", &points);
+        Some(points)
+    };
+
+    let mut ratios = serde_json::Map::new();
+    if let Some(py) = &python_points {
+        if let (Some(m), Some(p)) = (mappo_points.first(), py.first()) {
+            let r = m.texts_per_s / p.texts_per_s;
+            eprintln!("throughput at concurrency {}: mappo / Python = {r:.2}x", m.concurrency);
+            ratios.insert("throughput".into(), r.into());
+        }
+        if let (Some(m), Some(p)) = (mappo_points.get(1), py.get(1)) {
+            let r = m.p99_ms / p.p99_ms;
+            eprintln!("p99 at concurrency {}: mappo / Python = {r:.2}", m.concurrency);
+            ratios.insert("p99".into(), r.into());
+        }
+    }
+    let report = serde_json::json!({
+        "texts": n,
+        "corpus": corpus.display().to_string(),
+        "checkpoint": checkpoint.display().to_string(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "mappo": mappo_points,
+        "python": python_points,
+        "ratios": ratios,
+    });
+    std::fs::write(work.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    if a.json {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Writes the first `n` texts of `corpus` (as `{"text": ...}` lines) to `out`; returns how many.
+fn take_texts(corpus: &Path, n: usize, out: &Path) -> Result<usize> {
+    let f = std::fs::File::open(corpus).with_context(|| format!("cannot open {}", corpus.display()))?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: not JSON", corpus.display()))?;
+        let t = v["text"].as_str().with_context(|| format!("{}: a line without text", corpus.display()))?;
+        lines.push(serde_json::json!({ "text": t }).to_string());
+        if lines.len() == n {
+            break;
+        }
+    }
+    if lines.is_empty() {
+        bail!("{} has no texts", corpus.display());
+    }
+    std::fs::write(out, lines.join("\n") + "\n")?;
+    Ok(lines.len())
+}
+
+/// A checkpoint to route with: a short training run (the routing cost does not depend on how
+/// well the policy is trained, only on its shape).
+fn short_training(root: &Path, mappo: &Path, work: &Path) -> Result<PathBuf> {
+    let clinc = root.join("data/clinc150/train.jsonl").is_file();
+    let cfg = root.join(if clinc { "configs/clinc150.toml" } else { "configs/prompts.toml" });
+    let out = work.join(if clinc { "clinc150-run" } else { "prompts-run" });
+    let ckpt = out.join("checkpoints/update-0000002.safetensors");
+    if ckpt.is_file() {
+        return Ok(ckpt);
+    }
+    eprintln!("bench-serve: a short training run of {} (the corpus is embedded once)", cfg.display());
+    let st = Command::new(mappo)
+        .args(["train", "--quiet", "--force", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--set",
+            "train.total_updates=2",
+            "--set",
+            "train.save_interval=2",
+            "--set",
+            "train.eval_interval=0",
+        ])
+        .status()?;
+    if !st.success() || !ckpt.is_file() {
+        bail!("mappo train for the benchmark's checkpoint failed");
+    }
+    Ok(ckpt)
+}
+
+/// A venv with the reference server's packages (made once, under `work`).
+fn python_venv(work: &Path) -> Result<PathBuf> {
+    let venv = work.join("venv");
+    let py = venv.join("bin/python");
+    let ok = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import torch, sentence_transformers, fastapi, uvicorn, safetensors"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if py.is_file() && ok(&py) {
+        return Ok(py);
+    }
+    eprintln!("bench-serve: making a Python venv in {} ({})", venv.display(), PY_PACKAGES.join(", "));
+    let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status()?;
+    if !st.success() {
+        bail!("python3 -m venv failed (is python3-venv installed? or pass --python / --no-python)");
+    }
+    let st = Command::new(&py).args(["-m", "pip", "install", "-q"]).args(PY_PACKAGES).status()?;
+    if !st.success() || !ok(&py) {
+        bail!("pip install {} failed (pass --python PY or --no-python)", PY_PACKAGES.join(" "));
+    }
+    Ok(py)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
+/// A server process, stopped (SIGTERM, then killed) when dropped.
+struct Server(Child);
+
+impl Server {
+    /// Starts `cmd` and waits until `GET /healthz` on `port` answers 200.
+    fn start(mut cmd: Command, port: u16, what: &str) -> Result<Self> {
+        eprintln!("bench-serve: starting {what} on port {port}");
+        let child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("cannot start {what}"))?;
+        let mut s = Server(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(300) {
+            if let Some(status) = s.0.try_wait()? {
+                bail!("{what} exited ({status}) before answering");
+            }
+            if healthz(port) {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("{what} did not answer /healthz within 300 s")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn healthz(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut r = String::new();
+    s.read_to_string(&mut r).is_ok() && r.starts_with("HTTP/1.1 200")
+}
+
+/// Runs the load generator against `port` at each concurrency.
+fn load(loadgen: &Path, texts: &Path, port: u16, concurrency: &[usize]) -> Result<Vec<Point>> {
+    let conc: Vec<String> = concurrency.iter().map(usize::to_string).collect();
+    let o = Command::new(loadgen)
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "--repeat", "1", "--json", "--corpus"])
+        .arg(texts)
+        .args(["--concurrency", &conc.join(",")])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the load generator")?;
+    if !o.status.success() {
+        bail!("the load generator failed");
+    }
+    let points: Vec<Point> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("the load generator's JSON")?;
+    if points.len() != concurrency.len() {
+        bail!("the load generator reported {} runs, not {}", points.len(), concurrency.len());
+    }
+    Ok(points)
+}
+
+fn print_points(what: &str, points: &[Point]) {
+    for p in points {
+        eprintln!(
+            "{what:<42} concurrency {:>3}: {:>7.1} texts/s, p50 {:>6.1} ms, p99 {:>6.1} ms, failed {}/{}",
+            p.concurrency, p.texts_per_s, p.p50_ms, p.p99_ms, p.failed, p.requests
+        );
+    }
+}
