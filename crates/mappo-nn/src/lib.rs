@@ -13,10 +13,12 @@
 //! * [`sample_actions`] — categorical sampling with the seeded RNG.
 
 mod adam;
+mod floor;
 mod init;
 mod policy;
 
 pub use adam::{Adam, AdamSettings, global_grad_norm};
+pub use floor::floor_probabilities;
 pub use init::orthogonal;
 pub use policy::{
     ActorCritic, Linear, NamedVar, Policy, PolicyOutput, Sampled, log_softmax_row, relu, sample_actions,

@@ -1,0 +1,201 @@
+//! [`LoggedEvent`]: one logged decision with its reward, as the learner and off-policy
+//! evaluation read it — from the decision log ([`mappo_log::JoinedEvent`]) or from an exported
+//! log (`mappo log export`, JSON lines, [`read_export_jsonl`]).
+
+use std::io::BufRead;
+use std::path::Path;
+
+use mappo_log::{DecisionKind, JoinedEvent};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::LearnError;
+
+/// One logged decision and its reward.
+///
+/// From the database every field is present (`text` only when the service logged texts). From an
+/// exported or foreign JSON-lines log, only `action` is required; a row is *usable* for learning
+/// or evaluation when it has a reward, a propensity (or `probabilities` to read it from), and an
+/// embedding or a text to embed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    /// The decision id (`None` in a foreign log without one).
+    pub decision_id: Option<Uuid>,
+    /// The policy version that decided (`None` when unknown).
+    pub policy_version: Option<i64>,
+    /// Index of the chosen agent.
+    pub action: usize,
+    /// Name of the chosen agent, when known.
+    pub agent: Option<String>,
+    /// Every agent's logged probability, in agent order (empty when the log has none).
+    pub probabilities: Vec<f32>,
+    /// The probability the chosen action was taken with, μ(a|x) (`None` when the log has none:
+    /// see [`LoggedEvent::logged_propensity`]).
+    pub propensity: Option<f64>,
+    /// The reward, `None` when none arrived.
+    pub reward: Option<f64>,
+    /// How the action was chosen. Only [`DecisionKind::Sampled`] events are learned from or
+    /// evaluated on (greedy ones have propensity 1 and carry no exploration; forced ones were
+    /// not chosen by the policy). A foreign log without `kind` counts as sampled.
+    pub kind: DecisionKind,
+    /// The context embedding (e.g. 384 floats), when logged or exported with `--embeddings`.
+    pub embedding: Option<Vec<f32>>,
+    /// The prompt, when logged.
+    pub text: Option<String>,
+}
+
+impl LoggedEvent {
+    /// Whether the action was sampled from the logged probabilities (the only events used).
+    pub fn is_sampled(&self) -> bool {
+        self.kind == DecisionKind::Sampled
+    }
+
+    /// Whether the decision was the argmax, logged with propensity 1.
+    pub fn is_greedy(&self) -> bool {
+        self.kind == DecisionKind::Greedy
+    }
+
+    /// μ(a|x): the logged propensity, else `probabilities[action]` when the log has
+    /// probabilities; `None` when neither is there.
+    pub fn logged_propensity(&self) -> Option<f64> {
+        self.propensity.or_else(|| self.probabilities.get(self.action).map(|&p| f64::from(p)))
+    }
+}
+
+impl From<&JoinedEvent> for LoggedEvent {
+    fn from(e: &JoinedEvent) -> Self {
+        let d = &e.decision;
+        LoggedEvent {
+            decision_id: Some(d.id),
+            policy_version: Some(d.policy_version),
+            action: d.action as usize,
+            agent: Some(d.agent.clone()),
+            probabilities: d.probabilities.clone(),
+            propensity: Some(f64::from(d.propensity)),
+            reward: e.reward.map(|r| r.reward),
+            kind: d.kind,
+            embedding: (!d.embedding.is_empty()).then(|| d.embedding.clone()),
+            text: d.text.clone(),
+        }
+    }
+}
+
+impl From<JoinedEvent> for LoggedEvent {
+    fn from(e: JoinedEvent) -> Self {
+        let d = e.decision;
+        LoggedEvent {
+            decision_id: Some(d.id),
+            policy_version: Some(d.policy_version),
+            action: d.action as usize,
+            agent: Some(d.agent),
+            probabilities: d.probabilities,
+            propensity: Some(f64::from(d.propensity)),
+            reward: e.reward.map(|r| r.reward),
+            kind: d.kind,
+            embedding: (!d.embedding.is_empty()).then_some(d.embedding),
+            text: d.text,
+        }
+    }
+}
+
+/// One line of an exported log as read: the fields of [`mappo_log::ExportLine`], all but
+/// `action` optional, unknown fields ignored (a foreign logger may add its own).
+#[derive(Debug, Deserialize)]
+struct RawLine {
+    #[serde(default)]
+    decision_id: Option<Uuid>,
+    #[serde(default)]
+    policy_version: Option<i64>,
+    action: usize,
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    probabilities: Option<Vec<f32>>,
+    #[serde(default)]
+    propensity: Option<f64>,
+    #[serde(default)]
+    reward: Option<f64>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    kind: Option<DecisionKind>,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+}
+
+/// Reads an exported log (`mappo log export [--embeddings]`, one JSON object per line; blank
+/// lines are skipped). Errors name the file and the line. Values are not judged here (a
+/// propensity of 0 or a missing reward is the evaluator's business, reported as a warning);
+/// only the shape is: `action` must be a non-negative integer, numbers must be numbers.
+pub fn read_export_jsonl(path: &Path) -> Result<Vec<LoggedEvent>, LearnError> {
+    let file = std::fs::File::open(path).map_err(|source| LearnError::Read { path: path.into(), source })?;
+    read_export(std::io::BufReader::new(file), path)
+}
+
+/// [`read_export_jsonl`] from any reader; `path` only names the source in errors.
+pub fn read_export<R: BufRead>(reader: R, path: &Path) -> Result<Vec<LoggedEvent>, LearnError> {
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| LearnError::Read { path: path.into(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |message: String| LearnError::BadLine { path: path.into(), line: i + 1, message };
+        let raw: RawLine = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+        if let Some(r) = raw.reward
+            && !r.is_finite()
+        {
+            return Err(bad(format!("reward {r} is not finite")));
+        }
+        out.push(LoggedEvent {
+            decision_id: raw.decision_id,
+            policy_version: raw.policy_version,
+            action: raw.action,
+            agent: raw.agent,
+            probabilities: raw.probabilities.unwrap_or_default(),
+            propensity: raw.propensity,
+            reward: raw.reward,
+            kind: raw.kind.unwrap_or(DecisionKind::Sampled),
+            embedding: raw.embedding,
+            text: raw.text,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_export_with_and_without_embeddings() {
+        let text = concat!(
+            r#"{"decision_id":"0193c4a2-0000-7000-8000-000000000001","time":"2026-01-01T00:00:00Z","#,
+            r#""policy_version":1,"action":1,"agent":"b","probabilities":[0.25,0.75],"propensity":0.75,"#,
+            r#""reward":1.0,"kind":"sampled","embedding":[0.5,-0.5]}"#,
+            "\n\n",
+            r#"{"action":0,"propensity":0.5,"reward":null,"text":"hello","kind":"greedy"}"#,
+            "\n",
+            r#"{"action":0,"probabilities":[0.4,0.6],"reward":0}"#,
+            "\n",
+        );
+        let ev = read_export(text.as_bytes(), Path::new("x.jsonl")).expect("reads");
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[0].embedding.as_deref(), Some(&[0.5f32, -0.5][..]));
+        assert_eq!(ev[0].logged_propensity(), Some(0.75));
+        assert!(ev[0].is_sampled());
+        assert!(ev[1].is_greedy());
+        assert_eq!(ev[1].text.as_deref(), Some("hello"));
+        assert_eq!(ev[1].reward, None);
+        // No propensity: read from the probabilities.
+        assert!((ev[2].logged_propensity().expect("from probabilities") - 0.4).abs() < 1e-6);
+        assert!(ev[2].is_sampled(), "a foreign log without kind counts as sampled");
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let text = "{\"action\":0}\n{\"action\":-1}\n";
+        let err = read_export(text.as_bytes(), Path::new("log.jsonl")).expect_err("refused");
+        assert!(err.to_string().starts_with("log.jsonl:2:"), "{err}");
+    }
+}
