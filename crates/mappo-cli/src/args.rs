@@ -51,6 +51,8 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// Off-policy evaluation: a checkpoint's mean reward on logged traffic (IPS, SNIPS, DR with 95% intervals).
+    Ope(OpeArgs),
     /// Policy versions in the decision log's database: publish a checkpoint, list the versions.
     Policy {
         #[command(subcommand)]
@@ -230,4 +232,35 @@ pub struct ConfigArgs {
     /// Override one key (repeatable), as for `mappo train`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct OpeArgs {
+    /// The candidate: a text-env checkpoint, or a run directory (its newest checkpoint that loads).
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Decision log to evaluate on: sqlite:PATH or postgres://...
+    #[arg(long, conflicts_with = "log", required_unless_present = "log")]
+    pub db: Option<String>,
+    /// Exported log to evaluate on (`mappo log export`, JSON lines); rows need "embedding" (export
+    /// with --embeddings) or "text" (embedded with the checkpoint's embedder).
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub log: Option<PathBuf>,
+    /// Evaluate the candidate acting with its argmax instead of its (floored) probabilities.
+    #[arg(long)]
+    pub greedy: bool,
+    /// The candidate's exploration floor (default: the checkpoint config's serve.min_prob, i.e.
+    /// the candidate as `mappo serve` would serve it; 0 = the raw softmax of `mappo route --json`).
+    #[arg(long, value_name = "P")]
+    pub min_prob: Option<f64>,
+    /// Cross-fitting folds of DR's reward model.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// One JSON object {"n", "ess", "logging_value", "ips": {"value", "ci": [low, high], "se"},
+    /// "snips", "dr", "warnings"} instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }

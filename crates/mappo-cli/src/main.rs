@@ -7,6 +7,7 @@
 mod args;
 mod commands;
 mod db;
+mod ope;
 mod progress;
 mod signals;
 mod train;
@@ -55,6 +56,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Serve(a) => db::serve(a).map(|()| 0),
         Cmd::Log { cmd } => db::log(cmd).map(|()| 0),
         Cmd::Policy { cmd } => db::policy(cmd).map(|()| 0),
+        Cmd::Ope(a) => ope::ope(a).map(|()| 0),
     }
 }
 

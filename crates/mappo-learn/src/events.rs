@@ -163,6 +163,27 @@ pub fn read_export<R: BufRead>(reader: R, path: &Path) -> Result<Vec<LoggedEvent
     Ok(out)
 }
 
+/// Embeds, with `embedder`, the text of every event that has a text but no embedding; returns
+/// how many were embedded. Events with an embedding keep it (the service logged exactly what its
+/// policy saw).
+pub fn embed_texts(
+    events: &mut [LoggedEvent],
+    embedder: &mappo_env::embed::Embedder,
+) -> Result<usize, LearnError> {
+    let todo: Vec<usize> =
+        (0..events.len()).filter(|&i| events[i].embedding.is_none() && events[i].text.is_some()).collect();
+    for chunk in todo.chunks(256) {
+        let texts: Vec<&str> = chunk.iter().filter_map(|&i| events[i].text.as_deref()).collect();
+        let emb = embedder
+            .embed(&texts)
+            .map_err(|e| LearnError::Train(mappo_train::TrainError::Env(mappo_env::EnvError::from(e))))?;
+        for (&i, x) in chunk.iter().zip(emb) {
+            events[i].embedding = Some(x);
+        }
+    }
+    Ok(todo.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

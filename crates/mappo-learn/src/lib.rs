@@ -17,4 +17,4 @@ pub mod learner;
 pub mod ope;
 
 pub use error::LearnError;
-pub use events::{LoggedEvent, read_export, read_export_jsonl};
+pub use events::{LoggedEvent, embed_texts, read_export, read_export_jsonl};

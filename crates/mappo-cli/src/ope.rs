@@ -1,0 +1,96 @@
+//! `mappo ope`: off-policy evaluation of a checkpoint on a decision log or an exported log.
+
+use anyhow::{Context, Result, bail};
+use mappo_learn::ope::{Candidate, OpeOptions, OpeReport, evaluate};
+use mappo_learn::{LoggedEvent, embed_texts, read_export_jsonl};
+use mappo_log::{DecisionLog, EventQuery};
+use mappo_train::{Checkpoint, select_device};
+
+use crate::args::OpeArgs;
+use crate::outln;
+
+/// Every event of the database, oldest first.
+pub(crate) async fn db_events(log: &DecisionLog) -> Result<Vec<LoggedEvent>> {
+    let mut q = EventQuery { after: None, before: None, limit: 1000 };
+    let mut out = Vec::new();
+    loop {
+        let page = log.joined_events(&q).await?;
+        let Some(last) = page.last() else { break };
+        q.after = Some(last.watermark());
+        out.extend(page.into_iter().map(LoggedEvent::from));
+    }
+    Ok(out)
+}
+
+pub fn ope(a: OpeArgs) -> Result<()> {
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
+    let ckpt_path = crate::commands::checkpoint_file(&a.checkpoint)?;
+    let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+    let mut events = match (&a.db, &a.log) {
+        (Some(db), None) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async {
+                let log = DecisionLog::open(db).await?;
+                let ev = db_events(&log).await;
+                log.close().await;
+                ev
+            })?
+        }
+        (None, Some(path)) => read_export_jsonl(path)?,
+        _ => bail!("give exactly one of --db URL and --log FILE.jsonl"),
+    };
+    // Rows with a text but no embedding are embedded with the checkpoint's embedder.
+    let dim = if events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
+        let embedder = mappo_env::text::load_embedder(&ckpt.config.env, &device)?;
+        let n = embed_texts(&mut events, &embedder)?;
+        tracing::info!("embedded {n} logged texts");
+        embedder.dim()
+    } else {
+        events.iter().find_map(|e| e.embedding.as_ref().map(Vec::len)).unwrap_or(384)
+    };
+    let mut candidate = Candidate::from_checkpoint(&ckpt, dim, &device)?.with_greedy(a.greedy);
+    if let Some(m) = a.min_prob {
+        if !(m.is_finite() && (0.0..0.5).contains(&m)) {
+            bail!("--min-prob {m}: must be in [0, 0.5)");
+        }
+        candidate = candidate.with_min_prob(m);
+    }
+    let opts = OpeOptions { folds: a.folds, ..OpeOptions::default() };
+    if opts.folds < 2 {
+        bail!("--folds {}: at least 2", opts.folds);
+    }
+    let r = evaluate(&events, &candidate, &opts)?;
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
+    if a.json {
+        outln!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_table(&r, &candidate)?;
+    }
+    Ok(())
+}
+
+fn print_table(r: &OpeReport, c: &Candidate) -> Result<()> {
+    let acts =
+        if c.greedy { "argmax".to_string() } else { format!("probabilities floored at {}", c.min_prob) };
+    outln!("{:<16} {} ({acts})", "candidate", c.name);
+    outln!("{:<16} {}", "events", r.n);
+    outln!("{:<16} {:.1}", "effective n", r.ess);
+    outln!("{:<16} {:.4}", "logging value", r.logging_value);
+    outln!("");
+    outln!("{:<16} {:>8} {:>20}", "estimator", "value", "95% interval");
+    for (name, e) in [("IPS", r.ips), ("SNIPS", r.snips), ("DR", r.dr)] {
+        outln!("{:<16} {:>8.4} {:>20}", name, e.value, format!("[{:.4}, {:.4}]", e.ci[0], e.ci[1]));
+    }
+    if !r.warnings.is_empty() {
+        outln!("");
+        for w in &r.warnings {
+            outln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
