@@ -103,12 +103,13 @@ pub enum PolicyCmd {
         #[arg(long)]
         note: Option<String>,
     },
-    /// List the published versions, newest last.
+    /// List the published versions, newest last, and the promotion gate's decisions.
     List {
         /// Database: sqlite:PATH or postgres://...
         #[arg(long, default_value = DEFAULT_DB)]
         db: String,
-        /// One JSON array instead of a table.
+        /// One JSON array of versions instead of a table; each version has "gate" (the gate
+        /// decision that published it, or null) and "refused" (candidates refused against it).
         #[arg(long)]
         json: bool,
     },

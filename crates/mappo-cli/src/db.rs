@@ -102,8 +102,27 @@ pub fn policy(cmd: PolicyCmd) -> Result<()> {
             PolicyCmd::List { db, json } => {
                 let log = DecisionLog::open(&db).await?;
                 let list = log.list_policies().await?;
+                let gates = log.gate_decisions().await?;
                 if json {
-                    outln!("{}", serde_json::to_string(&list)?);
+                    // The versions, each with the gate decision that published it ("gate") and
+                    // the candidates the gate refused while it was the current version ("refused").
+                    let out: Vec<serde_json::Value> = list
+                        .iter()
+                        .map(|p| {
+                            let mut v = serde_json::to_value(p)?;
+                            let gate = gates.iter().find(|g| g.candidate_version == Some(p.version));
+                            let refused: Vec<_> = gates
+                                .iter()
+                                .filter(|g| !g.published && g.current_version == Some(p.version))
+                                .collect();
+                            if let serde_json::Value::Object(m) = &mut v {
+                                m.insert("gate".into(), serde_json::to_value(gate)?);
+                                m.insert("refused".into(), serde_json::to_value(refused)?);
+                            }
+                            Ok(v)
+                        })
+                        .collect::<Result<_, serde_json::Error>>()?;
+                    outln!("{}", serde_json::to_string(&out)?);
                 } else {
                     outln!("{:>7}  {:<32}  {:>10}  {}", "version", "created", "bytes", "source / note");
                     for p in &list {
@@ -115,6 +134,37 @@ pub fn policy(cmd: PolicyCmd) -> Result<()> {
                             p.size,
                             p.source
                         );
+                    }
+                    if !gates.is_empty() {
+                        outln!("");
+                        outln!("promotion gate decisions:");
+                        outln!(
+                            "{:>4}  {:<32}  {:<9}  {:>7}  {:>7}  {:<6} {:>8} {:>19}  {:>8}",
+                            "id",
+                            "time",
+                            "outcome",
+                            "version",
+                            "vs",
+                            "est.",
+                            "cand.",
+                            "cand. 95% interval",
+                            "current"
+                        );
+                        let opt = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+                        for g in &gates {
+                            outln!(
+                                "{:>4}  {:<32}  {:<9}  {:>7}  {:>7}  {:<6} {:>8.4} {:>19}  {:>8}",
+                                g.id,
+                                g.time.to_rfc3339(),
+                                if g.published { "published" } else { "refused" },
+                                opt(g.candidate_version),
+                                opt(g.current_version),
+                                g.estimator,
+                                g.candidate_value,
+                                format!("[{:.4}, {:.4}]", g.candidate_ci[0], g.candidate_ci[1]),
+                                g.current_value.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+                            );
+                        }
                     }
                 }
             }

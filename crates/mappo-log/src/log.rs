@@ -16,8 +16,9 @@ use uuid::Uuid;
 use crate::LogError;
 use crate::migrations::{self, Migration};
 use crate::types::{
-    AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, JoinedEvent, Policy,
-    PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark, bytes_to_f32s, f32s_to_bytes,
+    AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
+    Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark, bytes_to_f32s,
+    f32s_to_bytes,
 };
 use crate::url::DbUrl;
 
@@ -579,6 +580,111 @@ impl DecisionLog {
             }
         });
         rx
+    }
+
+    /// Records one decision of the promotion gate (published or not) and returns its id.
+    /// `record.id` is ignored: ids are 1, 2, 3, … in recording order.
+    pub async fn record_gate_decision(&self, record: &GateRecord) -> Result<i64, LogError> {
+        let finite = |v: f64| v.is_finite();
+        let values = [record.margin, record.candidate_value, record.candidate_ci[0], record.candidate_ci[1]];
+        let current = record.current_value.into_iter().chain(record.current_ci.into_iter().flatten());
+        if !values.into_iter().chain(current).all(finite) {
+            return Err(LogError::Corrupt(format!(
+                "gate decision with a non-finite estimate: {}",
+                record.reason
+            )));
+        }
+        let meta_json = match &record.meta {
+            serde_json::Value::Null => "{}".to_string(),
+            v => v.to_string(),
+        };
+        on_pool!(self, p, Db, pg => {
+            let mut tx = if pg { p.begin().await } else { p.begin_with("BEGIN IMMEDIATE").await }
+                .map_err(|e| self.err(e))?;
+            if pg {
+                sqlx::query("LOCK TABLE gate_decisions IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                "INSERT INTO gate_decisions (id, time_us, published, candidate_version, current_version, \
+                 candidate_sha256, estimator, margin, n, candidate_value, candidate_low, candidate_high, \
+                 current_value, current_low, current_high, reason, meta) \
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, {} FROM gate_decisions {}RETURNING id",
+                if pg { "CAST($16 AS JSONB)" } else { "$16" },
+                if pg { "" } else { "WHERE true " },
+            )))
+            .bind(record.time.0)
+            .bind(record.published)
+            .bind(record.candidate_version)
+            .bind(record.current_version)
+            .bind(&record.candidate_sha256)
+            .bind(&record.estimator)
+            .bind(record.margin)
+            .bind(record.n)
+            .bind(record.candidate_value)
+            .bind(record.candidate_ci[0])
+            .bind(record.candidate_ci[1])
+            .bind(record.current_value)
+            .bind(record.current_ci.map(|c| c[0]))
+            .bind(record.current_ci.map(|c| c[1]))
+            .bind(&record.reason)
+            .bind(&meta_json)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            tx.commit().await.map_err(|e| self.err(e))?;
+            Ok(id)
+        })
+    }
+
+    /// Every gate decision, oldest first.
+    pub async fn gate_decisions(&self) -> Result<Vec<GateRecord>, LogError> {
+        on_pool!(self, p, Db, pg => {
+            let rows = sqlx::query(
+                "SELECT id, time_us, published, candidate_version, current_version, candidate_sha256, \
+                 estimator, margin, n, candidate_value, candidate_low, candidate_high, current_value, \
+                 current_low, current_high, reason, CAST(meta AS TEXT) AS meta \
+                 FROM gate_decisions ORDER BY id",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(|e| self.err(e))?;
+            let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let meta: String = row.try_get("meta").map_err(c)?;
+                let cur: (Option<f64>, Option<f64>) =
+                    (row.try_get("current_low").map_err(c)?, row.try_get("current_high").map_err(c)?);
+                out.push(GateRecord {
+                    id: row.try_get("id").map_err(c)?,
+                    time: Timestamp(row.try_get("time_us").map_err(c)?),
+                    published: row.try_get("published").map_err(c)?,
+                    candidate_version: row.try_get("candidate_version").map_err(c)?,
+                    current_version: row.try_get("current_version").map_err(c)?,
+                    candidate_sha256: row.try_get("candidate_sha256").map_err(c)?,
+                    estimator: row.try_get("estimator").map_err(c)?,
+                    margin: row.try_get("margin").map_err(c)?,
+                    n: row.try_get("n").map_err(c)?,
+                    candidate_value: row.try_get("candidate_value").map_err(c)?,
+                    candidate_ci: [
+                        row.try_get("candidate_low").map_err(c)?,
+                        row.try_get("candidate_high").map_err(c)?,
+                    ],
+                    current_value: row.try_get("current_value").map_err(c)?,
+                    current_ci: match cur {
+                        (Some(lo), Some(hi)) => Some([lo, hi]),
+                        _ => None,
+                    },
+                    reason: row.try_get("reason").map_err(c)?,
+                    meta: serde_json::from_str(&meta)
+                        .map_err(|err| LogError::Corrupt(format!("gate decision meta: {err}")))?,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// One decision with its reward, `None` when unknown.

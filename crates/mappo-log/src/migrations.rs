@@ -3,6 +3,11 @@
 //! Both backends get the same tables, columns and meaning; only the column types differ
 //! (`BLOB`/`BYTEA`, `UUID`, `JSONB`). To change the schema, append a migration to **both** lists
 //! with the next version number; never edit one that has shipped.
+//!
+//! - 1: `decisions`, `rewards`, `policy_versions`.
+//! - 2: `gate_decisions` (every promotion-gate decision, published or not, with both estimates)
+//!   and the nullable shadow columns of `decisions` (`shadow_version`, `shadow_action`,
+//!   `shadow_propensity`: what a shadow candidate would have chosen; NULL when none ran).
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -23,10 +28,11 @@ pub const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migration
 )";
 
 /// SQLite's migrations.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "decisions, rewards, policy_versions",
-    sql: "
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "decisions, rewards, policy_versions",
+        sql: "
 CREATE TABLE policy_versions (
     version BIGINT PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -57,13 +63,43 @@ CREATE TABLE rewards (
     time_us BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "gate_decisions, shadow columns",
+        sql: "
+CREATE TABLE gate_decisions (
+    id BIGINT PRIMARY KEY,
+    time_us BIGINT NOT NULL,
+    published BOOLEAN NOT NULL,
+    candidate_version BIGINT,
+    current_version BIGINT,
+    candidate_sha256 TEXT,
+    estimator TEXT NOT NULL,
+    margin DOUBLE PRECISION NOT NULL,
+    n BIGINT NOT NULL,
+    candidate_value DOUBLE PRECISION NOT NULL,
+    candidate_low DOUBLE PRECISION NOT NULL,
+    candidate_high DOUBLE PRECISION NOT NULL,
+    current_value DOUBLE PRECISION,
+    current_low DOUBLE PRECISION,
+    current_high DOUBLE PRECISION,
+    reason TEXT NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+ALTER TABLE decisions ADD COLUMN shadow_version BIGINT;
+ALTER TABLE decisions ADD COLUMN shadow_action BIGINT;
+ALTER TABLE decisions ADD COLUMN shadow_propensity DOUBLE PRECISION;
+",
+    },
+];
 
 /// PostgreSQL's migrations.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "decisions, rewards, policy_versions",
-    sql: "
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "decisions, rewards, policy_versions",
+        sql: "
 CREATE TABLE policy_versions (
     version BIGINT PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -94,4 +130,33 @@ CREATE TABLE rewards (
     time_us BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "gate_decisions, shadow columns",
+        sql: "
+CREATE TABLE gate_decisions (
+    id BIGINT PRIMARY KEY,
+    time_us BIGINT NOT NULL,
+    published BOOLEAN NOT NULL,
+    candidate_version BIGINT,
+    current_version BIGINT,
+    candidate_sha256 TEXT,
+    estimator TEXT NOT NULL,
+    margin DOUBLE PRECISION NOT NULL,
+    n BIGINT NOT NULL,
+    candidate_value DOUBLE PRECISION NOT NULL,
+    candidate_low DOUBLE PRECISION NOT NULL,
+    candidate_high DOUBLE PRECISION NOT NULL,
+    current_value DOUBLE PRECISION,
+    current_low DOUBLE PRECISION,
+    current_high DOUBLE PRECISION,
+    reason TEXT NOT NULL,
+    meta JSONB NOT NULL DEFAULT '{}'
+);
+ALTER TABLE decisions ADD COLUMN shadow_version BIGINT;
+ALTER TABLE decisions ADD COLUMN shadow_action BIGINT;
+ALTER TABLE decisions ADD COLUMN shadow_propensity DOUBLE PRECISION;
+",
+    },
+];

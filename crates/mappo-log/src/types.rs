@@ -364,3 +364,39 @@ impl ExportLine {
         }
     }
 }
+
+/// One decision of the promotion gate (table `gate_decisions`): whether a candidate policy was
+/// published, and the off-policy estimates it was judged on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRecord {
+    /// Assigned by the log (1, 2, 3, …); ignored by [`crate::DecisionLog::record_gate_decision`].
+    pub id: i64,
+    /// When the gate decided.
+    pub time: Timestamp,
+    /// Whether the candidate was published.
+    pub published: bool,
+    /// The version the candidate became, when published.
+    pub candidate_version: Option<i64>,
+    /// The version it was compared with (`None`: nothing was published yet).
+    pub current_version: Option<i64>,
+    /// sha256 of the candidate's checkpoint bytes, when known.
+    pub candidate_sha256: Option<String>,
+    /// The estimator compared: `dr` or `snips`.
+    pub estimator: String,
+    /// `learn.gate_margin`.
+    pub margin: f64,
+    /// Events evaluated.
+    pub n: i64,
+    /// The candidate's estimate.
+    pub candidate_value: f64,
+    /// Its 95% interval.
+    pub candidate_ci: [f64; 2],
+    /// The current version's estimate (`None` without a current version).
+    pub current_value: Option<f64>,
+    /// Its 95% interval.
+    pub current_ci: Option<[f64; 2]>,
+    /// One line: why.
+    pub reason: String,
+    /// Free-form JSON, e.g. every estimate of both policies (`Value::Null` is stored as `{}`).
+    pub meta: serde_json::Value,
+}

@@ -426,3 +426,44 @@ async fn sqlite_uses_wal() {
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut c).await.unwrap();
     assert_eq!(mode, "wal");
 }
+
+both!(gate_decisions_round_trip);
+async fn gate_decisions_round_trip(db: &TestDb) {
+    let log = db.open().await;
+    assert!(log.schema_versions().await.unwrap().contains(&2));
+    assert!(log.gate_decisions().await.unwrap().is_empty());
+    let refused = mappo_log::GateRecord {
+        id: 0,
+        time: Timestamp(1_000),
+        published: false,
+        candidate_version: None,
+        current_version: Some(1),
+        candidate_sha256: Some("ab".repeat(32)),
+        estimator: "dr".into(),
+        margin: 0.01,
+        n: 500,
+        candidate_value: 0.41,
+        candidate_ci: [0.35, 0.47],
+        current_value: Some(0.6),
+        current_ci: Some([0.55, 0.65]),
+        reason: "refused".into(),
+        meta: serde_json::json!({"candidate": {"snips": 0.4}}),
+    };
+    let first = mappo_log::GateRecord {
+        published: true,
+        candidate_version: Some(1),
+        current_version: None,
+        current_value: None,
+        current_ci: None,
+        meta: Value::Null,
+        ..refused.clone()
+    };
+    assert_eq!(log.record_gate_decision(&first).await.unwrap(), 1);
+    assert_eq!(log.record_gate_decision(&refused).await.unwrap(), 2);
+    let bad = mappo_log::GateRecord { candidate_value: f64::NAN, ..refused.clone() };
+    assert!(log.record_gate_decision(&bad).await.is_err());
+    let got = log.gate_decisions().await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], mappo_log::GateRecord { id: 1, meta: serde_json::json!({}), ..first });
+    assert_eq!(got[1], mappo_log::GateRecord { id: 2, ..refused });
+}
