@@ -241,12 +241,13 @@ pub struct OpeArgs {
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub checkpoint: PathBuf,
     /// Decision log to evaluate on: sqlite:PATH or postgres://...
-    #[arg(long, conflicts_with = "log", required_unless_present = "log")]
+    #[arg(long, conflicts_with = "log_file", required_unless_present = "log_file")]
     pub db: Option<String>,
     /// Exported log to evaluate on (`mappo log export`, JSON lines); rows need "embedding" (export
-    /// with --embeddings) or "text" (embedded with the checkpoint's embedder).
+    /// with --embeddings) or "text" (embedded with the checkpoint's embedder). (Not `--log`: that
+    /// is the global log filter.)
     #[arg(long, value_name = "FILE.jsonl")]
-    pub log: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
     /// Evaluate the candidate acting with its argmax instead of its (floored) probabilities.
     #[arg(long)]
     pub greedy: bool,

@@ -26,7 +26,7 @@ pub fn ope(a: OpeArgs) -> Result<()> {
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let ckpt_path = crate::commands::checkpoint_file(&a.checkpoint)?;
     let ckpt = Checkpoint::load(&ckpt_path, &device)?;
-    let mut events = match (&a.db, &a.log) {
+    let mut events = match (&a.db, &a.log_file) {
         (Some(db), None) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -40,10 +40,10 @@ pub fn ope(a: OpeArgs) -> Result<()> {
             })?
         }
         (None, Some(path)) => read_export_jsonl(path)?,
-        _ => bail!("give exactly one of --db URL and --log FILE.jsonl"),
+        _ => bail!("give exactly one of --db URL and --log-file FILE.jsonl"),
     };
     // Rows with a text but no embedding are embedded with the checkpoint's embedder.
-    let dim = if events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
+    let logged_dim = if events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
         let embedder = mappo_env::text::load_embedder(&ckpt.config.env, &device)?;
         let n = embed_texts(&mut events, &embedder)?;
         tracing::info!("embedded {n} logged texts");
@@ -51,6 +51,7 @@ pub fn ope(a: OpeArgs) -> Result<()> {
     } else {
         events.iter().find_map(|e| e.embedding.as_ref().map(Vec::len)).unwrap_or(384)
     };
+    let dim = Candidate::checkpoint_context_dim(&ckpt).unwrap_or(logged_dim);
     let mut candidate = Candidate::from_checkpoint(&ckpt, dim, &device)?.with_greedy(a.greedy);
     if let Some(m) = a.min_prob {
         if !(m.is_finite() && (0.0..0.5).contains(&m)) {
@@ -63,10 +64,11 @@ pub fn ope(a: OpeArgs) -> Result<()> {
         bail!("--folds {}: at least 2", opts.folds);
     }
     let r = evaluate(&events, &candidate, &opts)?;
-    for w in &r.warnings {
-        tracing::warn!("{w}");
-    }
     if a.json {
+        // The table prints them; with --json they also go to stderr.
+        for w in &r.warnings {
+            tracing::warn!("{w}");
+        }
         outln!("{}", serde_json::to_string(&r)?);
     } else {
         print_table(&r, &candidate)?;

@@ -166,7 +166,12 @@ impl Candidate {
     /// floored at the checkpoint config's `serve.min_prob`.
     pub fn from_checkpoint(ckpt: &Checkpoint, dim: usize, device: &Device) -> Result<Self, LearnError> {
         let policy = ckpt.policy(dim, device)?;
-        let actions = ckpt.config.env.agents.len();
+        // Text checkpoints name their agents; synthetic ones only count them.
+        let actions = if ckpt.config.env.agents.is_empty() {
+            ckpt.config.env.num_agents
+        } else {
+            ckpt.config.env.agents.len()
+        };
         let name = ckpt.path.as_ref().map_or_else(|| "checkpoint".to_string(), |p| p.display().to_string());
         Ok(Candidate {
             policy: Arc::new(Network { policy, dim, actions, device: device.clone() }),
@@ -174,6 +179,12 @@ impl Candidate {
             greedy: false,
             name,
         })
+    }
+
+    /// The context width a checkpoint's network takes (the input width of its first layer,
+    /// `policy.encoder.0.weight`), `None` when the checkpoint has no such tensor.
+    pub fn checkpoint_context_dim(ckpt: &Checkpoint) -> Option<usize> {
+        ckpt.tensors.get("policy.encoder.0.weight").and_then(|t| t.dims().get(1).copied())
     }
 
     /// Any function from a context to `actions` probabilities (no floor unless set).
