@@ -16,6 +16,7 @@
 
 mod error;
 mod fsutil;
+mod learn;
 mod load;
 mod rng;
 mod serve;
@@ -27,9 +28,10 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 pub use fsutil::write_atomic;
+pub use learn::LearnConfig;
 pub use rng::Rng;
 pub use serve::ServeConfig;
-pub use types::{Device, EnvKind, ParseValueError, RewardModel};
+pub use types::{Device, EnvKind, MissingReward, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// The routing service (`mappo serve`).
     pub serve: ServeConfig,
+    /// The learner from logged feedback (`mappo learn`).
+    pub learn: LearnConfig,
 }
 
 /// Which environment to train on.
@@ -427,7 +431,8 @@ impl Config {
                 "must be at most train.batch_size * train.rollout_len",
             ));
         }
-        self.serve.validate()
+        self.serve.validate()?;
+        self.learn.validate()
     }
 
     /// Every dotted key this config knows, sorted (for help texts and errors).

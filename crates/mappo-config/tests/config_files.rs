@@ -26,18 +26,20 @@ fn fixture(name: &str) -> String {
 const AGENTS: &str = "[[env.agents]]\nname = \"code\"\ndescription = \"writes code\"\n\n\
                       [[env.agents]]\nname = \"math\"\ndescription = \"solves equations\"\n";
 
-/// The `[serve]` section as written after every other section (it came after 0.1.0).
+/// The `[serve]` and `[learn]` sections as written after every other section (they came after
+/// 0.1.0).
 fn serve_section(c: &Config) -> String {
     #[derive(serde::Serialize)]
     struct Only<'a> {
         serve: &'a mappo_config::ServeConfig,
+        learn: &'a mappo_config::LearnConfig,
     }
-    format!("\n{}", toml::to_string_pretty(&Only { serve: &c.serve }).expect("toml"))
+    format!("\n{}", toml::to_string_pretty(&Only { serve: &c.serve, learn: &c.learn }).expect("toml"))
 }
 
 /// The config 0.1.0 wrote into `config.toml` and checkpoints reads back the
 /// same and is written back byte for byte, followed only by the `[serve]`
-/// section that came later (with its defaults).
+/// and `[learn]` sections that came later (with its defaults).
 #[test]
 fn configs_saved_by_earlier_versions_read_and_write_the_same_bytes() {
     let old = fixture("default-v0.1.toml");
