@@ -3,6 +3,10 @@
 //! Both backends get the same tables, columns and meaning; only the column types differ
 //! (`BLOB`/`BYTEA`, `UUID`, `JSONB`). To change the schema, append a migration to **both** lists
 //! with the next version number; never edit one that has shipped.
+//!
+//! Version 2 is reserved for the promotion gate's `gate_decisions` (another branch); version 3
+//! (`learner_state`) may be applied before it: the runner applies every missing version in list
+//! order, gaps allowed.
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -23,10 +27,11 @@ pub const SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migration
 )";
 
 /// SQLite's migrations.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "decisions, rewards, policy_versions",
-    sql: "
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "decisions, rewards, policy_versions",
+        sql: "
 CREATE TABLE policy_versions (
     version BIGINT PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -57,13 +62,33 @@ CREATE TABLE rewards (
     time_us BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 3,
+        name: "learner_state",
+        sql: "
+CREATE TABLE learner_state (
+    name TEXT PRIMARY KEY,
+    updated_us BIGINT NOT NULL,
+    watermark_time_us BIGINT,
+    watermark_id BLOB,
+    updates BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    learned BIGINT NOT NULL,
+    base_version BIGINT,
+    checkpoint BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+",
+    },
+];
 
 /// PostgreSQL's migrations.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "decisions, rewards, policy_versions",
-    sql: "
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "decisions, rewards, policy_versions",
+        sql: "
 CREATE TABLE policy_versions (
     version BIGINT PRIMARY KEY,
     created_us BIGINT NOT NULL,
@@ -94,4 +119,23 @@ CREATE TABLE rewards (
     time_us BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 3,
+        name: "learner_state",
+        sql: "
+CREATE TABLE learner_state (
+    name TEXT PRIMARY KEY,
+    updated_us BIGINT NOT NULL,
+    watermark_time_us BIGINT,
+    watermark_id UUID,
+    updates BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    learned BIGINT NOT NULL,
+    base_version BIGINT,
+    checkpoint BYTEA NOT NULL,
+    meta JSONB NOT NULL DEFAULT '{}'
+);
+",
+    },
+];
