@@ -7,8 +7,10 @@
 mod args;
 mod commands;
 mod db;
+mod learn;
 mod progress;
 mod signals;
+mod simulate;
 mod train;
 
 use std::io::{ErrorKind, IsTerminal};
@@ -55,6 +57,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Serve(a) => db::serve(a).map(|()| 0),
         Cmd::Log { cmd } => db::log(cmd).map(|()| 0),
         Cmd::Policy { cmd } => db::policy(cmd).map(|()| 0),
+        Cmd::Learn(a) => learn::learn(a),
+        Cmd::Simulate(a) => simulate::simulate(a).map(|()| 0),
     }
 }
 
