@@ -283,7 +283,7 @@ pub fn trainer_from_checkpoint(
 /// [`mappo_train::Trainer::update_from_logged`]).
 pub fn update_trainer(trainer: &mut LogTrainer, b: &PreparedBatch) -> Result<UpdateMetrics, LearnError> {
     let n = b.actions.len();
-    let obs_dim = if n == 0 { 0 } else { b.obs.len() / n };
+    let obs_dim = b.obs.len().checked_div(n).unwrap_or(0);
     let obs =
         Tensor::from_slice(&b.obs, (n, obs_dim), trainer.device()).map_err(mappo_train::TrainError::from)?;
     let logged = LoggedBatch {
@@ -405,21 +405,21 @@ impl Learner {
     /// version published by someone else since. Returns the version adopted, if any.
     async fn refresh(&mut self) -> Result<Option<i64>, LearnError> {
         let latest = self.log.latest_policy_version().await?;
-        if self.trainer.is_none() {
-            if let Some(mut st) = self.log.learner_state(&self.name).await? {
-                let ckpt = Checkpoint::from_bytes(&st.checkpoint, &self.device)?;
-                self.trainer = Some(trainer_from_checkpoint(&ckpt, &self.settings, &self.device)?);
-                self.obs_dim = ckpt.obs_dim()?;
-                self.base_version = st.base_version;
-                st.checkpoint = Vec::new();
-                tracing::info!(
-                    learner = %self.name,
-                    updates = st.updates,
-                    events = st.events,
-                    "continuing from the saved learner state"
-                );
-                self.saved = Some(st);
-            }
+        if self.trainer.is_none()
+            && let Some(mut st) = self.log.learner_state(&self.name).await?
+        {
+            let ckpt = Checkpoint::from_bytes(&st.checkpoint, &self.device)?;
+            self.trainer = Some(trainer_from_checkpoint(&ckpt, &self.settings, &self.device)?);
+            self.obs_dim = ckpt.obs_dim()?;
+            self.base_version = st.base_version;
+            st.checkpoint = Vec::new();
+            tracing::info!(
+                learner = %self.name,
+                updates = st.updates,
+                events = st.events,
+                "continuing from the saved learner state"
+            );
+            self.saved = Some(st);
         }
         let adopt = match (self.trainer.is_some(), latest, self.base_version) {
             (false, None, _) => {
