@@ -53,6 +53,12 @@ pub enum Cmd {
     },
     /// Off-policy evaluation: a checkpoint's mean reward on logged traffic (IPS, SNIPS, DR with 95% intervals).
     Ope(OpeArgs),
+    /// Learn from logged feedback: off-policy PPO on the newest published policy, from the decision
+    /// log (--db) or an exported log (--log-file).
+    Learn(LearnArgs),
+    /// Play users against a running `mappo serve`: route corpus texts, send each chosen agent's
+    /// reward back; prints a JSON summary.
+    Simulate(SimulateArgs),
     /// Policy versions in the decision log's database: publish a checkpoint, list the versions.
     Policy {
         #[command(subcommand)]
@@ -265,4 +271,73 @@ pub struct OpeArgs {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+#[derive(clap::Args)]
+pub struct LearnArgs {
+    /// Decision log: sqlite:PATH or postgres://... (default sqlite:runs/serve/mappo.db). The learner
+    /// starts from the newest published version and keeps its state (watermark, optimizer, RNG) in
+    /// this database.
+    #[arg(long, conflicts_with = "log_file")]
+    pub db: Option<String>,
+    /// Train from an exported log instead (`mappo log export --embeddings`, JSON lines), without a
+    /// database; needs --checkpoint and --out.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["follow", "publish"])]
+    pub log_file: Option<PathBuf>,
+    /// With --log-file: the policy to start from (checkpoint file or run directory).
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR", requires = "log_file")]
+    pub checkpoint: Option<PathBuf>,
+    /// With --log-file: where the checkpoint is written (DIR/checkpoints/update-N.safetensors).
+    #[arg(long, requires = "log_file")]
+    pub out: Option<PathBuf>,
+    /// TOML config: its [ppo], [learn], train.batch_size (events per update) and train.seed apply;
+    /// the model and agents come from the published policy.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. --set learn.reward_wait_s=10 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Keep learning: a round every learn.interval_s until Ctrl-C or SIGTERM (exit 0; every
+    /// update is committed).
+    #[arg(long)]
+    pub follow: bool,
+    /// Publish the policy after each round as a new version (in the same transaction as the
+    /// learner's state).
+    #[arg(long)]
+    pub publish: bool,
+    /// The learner's name (its row in the database): one learner per name.
+    #[arg(long, default_value = mappo_learn::learner::DEFAULT_LEARNER)]
+    pub name: String,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// The service, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// JSON lines with "text" and "label" (an agent name): the user's reward is 1 when the routed
+    /// agent is the label, else 0.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Requests to send (texts drawn from the corpus in seeded random order, repeating passes).
+    #[arg(long)]
+    pub requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Wait this long after a decision before sending its reward.
+    #[arg(long, default_value_t = 0)]
+    pub feedback_delay_ms: u64,
+    /// Probability that a decision's reward is never sent.
+    #[arg(long, default_value_t = 0.0)]
+    pub missing_feedback: f64,
+    /// Seed of the text order and the missing feedback.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// File whose first line is an API key (sent as a bearer token).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
 }

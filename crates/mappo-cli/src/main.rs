@@ -7,9 +7,11 @@
 mod args;
 mod commands;
 mod db;
+mod learn;
 mod ope;
 mod progress;
 mod signals;
+mod simulate;
 mod train;
 
 use std::io::{ErrorKind, IsTerminal};
@@ -57,6 +59,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Log { cmd } => db::log(cmd).map(|()| 0),
         Cmd::Policy { cmd } => db::policy(cmd).map(|()| 0),
         Cmd::Ope(a) => ope::ope(a).map(|()| 0),
+        Cmd::Learn(a) => learn::learn(a),
+        Cmd::Simulate(a) => simulate::simulate(a).map(|()| 0),
     }
 }
 

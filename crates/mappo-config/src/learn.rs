@@ -1,14 +1,31 @@
-//! The `[learn]` section: learning from logged feedback and the promotion gate.
+//! The `[learn]` section: the learner from logged feedback (`mappo learn`).
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{ConfigError, MissingReward};
 
-/// Settings of learning from the decision log. (The promotion gate's keys; the learner's own
-/// keys sit beside them.)
+/// How `mappo learn` turns the decision log into PPO updates. The batch of one
+/// update is `train.batch_size` events; epochs, minibatches, clipping and
+/// learning rates come from `[ppo]` (the learning rates stay constant: a
+/// learner has no last update to anneal towards).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnConfig {
+    /// Seconds a decision waits for its reward. The learner only consumes
+    /// decisions older than this; a reward that arrives later is ignored.
+    /// Default 5.
+    pub reward_wait_s: f64,
+    /// The reward of a decision whose reward did not arrive in time, with
+    /// `missing_reward = "default"`. Default 0.
+    pub default_reward: f64,
+    /// `default` (learn from it with `default_reward`) or `skip` (consume it
+    /// without learning). Default `default`.
+    pub missing_reward: MissingReward,
+    /// Fewest learnable (sampled, rewarded or defaulted) events an update
+    /// needs; fewer wait for the next round. Default 64.
+    pub min_events: usize,
+    /// Seconds between rounds of `mappo learn --follow`. Default 2.
+    pub interval_s: f64,
     /// A candidate policy is published only when the lower end of its 95% interval is at least
     /// the current version's estimate minus this. Default 0.01.
     pub gate_margin: f64,
@@ -18,7 +35,15 @@ pub struct LearnConfig {
 
 impl Default for LearnConfig {
     fn default() -> Self {
-        Self { gate_margin: 0.01, gate_estimator: "dr".into() }
+        Self {
+            reward_wait_s: 5.0,
+            default_reward: 0.0,
+            missing_reward: MissingReward::Default,
+            min_events: 64,
+            interval_s: 2.0,
+            gate_margin: 0.01,
+            gate_estimator: "dr".into(),
+        }
     }
 }
 
@@ -29,6 +54,18 @@ impl LearnConfig {
             key: format!("learn.{key}"),
             message: format!("{value} is not allowed: {allowed}"),
         };
+        if !(self.reward_wait_s.is_finite() && self.reward_wait_s >= 0.0) {
+            return Err(bad("reward_wait_s", &self.reward_wait_s, "must be a finite number >= 0"));
+        }
+        if !self.default_reward.is_finite() {
+            return Err(bad("default_reward", &self.default_reward, "must be a finite number"));
+        }
+        if !(1..=1 << 24).contains(&self.min_events) {
+            return Err(bad("min_events", &self.min_events, "must be an integer in [1, 16777216]"));
+        }
+        if !(self.interval_s.is_finite() && self.interval_s > 0.0 && self.interval_s <= 86_400.0) {
+            return Err(bad("interval_s", &self.interval_s, "must be a number in (0, 86400]"));
+        }
         if !(self.gate_margin.is_finite() && (0.0..=1e6).contains(&self.gate_margin)) {
             return Err(bad("gate_margin", &self.gate_margin, "must be a finite number >= 0"));
         }
@@ -55,5 +92,41 @@ mod tests {
         let e =
             LearnConfig { gate_estimator: "ips".into(), ..Default::default() }.validate().expect_err("ips");
         assert!(e.to_string().contains("learn.gate_estimator"), "{e}");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        LearnConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Edit = Box<dyn FnOnce(&mut LearnConfig)>;
+        let cases: [(&str, Edit); 5] = [
+            ("learn.reward_wait_s", Box::new(|c| c.reward_wait_s = -1.0)),
+            ("learn.default_reward", Box::new(|c| c.default_reward = f64::NAN)),
+            ("learn.min_events", Box::new(|c| c.min_events = 0)),
+            ("learn.interval_s", Box::new(|c| c.interval_s = 0.0)),
+            ("learn.interval_s", Box::new(|c| c.interval_s = f64::INFINITY)),
+        ];
+        for (key, f) in cases {
+            let mut c = LearnConfig::default();
+            f(&mut c);
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn set_works_and_unknown_keys_are_refused() {
+        let c = crate::Config::load(None, &["learn.missing_reward=skip".into(), "learn.min_events=5".into()])
+            .expect("--set learn.*");
+        assert_eq!(c.learn.missing_reward, MissingReward::Skip);
+        assert_eq!(c.learn.min_events, 5);
+        let e = crate::Config::load(None, &["learn.min_event=5".into()]).expect_err("typo").to_string();
+        assert!(e.contains("learn.min_event") && e.contains("min_events"), "{e}");
+        let e =
+            crate::Config::load(None, &["learn.missing_reward=drop".into()]).expect_err("bad").to_string();
+        assert!(e.contains("`default`, `skip`"), "{e}");
     }
 }

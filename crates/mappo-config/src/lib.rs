@@ -31,7 +31,7 @@ pub use fsutil::write_atomic;
 pub use learn::LearnConfig;
 pub use rng::Rng;
 pub use serve::ServeConfig;
-pub use types::{Device, EnvKind, ParseValueError, RewardModel};
+pub use types::{Device, EnvKind, MissingReward, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub struct Config {
     pub train: TrainConfig,
     /// The routing service (`mappo serve`).
     pub serve: ServeConfig,
-    /// Learning from logged feedback and the promotion gate (`mappo learn`).
+    /// Learning from logged feedback (`mappo learn`) and the promotion gate.
     pub learn: LearnConfig,
 }
 

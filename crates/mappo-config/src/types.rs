@@ -204,3 +204,44 @@ mod tests {
         assert!("Text".parse::<EnvKind>().is_err());
     }
 }
+
+/// What the learner does with a decision whose reward has not arrived within
+/// `learn.reward_wait_s` (`learn.missing_reward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MissingReward {
+    /// `default`: learn from it with `learn.default_reward`.
+    #[default]
+    Default,
+    /// `skip`: consume it without learning from it.
+    Skip,
+}
+
+impl MissingReward {
+    /// The config string: `default` or `skip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for MissingReward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MissingReward {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Self::Default),
+            "skip" => Ok(Self::Skip),
+            _ => Err(ParseValueError { value: s.into(), expected: "`default`, `skip`" }),
+        }
+    }
+}
+
+serde_via_str!(MissingReward);

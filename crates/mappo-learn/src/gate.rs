@@ -323,7 +323,11 @@ mod tests {
 
     #[test]
     fn gate_settings_come_from_the_config() {
-        let c = mappo_config::LearnConfig { gate_margin: 0.05, gate_estimator: "snips".into() };
+        let c = mappo_config::LearnConfig {
+            gate_margin: 0.05,
+            gate_estimator: "snips".into(),
+            ..Default::default()
+        };
         let g = GateConfig::from_config(&c).expect("valid");
         assert_eq!((g.margin, g.estimator), (0.05, GateEstimator::Snips));
         let c = mappo_config::LearnConfig { gate_estimator: "ips".into(), ..c };

@@ -181,10 +181,11 @@ impl Candidate {
         })
     }
 
-    /// The context width a checkpoint's network takes (the input width of its first layer,
-    /// `policy.encoder.0.weight`), `None` when the checkpoint has no such tensor.
+    /// The context width a checkpoint's network takes (the input width of its first layer: the
+    /// projection when it has one, else `policy.encoder.0.weight`), `None` when the checkpoint
+    /// has no such tensor.
     pub fn checkpoint_context_dim(ckpt: &Checkpoint) -> Option<usize> {
-        ckpt.tensors.get("policy.encoder.0.weight").and_then(|t| t.dims().get(1).copied())
+        ckpt.obs_dim().ok()
     }
 
     /// Any function from a context to `actions` probabilities (no floor unless set).

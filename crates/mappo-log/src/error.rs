@@ -89,6 +89,9 @@ pub enum LogError {
     #[error("writing the export failed: {0}")]
     Write(#[source] std::io::Error),
     /// The group committer has stopped (its runtime is shutting down).
+    #[error("learner `{0}` was saved by someone else meanwhile (two learners with one name?)")]
+    /// The learner state changed under this learner: another learner of the same name runs.
+    LearnerConflict(String),
     #[error("the decision log's group committer has stopped")]
     CommitterClosed,
 }

@@ -27,7 +27,7 @@
 //! ```
 //!
 //! The schema (both backends, see [`migrations`]): `decisions`, `rewards` (one per decision),
-//! `policy_versions`, `gate_decisions` (the promotion gate's decisions), `schema_migrations`. Times are microseconds since the Unix epoch
+//! `policy_versions`, `gate_decisions` (the promotion gate's decisions), `learner_state`, `schema_migrations`. Times are microseconds since the Unix epoch
 //! (`time_us`); embeddings and probabilities are f32 little-endian blobs.
 
 mod error;
@@ -42,7 +42,7 @@ pub use group::{CommitCounters, GroupCommitOptions, GroupCommitter};
 pub use log::{DecisionLog, OpenOptions};
 pub use types::{
     AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark, bytes_to_f32s,
-    f32s_to_bytes,
+    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark,
+    bytes_to_f32s, f32s_to_bytes,
 };
 pub use url::{DbUrl, redact};

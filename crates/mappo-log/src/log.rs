@@ -17,8 +17,8 @@ use crate::LogError;
 use crate::migrations::{self, Migration};
 use crate::types::{
     AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark, bytes_to_f32s,
-    f32s_to_bytes,
+    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark,
+    bytes_to_f32s, f32s_to_bytes,
 };
 use crate::url::DbUrl;
 
@@ -152,6 +152,59 @@ macro_rules! decode_policy_info {
                 size: row.try_get("size").map_err(e)?,
             })
         })()
+    }};
+}
+
+/// Publishes `$bytes` inside the open transaction `$tx` (see [`DecisionLog::publish_policy`]):
+/// evaluates to the [`Published`] outcome, `return`s the error. Does not commit.
+macro_rules! publish_in_tx {
+    ($self:expr, $tx:ident, $pg:ident, $bytes:expr, $sha:expr, $meta:expr, $meta_json:expr) => {{
+        if $pg {
+            // Serialises publishers so that versions are gap-free and increasing.
+            sqlx::query("LOCK TABLE policy_versions IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $self.err(e))?;
+        }
+        let existing: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM policy_versions WHERE sha256 = $1")
+                .bind($sha)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(|e| $self.err(e))?;
+        match existing {
+            Some(version) => Published { version, created: false },
+            None => {
+                let version: i64 = sqlx::query_scalar(if $pg {
+                    "INSERT INTO policy_versions \
+                     (version, created_us, sha256, checkpoint, source, note, meta) \
+                     SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, CAST($6 AS JSONB) \
+                     FROM policy_versions RETURNING version"
+                } else {
+                    "INSERT INTO policy_versions \
+                     (version, created_us, sha256, checkpoint, source, note, meta) \
+                     SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, $6 \
+                     FROM policy_versions WHERE true RETURNING version"
+                })
+                .bind(Timestamp::now().0)
+                .bind($sha)
+                .bind($bytes)
+                .bind(&$meta.source)
+                .bind(&$meta.note)
+                .bind($meta_json)
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err(|e| $self.err(e))?;
+                if $pg {
+                    sqlx::query("SELECT pg_notify('mappo_policy', $1)")
+                        .bind(version.to_string())
+                        .execute(&mut *$tx)
+                        .await
+                        .map_err(|e| $self.err(e))?;
+                }
+                Published { version, created: true }
+            }
+        }
     }};
 }
 
@@ -445,52 +498,118 @@ impl DecisionLog {
         on_pool!(self, p, Db, pg => {
             let mut tx = if pg { p.begin().await } else { p.begin_with("BEGIN IMMEDIATE").await }
                 .map_err(|e| self.err(e))?;
-            if pg {
-                // Serialises publishers so that versions are gap-free and increasing.
-                sqlx::query("LOCK TABLE policy_versions IN SHARE ROW EXCLUSIVE MODE")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-            }
-            let existing: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM policy_versions WHERE sha256 = $1")
-                    .bind(&sha)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-            if let Some(version) = existing {
-                tx.rollback().await.map_err(|e| self.err(e))?;
-                return Ok(Published { version, created: false });
-            }
-            let version: i64 = sqlx::query_scalar(if pg {
-                "INSERT INTO policy_versions \
-                 (version, created_us, sha256, checkpoint, source, note, meta) \
-                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, CAST($6 AS JSONB) \
-                 FROM policy_versions RETURNING version"
-            } else {
-                "INSERT INTO policy_versions \
-                 (version, created_us, sha256, checkpoint, source, note, meta) \
-                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3, $4, $5, $6 \
-                 FROM policy_versions WHERE true RETURNING version"
-            })
-            .bind(Timestamp::now().0)
-            .bind(&sha)
-            .bind(checkpoint)
-            .bind(&meta.source)
-            .bind(&meta.note)
-            .bind(&meta_json)
-            .fetch_one(&mut *tx)
+            let published = publish_in_tx!(self, tx, pg, checkpoint, &sha, meta, &meta_json);
+            tx.commit().await.map_err(|e| self.err(e))?;
+            Ok(published)
+        })
+    }
+
+    /// The saved state of learner `name`, `None` before its first save.
+    pub async fn learner_state(&self, name: &str) -> Result<Option<LearnerState>, LogError> {
+        on_pool!(self, p, Db, pg => {
+            let row = sqlx::query(
+                "SELECT name, updated_us, watermark_time_us, watermark_id, updates, events, learned, \
+                 base_version, checkpoint, CAST(meta AS TEXT) AS meta FROM learner_state WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(p)
             .await
             .map_err(|e| self.err(e))?;
-            if pg {
-                sqlx::query("SELECT pg_notify('mappo_policy', $1)")
-                    .bind(version.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
+            let Some(row) = row else { return Ok(None) };
+            let c = |e: sqlx::Error| LogError::Corrupt(format!("learner_state: {e}"));
+            let time: Option<i64> = row.try_get("watermark_time_us").map_err(c)?;
+            let id: Option<Uuid> = row.try_get("watermark_id").map_err(c)?;
+            let meta: String = row.try_get("meta").map_err(c)?;
+            Ok(Some(LearnerState {
+                name: row.try_get("name").map_err(c)?,
+                watermark: match (time, id) {
+                    (Some(t), Some(id)) => Some(Watermark { time: Timestamp(t), id }),
+                    (None, None) => None,
+                    _ => return Err(LogError::Corrupt("learner_state: half a watermark".into())),
+                },
+                updates: row.try_get("updates").map_err(c)?,
+                events: row.try_get("events").map_err(c)?,
+                learned: row.try_get("learned").map_err(c)?,
+                base_version: row.try_get("base_version").map_err(c)?,
+                checkpoint: row.try_get("checkpoint").map_err(c)?,
+                meta: serde_json::from_str(&meta)
+                    .map_err(|e| LogError::Corrupt(format!("learner_state meta: {e}")))?,
+                updated: Timestamp(row.try_get("updated_us").map_err(c)?),
+            }))
+        })
+    }
+
+    /// Saves a learner's state in one transaction, optionally with the publication of a
+    /// checkpoint as a policy version (then `base_version` is stored as that version): after a
+    /// crash either all of it is in the database or none of it. `expected_updates` is the
+    /// `updates` of the state this one follows (`None`: the first save); when the stored row
+    /// does not match, nothing is written and [`LogError::LearnerConflict`] says so (another
+    /// learner of the same name). Returns the publication's outcome.
+    pub async fn save_learner_state(
+        &self,
+        state: &LearnerState,
+        expected_updates: Option<i64>,
+        publish: Option<(&[u8], &PublishMeta)>,
+    ) -> Result<Option<Published>, LogError> {
+        let meta_json = match &state.meta {
+            serde_json::Value::Null => "{}".to_string(),
+            v => v.to_string(),
+        };
+        on_pool!(self, p, Db, pg => {
+            let mut tx = if pg { p.begin().await } else { p.begin_with("BEGIN IMMEDIATE").await }
+                .map_err(|e| self.err(e))?;
+            let published = match publish {
+                Some((bytes, meta)) => {
+                    let sha = format!("{:x}", Sha256::digest(bytes));
+                    let pmeta = match &meta.meta {
+                        serde_json::Value::Null => "{}".to_string(),
+                        v => v.to_string(),
+                    };
+                    Some(publish_in_tx!(self, tx, pg, bytes, &sha, meta, &pmeta))
+                }
+                None => None,
+            };
+            let base_version = published.map(|p| p.version).or(state.base_version);
+            let (wt, wid) = match state.watermark {
+                Some(w) => (Some(w.time.0), Some(w.id)),
+                None => (None, None),
+            };
+            let sql = match (expected_updates, pg) {
+                (None, true) => "INSERT INTO learner_state (updated_us, watermark_time_us, watermark_id, \
+                     updates, events, learned, base_version, checkpoint, meta, name) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CAST($9 AS JSONB), $10) \
+                     ON CONFLICT (name) DO NOTHING",
+                (None, false) => "INSERT INTO learner_state (updated_us, watermark_time_us, watermark_id, \
+                     updates, events, learned, base_version, checkpoint, meta, name) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
+                (Some(_), true) => "UPDATE learner_state SET updated_us = $1, watermark_time_us = $2, \
+                     watermark_id = $3, updates = $4, events = $5, learned = $6, base_version = $7, \
+                     checkpoint = $8, meta = CAST($9 AS JSONB) WHERE name = $10 AND updates = $11",
+                (Some(_), false) => "UPDATE learner_state SET updated_us = $1, watermark_time_us = $2, \
+                     watermark_id = $3, updates = $4, events = $5, learned = $6, base_version = $7, \
+                     checkpoint = $8, meta = $9 WHERE name = $10 AND updates = $11",
+            };
+            let mut q = sqlx::query(sql)
+                .bind(Timestamp::now().0)
+                .bind(wt)
+                .bind(wid)
+                .bind(state.updates)
+                .bind(state.events)
+                .bind(state.learned)
+                .bind(base_version)
+                .bind(&state.checkpoint)
+                .bind(&meta_json)
+                .bind(&state.name);
+            if let Some(u) = expected_updates {
+                q = q.bind(u);
+            }
+            let n = q.execute(&mut *tx).await.map_err(|e| self.err(e))?.rows_affected();
+            if n != 1 {
+                tx.rollback().await.map_err(|e| self.err(e))?;
+                return Err(LogError::LearnerConflict(state.name.clone()));
             }
             tx.commit().await.map_err(|e| self.err(e))?;
-            Ok(Published { version, created: true })
+            Ok(published)
         })
     }
 

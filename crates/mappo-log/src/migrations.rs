@@ -8,6 +8,7 @@
 //! - 2: `gate_decisions` (every promotion-gate decision, published or not, with both estimates)
 //!   and the nullable shadow columns of `decisions` (`shadow_version`, `shadow_action`,
 //!   `shadow_propensity`: what a shadow candidate would have chosen; NULL when none ran).
+//! - 3: `learner_state` (one row per learner: watermark, counters, the trainer's checkpoint).
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +93,24 @@ ALTER TABLE decisions ADD COLUMN shadow_action BIGINT;
 ALTER TABLE decisions ADD COLUMN shadow_propensity DOUBLE PRECISION;
 ",
     },
+    Migration {
+        version: 3,
+        name: "learner_state",
+        sql: "
+CREATE TABLE learner_state (
+    name TEXT PRIMARY KEY,
+    updated_us BIGINT NOT NULL,
+    watermark_time_us BIGINT,
+    watermark_id BLOB,
+    updates BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    learned BIGINT NOT NULL,
+    base_version BIGINT,
+    checkpoint BLOB NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+",
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -157,6 +176,24 @@ CREATE TABLE gate_decisions (
 ALTER TABLE decisions ADD COLUMN shadow_version BIGINT;
 ALTER TABLE decisions ADD COLUMN shadow_action BIGINT;
 ALTER TABLE decisions ADD COLUMN shadow_propensity DOUBLE PRECISION;
+",
+    },
+    Migration {
+        version: 3,
+        name: "learner_state",
+        sql: "
+CREATE TABLE learner_state (
+    name TEXT PRIMARY KEY,
+    updated_us BIGINT NOT NULL,
+    watermark_time_us BIGINT,
+    watermark_id UUID,
+    updates BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    learned BIGINT NOT NULL,
+    base_version BIGINT,
+    checkpoint BYTEA NOT NULL,
+    meta JSONB NOT NULL DEFAULT '{}'
+);
 ",
     },
 ];

@@ -400,3 +400,30 @@ pub struct GateRecord {
     /// Free-form JSON, e.g. every estimate of both policies (`Value::Null` is stored as `{}`).
     pub meta: serde_json::Value,
 }
+
+/// A learner's durable state (table `learner_state`, one row per learner name): how far it has
+/// read the log and everything it needs to continue exactly where it stopped. Written in one
+/// transaction with each update ([`crate::DecisionLog::save_learner_state`]), so a learner killed
+/// at any moment resumes neither skipping nor repeating an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerState {
+    /// The learner's name (one row each; `mappo learn` uses `"default"`).
+    pub name: String,
+    /// Every event up to and including this position is consumed; `None`: nothing yet.
+    pub watermark: Option<Watermark>,
+    /// Updates done.
+    pub updates: i64,
+    /// Events consumed (learned from or skipped).
+    pub events: i64,
+    /// Of those, events learned from.
+    pub learned: i64,
+    /// The newest policy version the learner knows of (its own last publication, or the version
+    /// it started from); a newer one published by someone else is adopted.
+    pub base_version: Option<i64>,
+    /// The trainer's whole state: a checkpoint's bytes (weights, optimizer moments, RNG).
+    pub checkpoint: Vec<u8>,
+    /// Free-form JSON (e.g. the last update's metrics).
+    pub meta: serde_json::Value,
+    /// When it was written (set by the log on save).
+    pub updated: Timestamp,
+}

@@ -254,6 +254,7 @@ async fn export_writes_every_field(db: &TestDb) {
             "policy_version",
             "probabilities",
             "propensity",
+            "replica",
             "reward",
             "time",
         ];
@@ -272,6 +273,7 @@ async fn export_writes_every_field(db: &TestDb) {
         assert_eq!(probs, d.probabilities);
         assert_eq!(obj["propensity"].as_f64().unwrap() as f32, d.propensity);
         assert_eq!(obj["kind"], Value::from(d.kind.as_str()));
+        assert_eq!(obj["replica"], Value::from(d.replica.as_str()));
         let reward = if id == ds[0].id {
             Value::from(1.0)
         } else if id == ds[3].id {
@@ -466,4 +468,46 @@ async fn gate_decisions_round_trip(db: &TestDb) {
     assert_eq!(got.len(), 2);
     assert_eq!(got[0], mappo_log::GateRecord { id: 1, meta: serde_json::json!({}), ..first });
     assert_eq!(got[1], mappo_log::GateRecord { id: 2, ..refused });
+}
+
+both!(learner_state_saves_atomically_with_its_publication);
+async fn learner_state_saves_atomically_with_its_publication(db: &TestDb) {
+    use mappo_log::LearnerState;
+    let log = db.open().await;
+    assert_eq!(log.learner_state("default").await.unwrap(), None);
+    let d = decision(0);
+    let mut s = LearnerState {
+        name: "default".into(),
+        watermark: Some(Watermark { time: d.time, id: d.id }),
+        updates: 1,
+        events: 10,
+        learned: 7,
+        base_version: None,
+        checkpoint: vec![1, 2, 3],
+        meta: serde_json::json!({"mean_reward": 0.5}),
+        updated: Timestamp(0),
+    };
+    assert_eq!(log.save_learner_state(&s, None, None).await.unwrap(), None);
+    let back = log.learner_state("default").await.unwrap().unwrap();
+    assert_eq!((back.watermark, back.updates, back.events, back.learned), (s.watermark, 1, 10, 7));
+    assert_eq!((back.checkpoint.as_slice(), back.base_version), (&[1u8, 2, 3][..], None));
+    assert_eq!(back.meta, s.meta);
+    assert!(back.updated.0 > 0);
+    // A second "first save", or one that follows a state that is not the stored one: refused.
+    assert!(matches!(log.save_learner_state(&s, None, None).await, Err(LogError::LearnerConflict(_))));
+    s.updates = 2;
+    s.checkpoint = vec![4, 5];
+    let meta = PublishMeta { source: "test".into(), ..PublishMeta::default() };
+    let refused = log.save_learner_state(&s, Some(7), Some((&[9, 9, 9], &meta))).await;
+    assert!(matches!(refused, Err(LogError::LearnerConflict(_))), "{refused:?}");
+    // ... and its publication was rolled back with it.
+    assert_eq!(log.latest_policy_version().await.unwrap(), None);
+    // With publication: the version and the state together; base_version is the new version.
+    let p = log.save_learner_state(&s, Some(1), Some((&[9, 9, 9], &meta))).await.unwrap().unwrap();
+    assert_eq!((p.version, p.created), (1, true));
+    let back = log.learner_state("default").await.unwrap().unwrap();
+    assert_eq!((back.updates, back.base_version, back.checkpoint), (2, Some(1), vec![4, 5]));
+    assert_eq!(log.latest_policy().await.unwrap().unwrap().checkpoint, vec![9, 9, 9]);
+    // Another learner name is another row.
+    assert_eq!(log.learner_state("other").await.unwrap(), None);
 }

@@ -29,6 +29,7 @@ mod engine;
 pub mod loadgen;
 mod metrics;
 pub mod model;
+pub mod simulate;
 
 use std::future::Future;
 use std::net::SocketAddr;

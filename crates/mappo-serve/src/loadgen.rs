@@ -59,6 +59,12 @@ pub struct LoadReport {
 #[error("cannot build the HTTP client: {0}")]
 pub struct LoadError(String);
 
+impl LoadError {
+    pub(crate) fn new(message: String) -> Self {
+        LoadError(message)
+    }
+}
+
 /// The `q`-quantile (0..=1) of sorted values, nearest rank; 0 when empty.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {

@@ -93,7 +93,19 @@ impl Checkpoint {
             };
             ckpt_err(path, format!("cannot read: {e}{hint}"))
         })?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        let mut c = Self::parse(&bytes, path, device)?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Reads and checks a checkpoint from its bytes (as [`Checkpoint::to_bytes`] wrote them, or
+    /// as a decision log stores a policy version), tensors on `device`. `path` stays `None`.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, TrainError> {
+        Self::parse(bytes, Path::new("<checkpoint in memory>"), device)
+    }
+
+    fn parse(bytes: &[u8], path: &Path, device: &Device) -> Result<Self, TrainError> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| ckpt_err(path, format!("not a safetensors file or truncated ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
@@ -130,18 +142,9 @@ impl Checkpoint {
         };
         // Checkpoints written before `env_kind` existed: the config's kind.
         let env_kind = meta.get("env_kind").cloned().unwrap_or_else(|| config.env.kind.to_string());
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)
             .map_err(|e| ckpt_err(path, format!("corrupt tensor data ({e})")))?;
-        Ok(Self {
-            config,
-            env_kind,
-            update,
-            rng_state,
-            adam_steps,
-            env_state,
-            tensors,
-            path: Some(path.to_path_buf()),
-        })
+        Ok(Self { config, env_kind, update, rng_state, adam_steps, env_state, tensors, path: None })
     }
 
     /// A checkpoint file, or the newest loadable checkpoint of a run directory
@@ -176,6 +179,25 @@ impl Checkpoint {
             nv.var.set(&t.to_device(nv.var.device())?.to_dtype(DType::F32)?)?;
         }
         Ok(())
+    }
+
+    /// The observation width the stored policy expects (the input width of its first layer:
+    /// the projection when it has one, else the first encoder layer).
+    pub fn obs_dim(&self) -> Result<usize, TrainError> {
+        ["policy.encoder.projection.weight", "policy.encoder.0.weight"]
+            .iter()
+            .find_map(|n| self.tensors.get(*n))
+            .and_then(|t| t.dims().get(1).copied())
+            .ok_or_else(|| {
+                ckpt_err(&self.where_(), "no first-layer weight to read the observation width from")
+            })
+    }
+
+    /// Whether it holds both optimizers' moments (a freshly initialised policy published by
+    /// `mappo serve --config` holds only weights).
+    pub fn has_optimizer_state(&self) -> bool {
+        self.tensors.keys().any(|k| k.starts_with("adam.actor."))
+            && self.tensors.keys().any(|k| k.starts_with("adam.critic."))
     }
 
     /// Rebuilds the [`ActorCritic`] stored in the checkpoint (its shape comes

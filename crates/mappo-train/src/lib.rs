@@ -47,4 +47,4 @@ pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{SyntheticSetup, select_device};
 #[cfg(feature = "text")]
 pub use text::{AgentScore, CorpusReport, Routed, Router, TextSetup, evaluate_corpus};
-pub use trainer::{TrainSettings, Trainer, UpdateMetrics, explained_variance};
+pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics, explained_variance};

@@ -42,6 +42,32 @@ pub struct UpdateMetrics {
     pub epochs: usize,
 }
 
+/// Logged one-step (bandit) decisions for an off-policy update
+/// ([`Trainer::update_from_logged`]): what a decision log holds for each sampled decision.
+#[derive(Debug, Clone)]
+pub struct LoggedBatch {
+    /// Observations `[n, obs_dim]` (the logged embeddings).
+    pub obs: Tensor,
+    /// The action taken for each row.
+    pub actions: Vec<u32>,
+    /// μ(action | obs): the probability the behaviour (logging) policy took it with, in (0, 1].
+    pub propensities: Vec<f32>,
+    /// The reward each row earned.
+    pub rewards: Vec<f32>,
+}
+
+impl LoggedBatch {
+    /// Number of decisions.
+    pub fn len(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
 /// The few training settings the [`Trainer`] itself uses (the rest of
 /// `[train]` belongs to the run loop, see [`crate::RunOptions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,34 +194,67 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let rewards = self.rollout.rewards();
         let mean_reward = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rewards.len().max(1) as f64;
         let (stats, grad_norm, epochs) = self.optimise(&gae)?;
-        self.update += 1;
-        for (name, v) in [
-            ("policy loss", stats.policy_loss),
-            ("value loss", stats.value_loss),
-            ("gradient norm", grad_norm),
-        ] {
-            if !v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    update: self.update,
-                    what: name.to_string(),
-                    last_checkpoint: None,
-                });
-            }
+        self.finish(stats, grad_norm, epochs, mean_reward, explained_variance)
+    }
+
+    /// One off-policy PPO update from logged bandit decisions instead of collected ones: the
+    /// logged propensity μ plays the old policy, so the ratio is π(a|x)/μ(a|x), clipped as in
+    /// [`Trainer::step`]; the critic is the baseline (advantage `r − V(x)`, every row a one-step
+    /// episode); then the same `ppo.epochs × ppo.minibatches` of the same loss, gradient
+    /// clipping and Adam steps. The learning rates stay at `ppo.lr_actor`/`ppo.lr_critic`
+    /// (a learner from logs has no last update to anneal towards). The environment is not
+    /// touched.
+    pub fn update_from_logged(&mut self, batch: &LoggedBatch) -> Result<UpdateMetrics, TrainError> {
+        let n = batch.len();
+        if n == 0 {
+            return Err(TrainError::Setup("an off-policy update needs at least one logged decision".into()));
         }
-        Ok(UpdateMetrics {
-            update: self.update,
-            mean_reward,
-            entropy: stats.entropy,
-            policy_loss: stats.policy_loss,
-            value_loss: stats.value_loss,
-            approx_kl: stats.approx_kl,
-            clipfrac: stats.clipfrac,
-            explained_variance,
-            grad_norm,
-            lr_actor: self.actor.lr(),
-            lr_critic: self.critic.lr(),
-            epochs,
-        })
+        let a = self.policy.num_actions();
+        if batch.propensities.len() != n || batch.rewards.len() != n || batch.obs.dims().first() != Some(&n) {
+            return Err(TrainError::Setup(format!(
+                "a logged batch of {n} actions has {} propensities, {} rewards and {:?} observation rows",
+                batch.propensities.len(),
+                batch.rewards.len(),
+                batch.obs.dims().first()
+            )));
+        }
+        if let Some(i) = batch.actions.iter().position(|&x| x as usize >= a) {
+            return Err(TrainError::Setup(format!(
+                "logged action {} is out of range for {a} agents",
+                batch.actions[i]
+            )));
+        }
+        if let Some(p) = batch.propensities.iter().find(|p| !(p.is_finite() && **p > 0.0 && **p <= 1.0)) {
+            return Err(TrainError::Setup(format!("logged propensity {p} is not in (0, 1]")));
+        }
+        if let Some(r) = batch.rewards.iter().find(|r| !r.is_finite()) {
+            return Err(TrainError::Setup(format!("logged reward {r} is not finite")));
+        }
+        let p = self.cfg.ppo.clone();
+        self.actor.set_lr(p.lr_actor);
+        self.critic.set_lr(p.lr_critic);
+        let obs = batch.obs.to_device(&self.device)?;
+        let values = self.policy.forward(&obs)?.values.detach().to_vec1::<f32>()?;
+        let log_mu: Vec<f32> = batch.propensities.iter().map(|m| m.ln()).collect();
+        let mut logged = Rollout::new(n);
+        logged.push(Transition {
+            obs: &obs,
+            actions: &batch.actions,
+            log_probs: &log_mu,
+            values: &values,
+            rewards: &batch.rewards,
+            done: &vec![true; n],
+            truncated: &vec![false; n],
+            truncated_values: &[],
+        })?;
+        let gae = logged.gae(&[], p.gamma as f32, p.gae_lambda as f32)?;
+        let explained_variance = explained_variance(logged.values(), &gae.returns);
+        let mean_reward = batch.rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64;
+        let collected = std::mem::replace(&mut self.rollout, logged);
+        let result = self.optimise(&gae);
+        self.rollout = collected;
+        let (stats, grad_norm, epochs) = result?;
+        self.finish(stats, grad_norm, epochs, mean_reward, explained_variance)
     }
 
     /// Collects `rollout_len` batched steps (one forward pass per step for the
@@ -235,6 +294,45 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Counts the update, refuses a non-finite loss or gradient, and reports.
+    fn finish(
+        &mut self,
+        stats: LossStats,
+        grad_norm: f64,
+        epochs: usize,
+        mean_reward: f64,
+        explained_variance: f64,
+    ) -> Result<UpdateMetrics, TrainError> {
+        self.update += 1;
+        for (name, v) in [
+            ("policy loss", stats.policy_loss),
+            ("value loss", stats.value_loss),
+            ("gradient norm", grad_norm),
+        ] {
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    update: self.update,
+                    what: name.to_string(),
+                    last_checkpoint: None,
+                });
+            }
+        }
+        Ok(UpdateMetrics {
+            update: self.update,
+            mean_reward,
+            entropy: stats.entropy,
+            policy_loss: stats.policy_loss,
+            value_loss: stats.value_loss,
+            approx_kl: stats.approx_kl,
+            clipfrac: stats.clipfrac,
+            explained_variance,
+            grad_norm,
+            lr_actor: self.actor.lr(),
+            lr_critic: self.critic.lr(),
+            epochs,
+        })
     }
 
     fn optimise(&mut self, gae: &Gae) -> Result<(LossStats, f64, usize), TrainError> {

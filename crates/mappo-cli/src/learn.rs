@@ -1,0 +1,309 @@
+//! `mappo learn`: off-policy PPO from the decision log (`--db`), or from an exported log
+//! (`--log-file`), with progress lines and a JSON summary.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use mappo_config::Config;
+use mappo_learn::LoggedEvent;
+use mappo_learn::gate::{GateConfig, GateDecision, gate};
+use mappo_learn::learner::{
+    Candidate, EventCounts, Learner, PublishGate, read_export_jsonl, take_batch, trainer_from_checkpoint,
+    update_trainer,
+};
+use mappo_learn::ope::Candidate as OpePolicy;
+use mappo_log::{DecisionKind, DecisionLog, EventQuery, Timestamp, Watermark};
+use mappo_train::{Checkpoint, UpdateMetrics, checkpoint_name};
+use serde::Serialize;
+use sha2::Digest;
+
+use crate::args::{DEFAULT_DB, LearnArgs};
+use crate::outln;
+use crate::signals::StopRequest;
+
+/// Most updates in one round (a round ends with one commit that may publish; SIGTERM is heard
+/// between rounds).
+const MAX_UPDATES_PER_ROUND: usize = 100;
+
+/// The newest rewarded events the promotion gate evaluates on.
+const GATE_WINDOW: usize = 2000;
+
+/// The promotion gate of `mappo learn --publish`: before each round it reads the newest events
+/// (decisions older than `learn.reward_wait_s`, as the learner) and the current version; a
+/// round's candidate is published only when off-policy evaluation on those events says it is
+/// not worse than the current version (`mappo_learn::gate`). Every decision is recorded in
+/// `gate_decisions` (`mappo policy list`).
+///
+/// The events are also ones the learner trains on, so the candidate's estimate is in-sample
+/// (optimistic); the margin and the interval's lower bound are what keep a clearly worse
+/// candidate out.
+struct Gate {
+    cfg: GateConfig,
+    reward_wait: Duration,
+    window: VecDeque<LoggedEvent>,
+    after: Option<Watermark>,
+    current: Option<(i64, OpePolicy)>,
+    /// The decision taken by the last `should_publish`, to be recorded after the round.
+    last: Option<(GateDecision, String)>,
+}
+
+impl Gate {
+    fn new(cfg: &Config) -> Result<Self> {
+        Ok(Gate {
+            cfg: GateConfig::from_config(&cfg.learn)?,
+            reward_wait: Duration::from_secs_f64(cfg.learn.reward_wait_s),
+            window: VecDeque::new(),
+            after: None,
+            current: None,
+            last: None,
+        })
+    }
+
+    /// Reads the events logged since the last call and the newest published version.
+    async fn refresh(&mut self, log: &DecisionLog) -> Result<()> {
+        let before = Timestamp(Timestamp::now().as_micros() - self.reward_wait.as_micros() as i64);
+        loop {
+            let page = log
+                .joined_events(&EventQuery { after: self.after, before: Some(before), limit: 5000 })
+                .await?;
+            let Some(last) = page.last() else { break };
+            self.after = Some(last.watermark());
+            for e in &page {
+                if e.reward.is_some() && e.decision.kind == DecisionKind::Sampled {
+                    self.window.push_back(LoggedEvent::from(e));
+                }
+            }
+            while self.window.len() > GATE_WINDOW {
+                self.window.pop_front();
+            }
+        }
+        if let Some(p) = log.latest_policy().await?
+            && self.current.as_ref().is_none_or(|(v, _)| *v != p.info.version)
+        {
+            let ckpt = Checkpoint::from_bytes(&p.checkpoint, &Device::Cpu)?;
+            let dim =
+                OpePolicy::checkpoint_context_dim(&ckpt).context("the current version's context width")?;
+            self.current = Some((p.info.version, OpePolicy::from_checkpoint(&ckpt, dim, &Device::Cpu)?));
+        }
+        Ok(())
+    }
+
+    fn decide(&self, bytes: &[u8]) -> Result<Option<GateDecision>> {
+        let Some((_, current)) = &self.current else { return Ok(None) };
+        let ckpt = Checkpoint::from_bytes(bytes, &Device::Cpu)?;
+        let dim = OpePolicy::checkpoint_context_dim(&ckpt).context("the candidate's context width")?;
+        let candidate = OpePolicy::from_checkpoint(&ckpt, dim, &Device::Cpu)?;
+        let events: Vec<LoggedEvent> = self.window.iter().cloned().collect();
+        Ok(Some(gate(&events, &candidate, current, &self.cfg)?))
+    }
+
+    /// Records the last decision (with the version the candidate became, if published).
+    async fn record(&mut self, log: &DecisionLog, published: Option<i64>) -> Result<()> {
+        if let Some((d, sha)) = self.last.take() {
+            let current = self.current.as_ref().map(|(v, _)| *v);
+            log.record_gate_decision(&d.record(published, current, Some(sha))).await?;
+            tracing::info!("gate: {}", d.reason);
+        }
+        Ok(())
+    }
+}
+
+impl PublishGate for Gate {
+    fn should_publish(&mut self, _candidate: &Candidate, bytes: &[u8]) -> bool {
+        match self.decide(bytes) {
+            // Nothing published to compare with: the first version goes out.
+            Ok(None) => true,
+            Ok(Some(d)) => {
+                let publish = d.publish;
+                let sha = format!("{:x}", sha2::Sha256::digest(bytes));
+                self.last = Some((d, sha));
+                publish
+            }
+            Err(e) => {
+                tracing::warn!("gate: cannot evaluate the candidate, not publishing it: {e:#}");
+                false
+            }
+        }
+    }
+}
+
+/// What `--json` prints at the end.
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    /// `db` or `log-file`.
+    source: String,
+    rounds: u64,
+    updates: u64,
+    total_updates: u64,
+    events: EventCounts,
+    published: Vec<i64>,
+    last: Option<UpdateMetrics>,
+    /// File mode: the checkpoint written.
+    checkpoint: Option<PathBuf>,
+    seconds: f64,
+}
+
+fn add(into: &mut EventCounts, c: &EventCounts) {
+    into.consumed += c.consumed;
+    into.learned += c.learned;
+    into.defaulted += c.defaulted;
+    into.not_sampled += c.not_sampled;
+    into.skipped_missing += c.skipped_missing;
+    into.skipped_bad += c.skipped_bad;
+}
+
+pub fn learn(a: LearnArgs) -> Result<i32> {
+    let cfg = Config::load(a.config.as_deref(), &a.set)?;
+    match &a.log_file {
+        Some(file) => from_file(&a, file, cfg),
+        None => from_db(&a, cfg),
+    }
+}
+
+fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
+    let db = a.db.clone().unwrap_or_else(|| DEFAULT_DB.to_string());
+    let interval = Duration::from_secs_f64(cfg.learn.interval_s);
+    let stop = a.follow.then(StopRequest::install);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let t0 = Instant::now();
+    let summary = rt.block_on(async {
+        let log = DecisionLog::open(&db).await?;
+        let mut gate = Gate::new(&cfg)?;
+        let mut learner = Learner::new(log.clone(), a.name.clone(), cfg)?;
+        let mut s = Summary { source: "db".into(), ..Summary::default() };
+        loop {
+            let round_start = Instant::now();
+            if a.publish
+                && let Err(e) = gate.refresh(&log).await
+            {
+                tracing::warn!("gate: cannot read the newest events: {e:#}");
+            }
+            let result = learner
+                .round(Timestamp::now(), MAX_UPDATES_PER_ROUND, if a.publish { Some(&mut gate) } else { None })
+                .await;
+            match result {
+                Ok(r) => {
+                    if a.publish {
+                        gate.record(&log, r.published).await?;
+                    }
+                    s.rounds += 1;
+                    s.updates += r.updates;
+                    s.total_updates = r.total_updates;
+                    add(&mut s.events, &r.counts);
+                    s.published.extend(r.published);
+                    if let Some(v) = r.adopted {
+                        tracing::info!("learning on policy version {v}");
+                    }
+                    if let Some(m) = &r.last {
+                        tracing::info!(
+                            "update {}: {} updates this round, {} events learned ({} defaulted, {} not sampled, {} skipped), mean reward {:.4}, approx_kl {:.4}, clipfrac {:.3}{}",
+                            r.total_updates,
+                            r.updates,
+                            r.counts.learned,
+                            r.counts.defaulted,
+                            r.counts.not_sampled,
+                            r.counts.skipped_missing + r.counts.skipped_bad,
+                            m.mean_reward,
+                            m.approx_kl,
+                            m.clipfrac,
+                            r.published.map(|v| format!(", published version {v}")).unwrap_or_default()
+                        );
+                        s.last = Some(m.clone());
+                    }
+                    // A full round: more is probably waiting.
+                    if r.updates as usize == MAX_UPDATES_PER_ROUND {
+                        continue;
+                    }
+                }
+                Err(e) if a.follow => tracing::warn!("learning round failed (retrying in {interval:?}): {e}"),
+                Err(e) => return Err(anyhow::Error::from(e)),
+            }
+            let Some(stop) = &stop else { break };
+            let wait = interval.saturating_sub(round_start.elapsed());
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !stop.flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now()))).await;
+            }
+            if stop.flag.load(Ordering::SeqCst) {
+                tracing::info!("stopping: every update so far is committed");
+                break;
+            }
+        }
+        Ok::<_, anyhow::Error>(s)
+    })?;
+    finish(a, Summary { seconds: t0.elapsed().as_secs_f64(), ..summary })
+}
+
+fn finish(a: &LearnArgs, s: Summary) -> Result<i32> {
+    tracing::info!(
+        "done: {} updates ({} in total), {} events consumed, {} learned, versions published: {:?}",
+        s.updates,
+        s.total_updates,
+        s.events.consumed,
+        s.events.learned,
+        s.published
+    );
+    if a.json {
+        outln!("{}", serde_json::to_string(&s)?);
+    } else if let Some(p) = &s.checkpoint {
+        outln!("{}", p.display());
+    }
+    Ok(0)
+}
+
+fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
+    let Some(out) = &a.out else { bail!("--log-file needs --out DIR (where the checkpoint is written)") };
+    let Some(start) = &a.checkpoint else {
+        bail!(
+            "--log-file needs --checkpoint FILE|RUN_DIR: the policy to start from (the one that logged, or any)"
+        )
+    };
+    let t0 = Instant::now();
+    let events = read_export_jsonl(file)?;
+    let ckpt = Checkpoint::open(start, &Device::Cpu)?;
+    let obs_dim = ckpt.obs_dim()?;
+    let mut trainer = trainer_from_checkpoint(&ckpt, &cfg, &Device::Cpu)?;
+    let num_agents = mappo_nn::Policy::num_actions(trainer.policy());
+    let mut s = Summary { source: "log-file".into(), rounds: 1, ..Summary::default() };
+    let mut i = 0;
+    loop {
+        let (b, next) = take_batch(&events, i, cfg.train.batch_size, obs_dim, num_agents, &cfg);
+        if b.actions.len() < cfg.train.batch_size
+            && (b.actions.len() < cfg.learn.min_events || b.actions.is_empty())
+        {
+            break;
+        }
+        i = next;
+        let m = update_trainer(&mut trainer, &b)?;
+        add(&mut s.events, &b.counts);
+        s.updates += 1;
+        tracing::info!(
+            "update {}: {} events learned, mean reward {:.4}, approx_kl {:.4}",
+            m.update,
+            b.counts.learned,
+            m.mean_reward,
+            m.approx_kl
+        );
+        s.last = Some(m);
+    }
+    if events.len() > i {
+        tracing::info!(
+            "{} events at the end left out (fewer than learn.min_events learnable)",
+            events.len() - i
+        );
+    }
+    s.total_updates = trainer.update_count();
+    let path = out.join("checkpoints").join(checkpoint_name(trainer.update_count()));
+    std::fs::create_dir_all(path.parent().unwrap_or(out))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    trainer.checkpoint()?.save(&path)?;
+    s.checkpoint = Some(path);
+    finish(a, Summary { seconds: t0.elapsed().as_secs_f64(), ..s })
+}
