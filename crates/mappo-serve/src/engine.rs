@@ -114,6 +114,7 @@ impl Engine {
     }
 
     /// Routes `texts` (one job, answered together) at cost weight 0.
+    #[cfg(test)]
     pub async fn route(&self, texts: Vec<String>, greedy: bool) -> Result<Routed, EngineError> {
         self.route_at(texts, greedy, 0.0).await
     }
