@@ -29,9 +29,9 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
     if let Some(corpus) = &a.corpus {
         if let Some(w) = a.cost_weight
-            && !(w.is_finite() && w >= 0.0)
+            && !w.is_finite()
         {
-            bail!("--cost-weight must be a finite number >= 0, got {w}");
+            bail!("--cost-weight must be a finite number, got {w}");
         }
         let opts = mappo_train::CorpusEvalOptions {
             cost_weight: a.cost_weight,
@@ -135,12 +135,12 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
 }
 
 pub fn route(a: RouteArgs) -> Result<()> {
-    if !(a.cost_weight.is_finite() && a.cost_weight >= 0.0) {
-        bail!("--cost-weight must be a finite number >= 0, got {}", a.cost_weight);
+    if !a.cost_weight.is_finite() {
+        bail!("--cost-weight must be a finite number, got {}", a.cost_weight);
     }
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let router = mappo_train::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
-    if a.cost_weight > 0.0 && !router.cost_aware() {
+    if a.cost_weight != 0.0 && !router.cost_aware() {
         tracing::warn!("--cost-weight is ignored: this router has no costs (no agent has a `cost`)");
     }
     let w = a.cost_weight;

@@ -104,7 +104,7 @@ fn a_cost_aware_router_is_evaluated_calibrated_and_routes_at_a_cost_weight() {
         v["by_agent"]["large"].as_f64().expect("probability")
     };
     assert!(share_at("0") >= share_at("0.6"), "π(large) falls as λ grows");
-    let o = mappo(&["route", "--checkpoint", ck, "--cost-weight=-1", text]);
+    let o = mappo(&["route", "--checkpoint", ck, "--cost-weight=inf", text]);
     assert!(!o.status.success() && stderr(&o).contains("--cost-weight"), "{}", stderr(&o));
 }
 

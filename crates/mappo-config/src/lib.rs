@@ -100,7 +100,9 @@ pub struct EnvConfig {
     /// normalised by the most expensive agent's, so λ = 1 means "the most expensive agent must
     /// be worth one full reward unit more"); λ is drawn uniformly from this range for every
     /// prompt and given to the policy as an extra input, so one trained router serves every λ
-    /// in it. Default `[0, 1]`.
+    /// in it. `lo` may be below 0: a slightly negative λ makes the router prefer the pricier
+    /// agent when qualities tie (with binary outcomes, "both right" is common), which is how
+    /// shares of the expensive agent above the λ = 0 share are reached. Default `[0, 1]`.
     pub cost_weight_range: [f64; 2],
 }
 
@@ -399,11 +401,11 @@ impl Config {
                     }
                 }
                 let [lo, hi] = self.env.cost_weight_range;
-                if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
                     return Err(bad(
                         "env.cost_weight_range",
                         format!("[{lo}, {hi}]"),
-                        "must be [lo, hi] with 0 <= lo <= hi, both finite",
+                        "must be [lo, hi] with lo <= hi, both finite",
                     ));
                 }
                 if self.env.reward == RewardModel::Cosine {

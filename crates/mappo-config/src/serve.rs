@@ -94,8 +94,8 @@ impl ServeConfig {
                 return Err(bad(key, &v, "must be a finite number"));
             }
         }
-        if !(self.cost_weight.is_finite() && self.cost_weight >= 0.0) {
-            return Err(bad("cost_weight", &self.cost_weight, "must be a finite number >= 0"));
+        if !self.cost_weight.is_finite() {
+            return Err(bad("cost_weight", &self.cost_weight, "must be a finite number"));
         }
         if self.reward_min > self.reward_max {
             return Err(bad("reward_min", &self.reward_min, "must be at most serve.reward_max"));

@@ -266,10 +266,10 @@ pub(crate) async fn route(
     }
     let logged_texts = st.cfg.log_text.then(|| texts.clone());
     let cost_weight = req.cost_weight.unwrap_or(st.cfg.cost_weight);
-    if !(cost_weight.is_finite() && cost_weight >= 0.0) {
+    if !cost_weight.is_finite() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("`cost_weight` must be a finite number >= 0, got {cost_weight}"),
+            format!("`cost_weight` must be a finite number, got {cost_weight}"),
         ));
     }
     let routed = st.engine.route_at(texts, req.greedy, cost_weight).await.map_err(|e| match e {
