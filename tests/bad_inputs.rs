@@ -34,7 +34,11 @@ fn checkpoint_with_a_tensor_of_another_shape_is_refused_by_name() {
 fn corpora_with_broken_lines_are_refused_with_file_and_line() {
     let agents: Vec<mappo_config::AgentSpec> = ["code", "math"]
         .iter()
-        .map(|n| mappo_config::AgentSpec { name: n.to_string(), description: format!("{n} questions") })
+        .map(|n| mappo_config::AgentSpec {
+            name: n.to_string(),
+            description: format!("{n} questions"),
+            cost: 0.0,
+        })
         .collect();
     let dir = tempfile::tempdir().expect("tmp");
     let cases = [

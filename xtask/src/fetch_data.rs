@@ -26,7 +26,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 /// Data sets this command knows how to convert.
-const SUPPORTED: &[&str] = &["clinc150"];
+const SUPPORTED: &[&str] = &["clinc150", "routellm"];
 
 /// Source files accepted for CLINC150, in order of preference.
 const CLINC_SOURCES: &[&str] = &["data_full.json", "clinc150_train_val.json"];
@@ -43,7 +43,7 @@ const CLINC_URL_ENV: &str = "MAPPO_CLINC150_URL";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Data set to convert (supported: clinc150).
+    /// Data set to convert (supported: clinc150, routellm).
     #[arg(value_name = "DATASET")]
     dataset: String,
     /// Local directory holding the source files (for clinc150: data_full.json or
@@ -65,6 +65,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     match a.dataset.as_str() {
         "clinc150" => clinc150(&a),
+        "routellm" => routellm(&a),
         other => bail!("unknown data set {other:?}; supported: {}", SUPPORTED.join(", ")),
     }
 }
@@ -100,6 +101,55 @@ fn clinc150(a: &Args) -> Result<()> {
         );
     };
     convert_from(a, &from)
+}
+
+/// The RouteLLM outcome files, `data/routellm/{mmlu,gsm8k}_{train,val}.jsonl`.
+const ROUTELLM_FILES: &[&str] =
+    &["mmlu_train.jsonl", "mmlu_val.jsonl", "gsm8k_train.jsonl", "gsm8k_val.jsonl"];
+/// The agents every RouteLLM row must give an outcome for.
+const ROUTELLM_AGENTS: &[&str] = &["mixtral-8x7b", "gpt-4-1106"];
+
+/// `routellm`: per-prompt correctness of Mixtral-8x7B and GPT-4-1106 on MMLU and GSM8K
+/// (lm-sys/RouteLLM, Apache-2.0), as outcome corpora. The source is `--from DIR` holding the
+/// already converted files (`text`, `subject`, `outcomes`, contaminated prompts removed, split
+/// by sha256 of the text: see that directory's README). Converting the public repository's
+/// CSV files directly is not implemented: the command says so and asks for `--from`.
+fn routellm(a: &Args) -> Result<()> {
+    let Some(from) = &a.from else {
+        bail!(
+            "routellm: converting the public lm-sys/RouteLLM CSV files is not implemented; pass \
+             `--from DIR` with the converted {} (e.g. the project's shared data/routellm)",
+            ROUTELLM_FILES.join(", ")
+        );
+    };
+    eprintln!(
+        "routellm: using the converted files in --from {} (the public CSV source is not converted by this command)",
+        from.display()
+    );
+    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("routellm"));
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for name in ROUTELLM_FILES {
+        let src = from.join(name);
+        let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+        let mut rows = 0usize;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}, line {}: not JSON", src.display(), n + 1))?;
+            if !v.get("text").is_some_and(Value::is_string) {
+                bail!("{}, line {}: no string `text`", src.display(), n + 1);
+            }
+            for agent in ROUTELLM_AGENTS {
+                if !v.get("outcomes").and_then(|o| o.get(agent)).is_some_and(Value::is_number) {
+                    bail!("{}, line {}: no numeric outcome for `{agent}`", src.display(), n + 1);
+                }
+            }
+            rows += 1;
+        }
+        let path = out.join(name);
+        let status = write_if_changed(&path, &text)?;
+        eprintln!("{}: {rows} rows ({status})", path.display());
+    }
+    Ok(())
 }
 
 /// Downloads `<url>/data_full.json` and `<url>/domains.json` into `dir` (a reachability probe
@@ -435,7 +485,30 @@ mod tests {
     #[test]
     fn unknown_dataset_lists_supported_names() {
         let err = run(args("mnist", None, None)).unwrap_err();
-        assert!(err.to_string().contains("supported: clinc150"), "{err}");
+        assert!(err.to_string().contains("supported: clinc150, routellm"), "{err}");
+    }
+
+    #[test]
+    fn routellm_copies_checked_outcome_files_from_a_directory() {
+        let src = tempfile::tempdir().unwrap();
+        let row = "{\"text\": \"2+2?\", \"outcomes\": {\"mixtral-8x7b\": 1, \"gpt-4-1106\": 1}}\n";
+        for name in ROUTELLM_FILES {
+            fs::write(src.path().join(name), row).unwrap();
+        }
+        let out = tempfile::tempdir().unwrap();
+        run(args("routellm", Some(src.path().to_path_buf()), Some(out.path().to_path_buf()))).unwrap();
+        assert_eq!(fs::read_to_string(out.path().join("gsm8k_val.jsonl")).unwrap(), row);
+        fs::write(
+            src.path().join("mmlu_val.jsonl"),
+            "{\"text\": \"a\", \"outcomes\": {\"gpt-4-1106\": 1}}\n",
+        )
+        .unwrap();
+        let err = run(args("routellm", Some(src.path().to_path_buf()), Some(out.path().to_path_buf())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mmlu_val.jsonl") && err.contains("mixtral-8x7b"), "{err}");
+        let err = run(args("routellm", None, Some(out.path().to_path_buf()))).unwrap_err().to_string();
+        assert!(err.contains("--from DIR"), "{err}");
     }
 
     fn args(dataset: &str, from: Option<PathBuf>, out: Option<PathBuf>) -> Args {

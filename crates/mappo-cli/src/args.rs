@@ -40,6 +40,8 @@ pub enum Cmd {
     Eval(EvalArgs),
     /// Route texts with a text-env checkpoint: the chosen (most probable) agent and every agent's probability.
     Route(RouteArgs),
+    /// Find the cost weight λ at which a cost-aware router meets a budget on a calibration corpus.
+    Calibrate(CalibrateArgs),
     /// Embed texts with all-MiniLM-L6-v2 (JSON lines in, the same lines with "embedding" added out).
     Embed(EmbedArgs),
     /// Print the resolved config (every key; defaults unless --config/--set change them) as TOML.
@@ -166,8 +168,48 @@ pub struct EvalArgs {
     pub device: String,
     /// Corpus (JSON lines) for a text-env checkpoint: mean reward under the checkpoint's reward
     /// model and, for labelled prompts, accuracy, per-agent precision/recall and the confusion matrix.
+    /// On an outcome corpus (every row with "outcomes") also the quality–cost curve over a sweep
+    /// of the cost weight λ, APGR, CPT(50%), CPT(80%), the oracle and each agent alone.
     #[arg(long)]
     pub corpus: Option<PathBuf>,
+    /// Cost weight λ of the greedy figures (cost-aware routers; default 0), also reported as
+    /// `routing.at` on an outcome corpus.
+    #[arg(long, requires = "corpus", value_name = "W")]
+    pub cost_weight: Option<f64>,
+    /// Also fit a full-information ridge-regression router on this outcome corpus (every
+    /// agent's outcome of every row, same embeddings) and report its curve side by side
+    /// (`routing.baseline`).
+    #[arg(long, requires = "corpus", value_name = "TRAIN.jsonl")]
+    pub baseline_train: Option<PathBuf>,
+    /// L2 penalty of the ridge baseline.
+    #[arg(long, default_value_t = 1.0, value_name = "ALPHA")]
+    pub ridge_alpha: f64,
+    /// Draw the quality–cost curve (with each agent alone, random routing, the oracle and the
+    /// baseline when fit) into FILE.svg (outcome corpora).
+    #[arg(long, requires = "corpus", value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    /// Checkpoint of a cost-aware text router (agents with a `cost`), or its run directory.
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Calibration prompts (JSON lines with "text"; outcomes not needed).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Budget: mean cost per request at most C (the agents' `cost` units).
+    #[arg(long, value_name = "C", conflicts_with = "max_share", required_unless_present = "max_share")]
+    pub max_cost: Option<f64>,
+    /// Budget: at most this share (0–1) of the prompts to AGENT, e.g. gpt-4-1106=0.2.
+    #[arg(long, value_name = "AGENT=S")]
+    pub max_share: Option<String>,
+    /// One JSON object instead of lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +225,10 @@ pub struct RouteArgs {
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Cost weight λ for a cost-aware router (agents with a `cost`): higher = cheaper agents
+    /// (see `mappo calibrate`). Default 0 (quality only).
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub cost_weight: f64,
     /// Texts to route; without any, stdin is routed line by line (a filter: each line's answer is
     /// printed as soon as it is read). Empty texts are refused. The model is English-only.
     pub texts: Vec<String>,

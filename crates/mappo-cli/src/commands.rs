@@ -8,7 +8,7 @@ use candle_core::Device;
 use mappo_config::Config;
 use mappo_train::{Checkpoint, evaluate_checkpoint_synthetic, select_device};
 
-use crate::args::{ConfigArgs, EmbedArgs, EvalArgs, RouteArgs};
+use crate::args::{CalibrateArgs, ConfigArgs, EmbedArgs, EvalArgs, RouteArgs};
 use crate::outln;
 use crate::progress::{EmbedProgress, Mode};
 
@@ -28,13 +28,58 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
     if let Some(corpus) = &a.corpus {
+        if let Some(w) = a.cost_weight
+            && !w.is_finite()
+        {
+            bail!("--cost-weight must be a finite number, got {w}");
+        }
+        let opts = mappo_train::CorpusEvalOptions {
+            cost_weight: a.cost_weight,
+            baseline_train: a.baseline_train.clone(),
+            ridge_alpha: a.ridge_alpha,
+        };
         let mut bar = EmbedProgress::new(mode);
-        let r =
-            mappo_train::evaluate_corpus(&ckpt_path, corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        let r = mappo_train::evaluate_corpus_with(&ckpt_path, corpus, &device, &opts, &mut |w, d, t| {
+            bar.update(w, d, t)
+        })?;
         bar.finish();
+        if let Some(plot) = &a.plot {
+            let routing = r.routing.as_ref().with_context(|| {
+                format!("--plot needs an outcome corpus (every row with \"outcomes\"): {}", corpus.display())
+            })?;
+            crate::plot::draw(routing, plot)?;
+            tracing::info!("plot written to {}", plot.display());
+        }
         if a.json {
             outln!("{}", serde_json::to_string(&r)?);
             return Ok(());
+        }
+        if let Some(rt) = &r.routing {
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+            outln!("{:<18} {} (weak) / {} (strong)", "agents", rt.weak, rt.strong);
+            for s in &rt.agents {
+                outln!("{:<18} quality {:.4}, cost {}", s.agent, s.quality, s.cost);
+            }
+            outln!("{:<18} {:.4}", "oracle quality", rt.oracle_quality);
+            outln!("{:<18} {}", "APGR", f(rt.summary.apgr));
+            outln!("{:<18} {}", "CPT(50%)", f(rt.summary.cpt50));
+            outln!("{:<18} {}", "CPT(80%)", f(rt.summary.cpt80));
+            if let Some(b) = &rt.baseline {
+                outln!("{:<18} {}", "ridge APGR", f(b.summary.apgr));
+                outln!("{:<18} {}", "ridge CPT(50%)", f(b.summary.cpt50));
+                outln!("{:<18} {}", "ridge CPT(80%)", f(b.summary.cpt80));
+            }
+            if let Some(p) = &rt.at {
+                let shares: Vec<String> = p.share.iter().map(|(k, v)| format!("{k}={v:.3}")).collect();
+                outln!(
+                    "{:<18} quality {:.4}, cost {:.4}, {}",
+                    format!("at λ={}", p.cost_weight),
+                    p.quality,
+                    p.cost,
+                    shares.join(" ")
+                );
+            }
+            outln!("");
         }
         outln!("{:<18} {}", "prompts", r.n);
         outln!("{:<18} {}", "labelled", r.labelled);
@@ -90,8 +135,15 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
 }
 
 pub fn route(a: RouteArgs) -> Result<()> {
+    if !a.cost_weight.is_finite() {
+        bail!("--cost-weight must be a finite number, got {}", a.cost_weight);
+    }
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let router = mappo_train::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
+    if a.cost_weight != 0.0 && !router.cost_aware() {
+        tracing::warn!("--cost-weight is ignored: this router has no costs (no agent has a `cost`)");
+    }
+    let w = a.cost_weight;
     let print = |r: &mappo_train::Routed| -> Result<()> {
         if a.json {
             let mut v = serde_json::to_value(r)?;
@@ -111,7 +163,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
             bail!("text {} is empty: there is nothing to route", i + 1);
         }
         let refs: Vec<&str> = a.texts.iter().map(String::as_str).collect();
-        for r in router.route(&refs)? {
+        for r in router.route_at(&refs, w)? {
             print(&r)?;
         }
         return Ok(());
@@ -123,11 +175,52 @@ pub fn route(a: RouteArgs) -> Result<()> {
             tracing::warn!("stdin line {} is empty: not routed", n + 1);
             continue;
         }
-        for r in router.route(&[line.as_str()])? {
+        for r in router.route_at(&[line.as_str()], w)? {
             print(&r)?;
         }
         std::io::stdout().flush()?;
     }
+    Ok(())
+}
+
+pub fn calibrate(a: CalibrateArgs, mode: Mode) -> Result<()> {
+    let budget = match (&a.max_cost, &a.max_share) {
+        (Some(c), None) if c.is_finite() && *c >= 0.0 => mappo_train::Budget::MaxCost(*c),
+        (Some(c), None) => bail!("--max-cost must be a finite number >= 0, got {c}"),
+        (None, Some(s)) => {
+            let (agent, share) =
+                s.split_once('=').context("--max-share must be AGENT=S, e.g. gpt-4-1106=0.2")?;
+            let share: f64 =
+                share.trim().parse().with_context(|| format!("--max-share: `{share}` is not a number"))?;
+            if !(0.0..=1.0).contains(&share) {
+                bail!("--max-share: the share must be in [0, 1], got {share}");
+            }
+            mappo_train::Budget::MaxShare(agent.trim().to_string(), share)
+        }
+        _ => bail!("give one budget: --max-cost C or --max-share AGENT=S"),
+    };
+    let (device, _) = select_device(a.device.parse().context("--device")?)?;
+    let ckpt_path = checkpoint_file(&a.checkpoint)?;
+    let mut bar = EmbedProgress::new(mode);
+    let c =
+        mappo_train::calibrate(&ckpt_path, &a.corpus, &budget, &device, &mut |w, d, t| bar.update(w, d, t))?;
+    bar.finish();
+    if !c.monotone {
+        tracing::warn!(
+            "the budgeted quantity is not monotone in λ on this corpus (largest rise {:.4}): the λ found meets \
+             the budget but may not be the least that does",
+            c.max_increase
+        );
+    }
+    if a.json {
+        outln!("{}", serde_json::to_string(&c)?);
+        return Ok(());
+    }
+    let shares: Vec<String> = c.point.share.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+    outln!("cost_weight {}", c.cost_weight);
+    outln!("mean cost   {:.6}", c.point.cost);
+    outln!("shares      {}", shares.join(" "));
+    outln!("monotone    {}", c.monotone);
     Ok(())
 }
 

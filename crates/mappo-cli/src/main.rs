@@ -9,6 +9,7 @@ mod commands;
 mod db;
 mod learn;
 mod ope;
+mod plot;
 mod progress;
 mod signals;
 mod simulate;
@@ -53,6 +54,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Train(a) => Ok(train::train(a, mode)?.unwrap_or(0)),
         Cmd::Eval(a) => commands::eval(a, mode).map(|()| 0),
         Cmd::Route(a) => commands::route(a).map(|()| 0),
+        Cmd::Calibrate(a) => commands::calibrate(a, mode).map(|()| 0),
         Cmd::Embed(a) => commands::embed(a, mode).map(|()| 0),
         Cmd::Config(a) => commands::config(a).map(|()| 0),
         Cmd::Serve(a) => db::serve(a).map(|()| 0),

@@ -95,6 +95,15 @@ pub struct EnvConfig {
     pub model_dir: String,
     /// Directory of the embedding cache ("" = the user cache, `mappo/embeddings`).
     pub cache_dir: String,
+    /// Range `[lo, hi]` of the cost weight λ a cost-aware router is trained over (used when
+    /// some agent has a `cost` > 0). The reward is `quality − λ·cost / max cost` (costs are
+    /// normalised by the most expensive agent's, so λ = 1 means "the most expensive agent must
+    /// be worth one full reward unit more"); λ is drawn uniformly from this range for every
+    /// prompt and given to the policy as an extra input, so one trained router serves every λ
+    /// in it. `lo` may be below 0: a slightly negative λ makes the router prefer the pricier
+    /// agent when qualities tie (with binary outcomes, "both right" is common), which is how
+    /// shares of the expensive agent above the λ = 0 share are reached. Default `[0, 1]`.
+    pub cost_weight_range: [f64; 2],
 }
 
 impl Default for EnvConfig {
@@ -110,6 +119,7 @@ impl Default for EnvConfig {
             reward: RewardModel::Label,
             model_dir: String::new(),
             cache_dir: String::new(),
+            cost_weight_range: [0.0, 1.0],
         }
     }
 }
@@ -118,6 +128,19 @@ impl EnvConfig {
     /// Number of actions: the agents listed for the text env, else `num_agents`.
     pub fn action_count(&self) -> usize {
         if self.kind == EnvKind::Text { self.agents.len() } else { self.num_agents }
+    }
+
+    /// True when the router is cost-aware: a text env where some agent has a `cost` > 0. Its
+    /// policy takes the cost weight λ as one extra input after the embedding.
+    pub fn cost_input(&self) -> bool {
+        self.kind == EnvKind::Text && self.agents.iter().any(|a| a.cost > 0.0)
+    }
+
+    /// Each agent's cost divided by the largest (all 0 when no agent has a cost): the cost
+    /// term of the reward is `λ · normalized_costs()[agent]`.
+    pub fn normalized_costs(&self) -> Vec<f64> {
+        let max = self.agents.iter().map(|a| a.cost).fold(0.0, f64::max);
+        self.agents.iter().map(|a| if max > 0.0 { a.cost / max } else { 0.0 }).collect()
     }
 }
 
@@ -130,6 +153,11 @@ pub struct AgentSpec {
     /// Its specialty in a sentence or two (embedded for the `cosine` reward).
     #[serde(default)]
     pub description: String,
+    /// What one request to it costs, in any unit shared by all agents (e.g. dollars per
+    /// million input tokens). Default 0. With a cost on any agent the reward becomes
+    /// `quality − λ·cost / max cost` (see `env.cost_weight_range`).
+    #[serde(default)]
+    pub cost: f64,
 }
 
 /// The actor-critic network: a shared two-layer ReLU encoder and two heads.
@@ -362,6 +390,23 @@ impl Config {
                             "agent names must be non-empty and unique",
                         ));
                     }
+                }
+                for (i, a) in self.env.agents.iter().enumerate() {
+                    if !(a.cost.is_finite() && a.cost >= 0.0) {
+                        return Err(bad(
+                            &format!("env.agents[{i}].cost"),
+                            a.cost,
+                            "must be a finite number >= 0",
+                        ));
+                    }
+                }
+                let [lo, hi] = self.env.cost_weight_range;
+                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                    return Err(bad(
+                        "env.cost_weight_range",
+                        format!("[{lo}, {hi}]"),
+                        "must be [lo, hi] with lo <= hi, both finite",
+                    ));
                 }
                 if self.env.reward == RewardModel::Cosine {
                     for (i, a) in self.env.agents.iter().enumerate() {

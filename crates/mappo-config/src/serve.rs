@@ -39,6 +39,10 @@ pub struct ServeConfig {
     pub reward_min: f64,
     /// Largest reward accepted by `/v1/feedback` (larger → 422). Default 1.
     pub reward_max: f64,
+    /// Cost weight λ given to a cost-aware router (agents with a `cost`; see
+    /// `env.cost_weight_range`) when a request names none (`"cost_weight"` in `/v1/route`).
+    /// 0 = quality only. `mappo calibrate` finds the λ that meets a budget. Default 0.
+    pub cost_weight: f64,
 }
 
 impl Default for ServeConfig {
@@ -54,6 +58,7 @@ impl Default for ServeConfig {
             log_text: false,
             reward_min: -1.0,
             reward_max: 1.0,
+            cost_weight: 0.0,
         }
     }
 }
@@ -88,6 +93,9 @@ impl ServeConfig {
             if !v.is_finite() {
                 return Err(bad(key, &v, "must be a finite number"));
             }
+        }
+        if !self.cost_weight.is_finite() {
+            return Err(bad("cost_weight", &self.cost_weight, "must be a finite number"));
         }
         if self.reward_min > self.reward_max {
             return Err(bad("reward_min", &self.reward_min, "must be at most serve.reward_max"));

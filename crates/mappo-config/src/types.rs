@@ -85,14 +85,18 @@ pub enum RewardModel {
     Label,
     /// `cosine`: cosine between the prompt's and the agent description's embeddings.
     Cosine,
+    /// `outcome`: the chosen agent's known reward from the corpus row's `outcomes`
+    /// (`{"agent": reward, ...}`, every agent's, as benchmark tables give them).
+    Outcome,
 }
 
 impl RewardModel {
-    /// The config string: `label` or `cosine`.
+    /// The config string: `label`, `cosine` or `outcome`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Label => "label",
             Self::Cosine => "cosine",
+            Self::Outcome => "outcome",
         }
     }
 }
@@ -110,7 +114,8 @@ impl FromStr for RewardModel {
         match s {
             "label" => Ok(Self::Label),
             "cosine" => Ok(Self::Cosine),
-            _ => Err(ParseValueError { value: s.into(), expected: "`label`, `cosine`" }),
+            "outcome" => Ok(Self::Outcome),
+            _ => Err(ParseValueError { value: s.into(), expected: "`label`, `cosine`, `outcome`" }),
         }
     }
 }

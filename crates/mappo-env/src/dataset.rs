@@ -24,6 +24,16 @@ pub struct DatasetEnv {
     current: Vec<u32>,
     device: Device,
     kind: String,
+    costs: Option<CostTerm>,
+}
+
+/// The cost term of a cost-aware dataset env (see [`DatasetEnv::with_costs`]).
+#[derive(Debug)]
+struct CostTerm {
+    costs: Vec<f32>,
+    lo: f32,
+    hi: f32,
+    lambdas: Vec<f32>,
 }
 
 impl DatasetEnv {
@@ -58,7 +68,37 @@ impl DatasetEnv {
             current: Vec::new(),
             device: device.clone(),
             kind: mappo_config::EnvKind::Text.as_str().to_string(),
+            costs: None,
         })
+    }
+
+    /// Makes the env cost-aware: at every reset each row gets a cost weight λ drawn uniformly
+    /// from `[lo, hi]` (from the reset's RNG), appended to its observation as one more column,
+    /// and the reward of action `a` becomes `expected − λ·costs[a]`. This is how one policy
+    /// learns every trade-off between quality and cost at once (λ is an input, not a constant).
+    pub fn with_costs(mut self, costs: Vec<f32>, lo: f32, hi: f32) -> Result<Self, EnvError> {
+        if costs.len() != self.num_actions || !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Err(EnvError::Setup(format!(
+                "{} costs for {} actions, λ range [{lo}, {hi}]",
+                costs.len(),
+                self.num_actions
+            )));
+        }
+        self.costs = Some(CostTerm { costs, lo, hi, lambdas: Vec::new() });
+        Ok(self)
+    }
+
+    /// The cost weight λ of each row of the current batch (empty unless cost-aware).
+    pub fn cost_weights(&self) -> &[f32] {
+        self.costs.as_ref().map_or(&[], |c| &c.lambdas)
+    }
+
+    fn reward(&self, k: usize, row: u32, action: usize) -> f32 {
+        let q = self.expected[row as usize * self.num_actions + action];
+        match &self.costs {
+            Some(c) => q - c.lambdas.get(k).copied().unwrap_or(0.0) * c.costs[action],
+            None => q,
+        }
     }
 
     /// Sets the kind recorded in checkpoints ([`Env::kind`]; default `text`, the text env's),
@@ -93,25 +133,38 @@ impl Env for DatasetEnv {
     }
 
     fn spec(&self) -> EnvSpec {
-        EnvSpec { obs_dim: self.obs.dims()[1], num_actions: self.num_actions, num_envs: self.num_envs }
+        let extra = usize::from(self.costs.is_some());
+        EnvSpec {
+            obs_dim: self.obs.dims()[1] + extra,
+            num_actions: self.num_actions,
+            num_envs: self.num_envs,
+        }
     }
 
     fn device(&self) -> &Device {
         &self.device
     }
 
-    fn reset(&mut self, _rng: &mut Rng) -> Result<Tensor, EnvError> {
+    fn reset(&mut self, rng: &mut Rng) -> Result<Tensor, EnvError> {
         self.current = (0..self.num_envs).map(|_| self.next_row()).collect();
         let idx = Tensor::from_slice(&self.current, self.num_envs, &self.device)?;
-        Ok(self.obs.index_select(&idx, 0)?)
+        let obs = self.obs.index_select(&idx, 0)?;
+        match self.costs.as_mut() {
+            None => Ok(obs),
+            Some(c) => {
+                c.lambdas = (0..self.num_envs).map(|_| c.lo + (c.hi - c.lo) * rng.uniform() as f32).collect();
+                let col = Tensor::from_slice(&c.lambdas, (self.num_envs, 1), &self.device)?;
+                Ok(Tensor::cat(&[&obs, &col], 1)?)
+            }
+        }
     }
 
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError> {
         check_actions(!self.current.is_empty(), actions, self.num_envs, self.num_actions)?;
         let mut reward = Vec::with_capacity(self.num_envs);
-        for (&a, &i) in actions.iter().zip(&self.current) {
+        for (k, (&a, &i)) in actions.iter().zip(&self.current).enumerate() {
             let noise = if self.noise > 0.0 { self.noise * rng.normal() as f32 } else { 0.0 };
-            reward.push(self.expected[i as usize * self.num_actions + a as usize] + noise);
+            reward.push(self.reward(k, i, a as usize) + noise);
         }
         self.current.clear();
         Ok(Step::all_done(reward))
@@ -137,7 +190,8 @@ impl KnownRewards for DatasetEnv {
         let a = self.num_actions;
         self.current
             .iter()
-            .flat_map(|&i| self.expected[i as usize * a..(i as usize + 1) * a].iter().copied())
+            .enumerate()
+            .flat_map(|(k, &i)| (0..a).map(move |j| self.reward(k, i, j)))
             .collect()
     }
 }
@@ -176,6 +230,43 @@ mod tests {
         let o = resumed.reset(&mut rng).expect("reset");
         let rows: Vec<f32> = o.flatten_all().and_then(|t| t.to_vec1()).expect("host");
         assert_eq!(rows, seen[8..12]);
+    }
+
+    #[test]
+    fn a_cost_aware_env_appends_lambda_and_charges_it() {
+        // Action 1 is better by 0.5 but costs 0.9 more (normalised): worth it iff λ < 0.5 / 0.9.
+        let mut env = DatasetEnv::new(&[0.0, 1.0], 1, vec![0.5, 1.0, 0.5, 1.0], 2, 64, 0.0, 3, &Device::Cpu)
+            .expect("env")
+            .with_costs(vec![0.1, 1.0], 0.0, 1.0)
+            .expect("costs");
+        assert_eq!(env.spec().obs_dim, 2);
+        let mut rng = Rng::new(5);
+        let o = env.reset(&mut rng).expect("reset");
+        assert_eq!(o.dims(), &[64, 2]);
+        let rows: Vec<Vec<f32>> = o.to_vec2().expect("host");
+        let lambdas = env.cost_weights().to_vec();
+        assert!(lambdas.iter().all(|l| (0.0..=1.0).contains(l)));
+        assert!(lambdas.iter().any(|&l| l < 0.5) && lambdas.iter().any(|&l| l > 0.5), "{lambdas:?}");
+        for (r, l) in rows.iter().zip(&lambdas) {
+            assert_eq!(r[1], *l, "λ is the last column");
+        }
+        let exp = env.expected_rewards();
+        let oracle = env.oracle_actions();
+        for (k, l) in lambdas.iter().enumerate() {
+            assert!((exp[2 * k] - (0.5 - 0.1 * l)).abs() < 1e-6);
+            assert!((exp[2 * k + 1] - (1.0 - l)).abs() < 1e-6);
+            assert_eq!(oracle[k], u32::from(*l < 0.5 / 0.9), "λ {l}");
+        }
+        let s = env.step(&vec![1; 64], &mut rng).expect("step");
+        for (r, l) in s.reward.iter().zip(&lambdas) {
+            assert!((r - (1.0 - l)).abs() < 1e-6);
+        }
+        assert!(
+            DatasetEnv::new(&[0.0], 1, vec![0.0, 1.0], 2, 1, 0.0, 3, &Device::Cpu)
+                .expect("env")
+                .with_costs(vec![1.0], 0.0, 1.0)
+                .is_err()
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@ use mappo_env::load_corpus;
 use proptest::prelude::*;
 
 fn agents() -> Vec<AgentSpec> {
-    ["code", "math"].iter().map(|n| AgentSpec { name: n.to_string(), description: String::new() }).collect()
+    ["code", "math"]
+        .iter()
+        .map(|n| AgentSpec { name: n.to_string(), description: String::new(), cost: 0.0 })
+        .collect()
 }
 
 fn line() -> impl Strategy<Value = String> {

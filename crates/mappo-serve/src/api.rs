@@ -38,6 +38,9 @@ pub struct RouteRequest {
     /// greedy (such decisions are not used for learning). Default false.
     #[serde(default)]
     pub greedy: bool,
+    /// Cost weight λ for a cost-aware policy (agents with a `cost`): higher = cheaper agents
+    /// (`mappo calibrate` finds the λ of a budget). Default `serve.cost_weight`.
+    pub cost_weight: Option<f64>,
 }
 
 /// One routing decision.
@@ -262,7 +265,14 @@ pub(crate) async fn route(
         ));
     }
     let logged_texts = st.cfg.log_text.then(|| texts.clone());
-    let routed = st.engine.route(texts, req.greedy).await.map_err(|e| match e {
+    let cost_weight = req.cost_weight.unwrap_or(st.cfg.cost_weight);
+    if !cost_weight.is_finite() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`cost_weight` must be a finite number, got {cost_weight}"),
+        ));
+    }
+    let routed = st.engine.route_at(texts, req.greedy, cost_weight).await.map_err(|e| match e {
         EngineError::Overloaded | EngineError::Stopped => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }

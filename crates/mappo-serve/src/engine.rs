@@ -65,6 +65,7 @@ pub(crate) enum EngineError {
 struct Job {
     texts: Vec<String>,
     greedy: bool,
+    cost_weight: f32,
     reply: oneshot::Sender<Result<Routed, EngineError>>,
 }
 
@@ -112,11 +113,22 @@ impl Engine {
         Ok(Self { tx: Some(tx), pending, version, thread: Some(thread) })
     }
 
-    /// Routes `texts` (one job, answered together).
+    /// Routes `texts` (one job, answered together) at cost weight 0.
+    #[cfg(test)]
     pub async fn route(&self, texts: Vec<String>, greedy: bool) -> Result<Routed, EngineError> {
+        self.route_at(texts, greedy, 0.0).await
+    }
+
+    /// Routes `texts` at cost weight `cost_weight` (the λ input of a cost-aware policy).
+    pub async fn route_at(
+        &self,
+        texts: Vec<String>,
+        greedy: bool,
+        cost_weight: f64,
+    ) -> Result<Routed, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        tx.try_send(Job { texts, greedy, reply }).map_err(|e| match e {
+        tx.try_send(Job { texts, greedy, cost_weight: cost_weight as f32, reply }).map_err(|e| match e {
             TrySendError::Full(_) => EngineError::Overloaded,
             TrySendError::Disconnected(_) => EngineError::Stopped,
         })?;
@@ -216,8 +228,13 @@ impl Worker {
         let n = texts.len();
         let scored = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, EngineError> {
             let emb = self.embedder.embed(&texts).map_err(|e| EngineError::Model(e.to_string()))?;
-            let probs =
-                self.policy.model.probabilities(&emb, n).map_err(|e| EngineError::Model(e.to_string()))?;
+            let weights: Vec<f32> =
+                batch.iter().flat_map(|j| std::iter::repeat_n(j.cost_weight, j.texts.len())).collect();
+            let probs = self
+                .policy
+                .model
+                .probabilities_at(&emb, n, &weights)
+                .map_err(|e| EngineError::Model(e.to_string()))?;
             if probs.len() != n || emb.len() != n * self.embedder.dim() {
                 return Err(EngineError::Model("the model returned the wrong number of rows".into()));
             }

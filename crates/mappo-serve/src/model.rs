@@ -44,6 +44,17 @@ pub trait PolicyModel: Send + 'static {
     fn agents(&self) -> &[String];
     /// π(agent | embedding) for each of the `rows` row-major embeddings.
     fn probabilities(&self, embeddings: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// π(agent | embedding, λ) with each row's cost weight λ (`cost_weights`, one per row): a
+    /// cost-aware policy (agents with costs) takes λ as an input; others ignore it (default).
+    fn probabilities_at(
+        &self,
+        embeddings: &[f32],
+        rows: usize,
+        cost_weights: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _ = cost_weights;
+        self.probabilities(embeddings, rows)
+    }
 }
 
 /// Builds embedders and policies from checkpoint bytes (as stored in the decision log's policy
@@ -116,6 +127,7 @@ struct MlpPolicy {
     net: ActorCritic,
     agents: Vec<String>,
     device: Device,
+    cost_input: bool,
 }
 
 impl PolicyModel for MlpPolicy {
@@ -124,11 +136,27 @@ impl PolicyModel for MlpPolicy {
     }
 
     fn probabilities(&self, embeddings: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.probabilities_at(embeddings, rows, &vec![0.0; rows])
+    }
+
+    fn probabilities_at(
+        &self,
+        embeddings: &[f32],
+        rows: usize,
+        cost_weights: &[f32],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         if rows == 0 {
             return Ok(Vec::new());
         }
         let dim = embeddings.len() / rows;
-        let x = Tensor::from_slice(embeddings, (rows, dim), &self.device)?;
+        let mut x = Tensor::from_slice(embeddings, (rows, dim), &self.device)?;
+        if self.cost_input {
+            if cost_weights.len() != rows {
+                return Err(ModelError(format!("{} cost weights for {rows} rows", cost_weights.len())));
+            }
+            let col = Tensor::from_slice(cost_weights, (rows, 1), &self.device)?;
+            x = Tensor::cat(&[&x, &col], 1)?;
+        }
         let logits = self.net.forward(&x).map_err(|e| ModelError(e.to_string()))?.logits;
         Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?)
     }
@@ -148,7 +176,8 @@ impl ModelLoader for CandleLoader {
         let (ckpt, _f) = self.parse(checkpoint)?;
         let net = ckpt.policy(embed_dim, &self.device)?;
         let agents = ckpt.config.env.agents.iter().map(|a| a.name.clone()).collect();
-        Ok(Box::new(MlpPolicy { net, agents, device: self.device.clone() }))
+        let cost_input = ckpt.config.env.cost_input();
+        Ok(Box::new(MlpPolicy { net, agents, device: self.device.clone(), cost_input }))
     }
 
     fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {
@@ -161,6 +190,7 @@ impl ModelLoader for CandleLoader {
         // the embedder itself checks when it loads.
         let dim = embedding_dim(&self.model_dir_for(cfg))?;
         let mut rng = Rng::derived(cfg.train.seed, "init");
+        let dim = dim + usize::from(cfg.env.cost_input());
         let net = ActorCritic::new(dim, cfg.env.agents.len(), &cfg.model, &mut rng, &self.device)
             .map_err(|e| ModelError(e.to_string()))?;
         let mut tensors = std::collections::HashMap::new();

@@ -201,9 +201,12 @@ impl Checkpoint {
     }
 
     /// Rebuilds the [`ActorCritic`] stored in the checkpoint (its shape comes
-    /// from the checkpoint's own config) for observations of width `obs_dim`.
+    /// from the checkpoint's own config) for observations of width `obs_dim`. A cost-aware
+    /// text router ([`mappo_config::EnvConfig::cost_input`]) takes one more input, the cost
+    /// weight λ after the `obs_dim` embedding columns: its network is built `obs_dim + 1` wide.
     pub fn policy(&self, obs_dim: usize, device: &Device) -> Result<ActorCritic, TrainError> {
         let cfg = &self.config;
+        let obs_dim = obs_dim + usize::from(cfg.env.cost_input());
         let policy = ActorCritic::new(obs_dim, cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
         self.load_weights_into(&policy)?;
         Ok(policy)

@@ -25,6 +25,7 @@ mod checkpoint;
 mod error;
 mod eval;
 mod loss;
+mod routing;
 mod run;
 mod setup;
 #[cfg(feature = "text")]
@@ -43,8 +44,15 @@ pub use eval::{EvalReport, GreedyEvaluator, evaluate_checkpoint_synthetic, greed
 pub use loss::LossStats;
 #[cfg(feature = "text")]
 pub use mappo_env::text::EmbedProgress;
+pub use routing::{
+    CurvePoint, CurveSummary, OutcomeTable, RidgeRouter, SingleAgent, area, choose_by_scores, cpt, pgr_curve,
+    score_sweep,
+};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{SyntheticSetup, select_device};
 #[cfg(feature = "text")]
-pub use text::{AgentScore, CorpusReport, Routed, Router, TextSetup, evaluate_corpus};
+pub use text::{
+    AgentScore, BaselineReport, Budget, Calibration, CorpusEvalOptions, CorpusReport, Routed, Router,
+    RoutingReport, TextSetup, calibrate, evaluate_corpus, evaluate_corpus_with,
+};
 pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics, explained_variance};

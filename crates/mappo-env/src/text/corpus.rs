@@ -1,4 +1,5 @@
-//! Corpora: JSON lines `{"text": "...", "label": "<agent>"}`.
+//! Corpora: JSON lines `{"text": "...", "label": "<agent>"}`, optionally with every agent's
+//! known reward, `"outcomes": {"<agent>": reward, ...}` (outcome corpora).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -16,6 +17,9 @@ pub struct Prompt {
     pub text: String,
     /// Index of its labelled agent, if labelled.
     pub label: Option<usize>,
+    /// The known reward of each agent (in agent order) from the row's `outcomes`; `None` for
+    /// an agent the row gives none for, and an empty vector for a row without `outcomes`.
+    pub outcomes: Vec<Option<f32>>,
 }
 
 /// Reads JSON lines: one object per non-blank line, with its 1-based line number. A UTF-8
@@ -45,8 +49,9 @@ pub fn json_lines(
 }
 
 /// Reads a JSON-lines corpus: one `{"text": "...", "label": "<agent>"}` per
-/// line (`label` optional; blank lines and a leading byte-order mark skipped).
-/// Errors name the file and line.
+/// line (`label` optional; blank lines and a leading byte-order mark skipped), optionally with
+/// `"outcomes": {"<agent>": number, ...}` (names of agents not configured are ignored, so a
+/// table of many models can serve a router over some of them). Errors name the file and line.
 pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, EnvError> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| EnvError::Corpus {
@@ -72,7 +77,24 @@ pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, Env
             })?),
             Some(_) => return Err(err("`label` must be a string".into())),
         };
-        out.push(Prompt { text, label });
+        let outcomes = match obj.get("outcomes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(o)) => {
+                let mut v = vec![None; agents.len()];
+                for (name, r) in o {
+                    let Some(&i) = index.get(name.as_str()) else { continue };
+                    match r.as_f64().filter(|x| x.is_finite()) {
+                        Some(x) => v[i] = Some(x as f32),
+                        None => {
+                            return Err(err(format!("outcome of `{name}` must be a finite number, got {r}")));
+                        }
+                    }
+                }
+                v
+            }
+            Some(_) => return Err(err("`outcomes` must be an object {\"agent\": reward, ...}".into())),
+        };
+        out.push(Prompt { text, label, outcomes });
     }
     if out.is_empty() {
         return Err(EnvError::Corpus {
@@ -91,7 +113,7 @@ mod tests {
     fn agents() -> Vec<AgentSpec> {
         ["code", "math"]
             .iter()
-            .map(|n| AgentSpec { name: n.to_string(), description: String::new() })
+            .map(|n| AgentSpec { name: n.to_string(), description: String::new(), cost: 0.0 })
             .collect()
     }
 
@@ -109,7 +131,7 @@ mod tests {
         let c = load_corpus(f.path(), &agents()).expect("corpus");
         assert_eq!(c.len(), 3);
         assert_eq!(c[0].label, Some(0));
-        assert_eq!(c[1], Prompt { text: String::new(), label: None });
+        assert_eq!(c[1], Prompt { text: String::new(), label: None, outcomes: Vec::new() });
         for (body, needle, line) in [
             ("{\"text\": \"a\"}\nnot json\n", "not valid JSON", 2),
             ("{\"label\": \"code\"}\n", "missing `text`", 1),
@@ -130,12 +152,33 @@ mod tests {
     fn a_byte_order_mark_is_skipped_on_the_first_line_only() {
         let f = write("\u{feff}{\"text\": \"fix my loop\", \"label\": \"code\"}\n{\"text\": \"2+2\"}\n");
         let c = load_corpus(f.path(), &agents()).expect("a corpus with a BOM loads");
-        assert_eq!(c[0], Prompt { text: "fix my loop".into(), label: Some(0) });
+        assert_eq!(c[0], Prompt { text: "fix my loop".into(), label: Some(0), outcomes: Vec::new() });
         assert_eq!(c.len(), 2);
         // A BOM in the middle of the file is not a line start marker: it is an error there.
         let f = write("{\"text\": \"a\"}\n\u{feff}{\"text\": \"b\"}\n");
         let e = load_corpus(f.path(), &agents()).expect_err("BOM on line 2").to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn outcomes_are_read_per_agent() {
+        let f = write(
+            "{\"text\": \"a\", \"outcomes\": {\"math\": 1, \"code\": 0.5, \"gpt-5\": 1}}\n{\"text\": \"b\", \"outcomes\": {\"code\": 0}}\n",
+        );
+        let c = load_corpus(f.path(), &agents()).expect("corpus");
+        assert_eq!(c[0].outcomes, vec![Some(0.5), Some(1.0)], "agent order, unknown names ignored");
+        assert_eq!(c[1].outcomes, vec![Some(0.0), None]);
+        for (body, needle) in [
+            ("{\"text\": \"a\", \"outcomes\": [1, 0]}\n", "`outcomes` must be an object"),
+            (
+                "{\"text\": \"a\", \"outcomes\": {\"code\": \"yes\"}}\n",
+                "outcome of `code` must be a finite number",
+            ),
+        ] {
+            let f = write(body);
+            let e = load_corpus(f.path(), &agents()).expect_err(body).to_string();
+            assert!(e.contains(needle) && e.contains("line 1"), "{e}");
+        }
     }
 
     #[test]

@@ -58,16 +58,19 @@ pub struct EmbeddedCorpus {
 
 impl EmbeddedCorpus {
     /// A [`DatasetEnv`] over this corpus: `num_envs` prompts per batch, Gaussian reward noise
-    /// of standard deviation `noise`, passes shuffled from `seed`.
+    /// of standard deviation `noise`, passes shuffled from `seed`. Cost-aware when `env` is
+    /// ([`EnvConfig::cost_input`]): λ drawn per prompt from `env.cost_weight_range`, appended
+    /// to the observation, and the reward `quality − λ·normalised cost`.
     pub fn env(
         &self,
+        cfg: &EnvConfig,
         num_envs: usize,
         noise: f64,
         seed: u64,
         device: &Device,
     ) -> Result<DatasetEnv, EnvError> {
         let num_actions = self.expected.len() / self.prompts.len().max(1);
-        DatasetEnv::new(
+        let env = DatasetEnv::new(
             &self.embeddings,
             self.dim,
             self.expected.clone(),
@@ -76,7 +79,14 @@ impl EmbeddedCorpus {
             noise,
             seed,
             device,
-        )
+        )?;
+        if cfg.cost_input() {
+            let costs = cfg.normalized_costs().into_iter().map(|c| c as f32).collect();
+            let [lo, hi] = cfg.cost_weight_range;
+            env.with_costs(costs, lo as f32, hi as f32)
+        } else {
+            Ok(env)
+        }
     }
 }
 
@@ -116,7 +126,11 @@ pub fn embed_corpus(
 /// The expected reward `[n, agents]` of every (prompt, agent) under the config's reward
 /// model (`env.reward`):
 /// - `label`: 1 for the prompt's labelled agent, 0 for the others; every prompt needs a label;
-/// - `cosine`: the dot product of the prompt's and the agent description's unit embeddings.
+/// - `cosine`: the dot product of the prompt's and the agent description's unit embeddings;
+/// - `outcome`: the row's `outcomes` (every prompt needs one for every agent).
+///
+/// These are the *quality* of each choice; the cost term of a cost-aware router is applied by
+/// the environment ([`DatasetEnv::with_costs`]), since λ varies per prompt.
 ///
 /// `embeddings` are the prompts' rows (`[n, dim]`); `path` names the corpus in errors.
 pub fn expected_rewards(
@@ -145,7 +159,39 @@ pub fn expected_rewards(
             }
             Ok(label_rewards(prompts, env.agents.len()))
         }
+        RewardModel::Outcome => outcome_rewards(prompts, &env.agents, path),
     }
+}
+
+/// Expected rewards `[n, agents]` of the outcome model: every row's `outcomes`, in agent order.
+/// A row without an agent's outcome is an error naming the row and the agent.
+pub fn outcome_rewards(
+    prompts: &[Prompt],
+    agents: &[mappo_config::AgentSpec],
+    path: &Path,
+) -> Result<Vec<f32>, EnvError> {
+    let mut r = Vec::with_capacity(prompts.len() * agents.len());
+    for (i, p) in prompts.iter().enumerate() {
+        for (k, a) in agents.iter().enumerate() {
+            match p.outcomes.get(k).copied().flatten() {
+                Some(v) => r.push(v),
+                None => {
+                    return Err(EnvError::Corpus {
+                        path: path.display().to_string(),
+                        line: None,
+                        problem: format!(
+                            "prompt {} has no outcome for agent `{}`, which the `outcome` reward needs \
+                             (every row needs \"outcomes\": {{\"{}\": reward, ...}} for every agent)",
+                            i + 1,
+                            a.name,
+                            a.name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// Expected rewards `[n, agents]` of the label model: 1 for the labelled
@@ -178,10 +224,20 @@ mod tests {
 
     #[test]
     fn reward_models() {
-        let p = vec![Prompt { text: "a".into(), label: Some(1) }, Prompt { text: "b".into(), label: None }];
+        let p = vec![
+            Prompt { text: "a".into(), label: Some(1), outcomes: vec![Some(0.5), Some(1.0), Some(0.0)] },
+            Prompt { text: "b".into(), label: None, outcomes: vec![Some(1.0), None, Some(0.0)] },
+        ];
         assert_eq!(label_rewards(&p, 3), vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         let r = cosine_rewards(&[1.0, 0.0, 0.6, 0.8], &[0.0, 1.0, 1.0, 0.0], 2);
         assert_eq!(r, vec![0.0, 1.0, 0.8, 0.6]);
+        let agents: Vec<mappo_config::AgentSpec> = ["x", "y", "z"]
+            .iter()
+            .map(|n| mappo_config::AgentSpec { name: n.to_string(), ..Default::default() })
+            .collect();
+        assert_eq!(outcome_rewards(&p[..1], &agents, Path::new("c.jsonl")).expect("ok"), vec![0.5, 1.0, 0.0]);
+        let e = outcome_rewards(&p, &agents, Path::new("c.jsonl")).expect_err("missing").to_string();
+        assert!(e.contains("prompt 2") && e.contains("`y`") && e.contains("c.jsonl"), "{e}");
     }
 
     #[test]
