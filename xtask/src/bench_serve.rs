@@ -116,7 +116,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut cmd = Command::new(&mappo);
     cmd.args(["serve", "--quiet", "--checkpoint"]).arg(&checkpoint);
     cmd.arg("--db").arg(format!("sqlite:{}", db.display()));
-    cmd.args(["--addr", &format!("127.0.0.1:{port}")]).arg("--model-dir").arg(&model_dir);
+    cmd.args(["--addr", &format!("127.0.0.1:{port}")]).env(mappo_embed::MODEL_DIR_ENV, &model_dir);
     for s in &a.set {
         cmd.args(["--set", s]);
     }
