@@ -56,6 +56,18 @@ fn crates_depend_only_downwards() {
     for k in ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log"] {
         assert!(!internal(k).contains(&"mappo-serve".to_string()), "{k} must not depend on the service");
     }
+    // The learner sits above mappo-train and the log, beside the service (it knows no HTTP).
+    let learn = internal("mappo-learn");
+    for k in ["mappo-log", "mappo-train"] {
+        assert!(learn.contains(&k.to_string()), "mappo-learn uses {k}: {learn:?}");
+    }
+    assert!(!learn.contains(&"mappo-serve".to_string()), "the learner does not depend on the service");
+    assert!(!deps("mappo-learn").iter().any(|d| ["axum", "reqwest", "tower-http"].contains(&d.as_str())));
+    for k in
+        ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log", "mappo-serve"]
+    {
+        assert!(!internal(k).contains(&"mappo-learn".to_string()), "{k} must not depend on the learner");
+    }
     for k in [
         "mappo-config",
         "mappo-embed",
@@ -65,6 +77,7 @@ fn crates_depend_only_downwards() {
         "mappo-train",
         "mappo-log",
         "mappo-serve",
+        "mappo-learn",
     ] {
         assert!(!deps(k).contains(&"anyhow".to_string()), "{k} is a library: typed errors, no anyhow");
     }
