@@ -147,15 +147,6 @@ struct Summary {
     seconds: f64,
 }
 
-fn add(into: &mut EventCounts, c: &EventCounts) {
-    into.consumed += c.consumed;
-    into.learned += c.learned;
-    into.defaulted += c.defaulted;
-    into.not_sampled += c.not_sampled;
-    into.skipped_missing += c.skipped_missing;
-    into.skipped_bad += c.skipped_bad;
-}
-
 pub fn learn(a: LearnArgs) -> Result<i32> {
     let cfg = Config::load(a.config.as_deref(), &a.set)?;
     match &a.log_file {
@@ -196,7 +187,7 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
                     s.rounds += 1;
                     s.updates += r.updates;
                     s.total_updates = r.total_updates;
-                    add(&mut s.events, &r.counts);
+                    s.events.add(&r.counts);
                     s.published.extend(r.published);
                     if let Some(v) = r.adopted {
                         tracing::info!("learning on policy version {v}");
@@ -282,7 +273,7 @@ fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
         }
         i = next;
         let m = update_trainer(&mut trainer, &b)?;
-        add(&mut s.events, &b.counts);
+        s.events.add(&b.counts);
         s.updates += 1;
         tracing::info!(
             "update {}: {} events learned, mean reward {:.4}, approx_kl {:.4}",

@@ -216,10 +216,12 @@ fn sigkill_under_load(db: &str) {
     assert!(lost_rewards.is_empty(), "{} of {} acknowledged rewards lost", lost_rewards.len(), rewards.len());
 }
 
-/// Two checkpoint files of one short training run on the prompts corpus (different weights).
-fn two_checkpoints(dir: &Path) -> (String, String) {
+/// The checkpoints of a short training run on the prompts corpus (`updates` updates, one
+/// checkpoint every 2), in update order.
+fn train_checkpoints(dir: &Path, updates: u32, seed: u32) -> Vec<String> {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
-    let run = dir.join("run");
+    let run = dir.join(format!("run-{seed}"));
+    let (total, seed) = (format!("train.total_updates={updates}"), format!("train.seed={seed}"));
     let o = common::mappo(&[
         "train",
         "--config",
@@ -227,17 +229,30 @@ fn two_checkpoints(dir: &Path) -> (String, String) {
         "--out",
         s(&run),
         "--set",
-        "train.total_updates=4",
+        &total,
         "--set",
         "train.save_interval=2",
         "--set",
         "train.eval_interval=0",
+        "--set",
+        &seed,
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let ck = |n: u32| run.join(format!("checkpoints/update-{n:07}.safetensors"));
-    let (a, b) = (ck(2), ck(4));
-    assert!(a.is_file() && b.is_file(), "{a:?} {b:?}");
-    (s(&a).to_string(), s(&b).to_string())
+    (1..=updates / 2)
+        .map(|k| {
+            let c = run.join(format!("checkpoints/update-{:07}.safetensors", 2 * k));
+            assert!(c.is_file(), "{c:?}");
+            s(&c).to_string()
+        })
+        .collect()
+}
+
+/// Two checkpoint files of one short training run (different weights).
+fn two_checkpoints(dir: &Path) -> (String, String) {
+    let mut c = train_checkpoints(dir, 4, 42);
+    let b = c.pop().expect("update 4");
+    let a = c.pop().expect("update 2");
+    (a, b)
 }
 
 fn publish(db: &str, checkpoint: &str) -> i64 {
@@ -272,29 +287,7 @@ fn a_checkpoint_given_is_served_even_when_newer_versions_exist_and_later_ones_ar
     assert_eq!(route_version(&addr), (200, Some(1)));
     // A version published after the start is followed.
     // Republishing a known checkpoint gives its old version: train a third one instead.
-    let (_, c) = {
-        let d = tmp.path().join("second");
-        std::fs::create_dir_all(&d).expect("dir");
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
-        let run = d.join("run");
-        let o = common::mappo(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--out",
-            s(&run),
-            "--set",
-            "train.total_updates=2",
-            "--set",
-            "train.save_interval=2",
-            "--set",
-            "train.eval_interval=0",
-            "--set",
-            "train.seed=9",
-        ]);
-        assert!(o.status.success(), "{}", common::stderr(&o));
-        ((), s(&run.join("checkpoints/update-0000002.safetensors")).to_string())
-    };
+    let c = train_checkpoints(&tmp.path().join("second"), 2, 9).remove(0);
     assert_eq!(publish(&db, &c), 3);
     let t = Instant::now();
     loop {

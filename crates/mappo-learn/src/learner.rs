@@ -126,7 +126,8 @@ pub struct EventCounts {
 }
 
 impl EventCounts {
-    fn add(&mut self, o: &EventCounts) {
+    /// Adds another batch's counts to these.
+    pub fn add(&mut self, o: &EventCounts) {
         self.consumed += o.consumed;
         self.learned += o.learned;
         self.defaulted += o.defaulted;
