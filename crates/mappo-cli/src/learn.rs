@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_config::Config;
-use mappo_learn::LoggedEvent;
 use mappo_learn::gate::{GateConfig, GateDecision, gate};
 use mappo_learn::learner::{
-    Candidate, EventCounts, Learner, PublishGate, read_export_jsonl, take_batch, trainer_from_checkpoint,
+    Candidate, EventCounts, LearnEvent, Learner, PublishGate, take_batch, trainer_from_checkpoint,
     update_trainer,
 };
 use mappo_learn::ope::Candidate as OpePolicy;
+use mappo_learn::{LoggedEvent, read_export_jsonl};
 use mappo_log::{DecisionKind, DecisionLog, EventQuery, Timestamp, Watermark};
 use mappo_train::{Checkpoint, UpdateMetrics, checkpoint_name};
 use serde::Serialize;
@@ -257,8 +257,12 @@ fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
         )
     };
     let t0 = Instant::now();
-    let events = read_export_jsonl(file)?;
+    let mut logged = read_export_jsonl(file)?;
     let ckpt = Checkpoint::open(start, &Device::Cpu)?;
+    // Rows with a text but no embedding (a foreign log) are embedded with the checkpoint's
+    // embedder, as `mappo ope` does.
+    crate::ope::embed_missing(&mut logged, &ckpt, &Device::Cpu)?;
+    let events: Vec<LearnEvent> = logged.iter().map(LearnEvent::from_logged).collect();
     let obs_dim = ckpt.obs_dim()?;
     let mut trainer = trainer_from_checkpoint(&ckpt, &cfg, &Device::Cpu)?;
     let num_agents = mappo_nn::Policy::num_actions(trainer.policy());

@@ -1,6 +1,7 @@
 //! `mappo ope`: off-policy evaluation of a checkpoint on a decision log or an exported log.
 
 use anyhow::{Context, Result, bail};
+use candle_core::Device;
 use mappo_learn::ope::{Candidate, OpeOptions, OpeReport, evaluate};
 use mappo_learn::{LoggedEvent, embed_texts, read_export_jsonl};
 use mappo_log::{DecisionLog, EventQuery};
@@ -20,6 +21,22 @@ pub(crate) async fn db_events(log: &DecisionLog) -> Result<Vec<LoggedEvent>> {
         out.extend(page.into_iter().map(LoggedEvent::from));
     }
     Ok(out)
+}
+
+/// Embeds, with the checkpoint's embedder, the rows of a log that have a text but no embedding;
+/// returns the embedder's width when it ran.
+pub fn embed_missing(
+    events: &mut [LoggedEvent],
+    ckpt: &Checkpoint,
+    device: &Device,
+) -> Result<Option<usize>> {
+    if !events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
+        return Ok(None);
+    }
+    let embedder = mappo_env::text::load_embedder(&ckpt.config.env, device)?;
+    let n = embed_texts(events, &embedder)?;
+    tracing::info!("embedded {n} logged texts");
+    Ok(Some(embedder.dim()))
 }
 
 pub fn ope(a: OpeArgs) -> Result<()> {
@@ -42,15 +59,9 @@ pub fn ope(a: OpeArgs) -> Result<()> {
         (None, Some(path)) => read_export_jsonl(path)?,
         _ => bail!("give exactly one of --db URL and --log-file FILE.jsonl"),
     };
-    // Rows with a text but no embedding are embedded with the checkpoint's embedder.
-    let logged_dim = if events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
-        let embedder = mappo_env::text::load_embedder(&ckpt.config.env, &device)?;
-        let n = embed_texts(&mut events, &embedder)?;
-        tracing::info!("embedded {n} logged texts");
-        embedder.dim()
-    } else {
-        events.iter().find_map(|e| e.embedding.as_ref().map(Vec::len)).unwrap_or(384)
-    };
+    let logged_dim = embed_missing(&mut events, &ckpt, &device)?
+        .or_else(|| events.iter().find_map(|e| e.embedding.as_ref().map(Vec::len)))
+        .unwrap_or(384);
     let dim = Candidate::checkpoint_context_dim(&ckpt).unwrap_or(logged_dim);
     let mut candidate = Candidate::from_checkpoint(&ckpt, dim, &device)?.with_greedy(a.greedy);
     if let Some(m) = a.min_prob {

@@ -2,7 +2,7 @@
 //! quality–cost evaluation, calibration to a budget and routing at a cost weight.
 
 mod common;
-use common::{last_line, mappo, stderr, stdout, train};
+use common::{export, http, json, last_line, mappo, start_with, stderr, stdout, train};
 
 use std::path::Path;
 
@@ -106,6 +106,81 @@ fn a_cost_aware_router_is_evaluated_calibrated_and_routes_at_a_cost_weight() {
     assert!(share_at("0") >= share_at("0.6"), "π(large) falls as λ grows");
     let o = mappo(&["route", "--checkpoint", ck, "--cost-weight=inf", text]);
     assert!(!o.status.success() && stderr(&o).contains("--cost-weight"), "{}", stderr(&o));
+
+    served_learned_and_evaluated_at_logged_cost_weights(tmp.path(), ck, &corpus, text);
+}
+
+/// The same router served over HTTP: the per-request `cost_weight` is the policy's λ input and
+/// is logged with each decision; `mappo learn` and `mappo ope` then use the logged λ.
+fn served_learned_and_evaluated_at_logged_cost_weights(dir: &Path, ck: &str, corpus: &Path, text: &str) {
+    let db = format!("sqlite:{}", dir.join("serve.db").display());
+    let (mut child, addr) = start_with(&db, &["--checkpoint", ck, "--set", "serve.min_prob=0.05"]);
+    let large_at = |w: f64| {
+        let body = serde_json::json!({ "text": text, "cost_weight": w, "greedy": true }).to_string();
+        let (code, b) = http(&addr, "POST", "/v1/route", &body);
+        assert_eq!(code, 200, "{b}");
+        json(&b)["probabilities"][1].as_f64().expect("π(large)")
+    };
+    let (p0, p6) = (large_at(0.0), large_at(0.6));
+    assert!(p0 >= p6, "π(large) falls as the request's cost weight grows: {p0} at 0, {p6} at 0.6");
+    let (code, b) = http(&addr, "POST", "/v1/route", r#"{"text": "hi", "cost_weight": "cheap"}"#);
+    assert!((400..500).contains(&code), "{code}: {b}");
+
+    // Traffic at two budgets, rewarded with quality − λ·cost/max cost (costs 1 and 10).
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(corpus)
+        .expect("corpus")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    for (i, row) in rows.iter().chain(rows.iter()).enumerate() {
+        let w = if i % 2 == 0 { 0.0 } else { 0.6 };
+        let body = serde_json::json!({ "text": row["text"], "cost_weight": w }).to_string();
+        let (code, b) = http(&addr, "POST", "/v1/route", &body);
+        assert_eq!(code, 200, "{b}");
+        let d = json(&b);
+        let agent = d["agent"].as_str().expect("agent");
+        let cost = if agent == "large" { 1.0 } else { 0.1 };
+        let reward = row["outcomes"][agent].as_f64().expect("outcome") - w * cost;
+        let fb = serde_json::json!({ "decision_id": d["decision_id"], "reward": reward }).to_string();
+        let (code, b) = http(&addr, "POST", "/v1/feedback", &fb);
+        assert_eq!(code, 200, "{b}");
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let lines = export(&db);
+    assert_eq!(lines.len(), 2 * rows.len() + 2, "every decision is logged");
+    let at_six =
+        lines.iter().filter(|l| l["cost_weight"].as_f64().is_some_and(|w| (w - 0.6).abs() < 1e-6)).count();
+    assert_eq!(at_six, rows.len() + 1, "each decision carries its request's λ");
+    assert!(
+        lines.iter().all(|l| l["cost_weight"].is_number()),
+        "a cost-aware policy logs λ with every decision"
+    );
+
+    // The log trains the cost-aware router (λ appended to each embedding) ...
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = mappo(&[
+        "learn",
+        "--db",
+        &db,
+        "--set",
+        "learn.reward_wait_s=1",
+        "--set",
+        "learn.min_events=16",
+        "--set",
+        "train.batch_size=64",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    assert!(s["events"]["learned"].as_u64().is_some_and(|n| n as usize >= 2 * rows.len() - 16), "{s}");
+    assert_eq!(s["events"]["skipped_bad"], 0, "{s}");
+    // ... and evaluates it off-policy on the same contexts.
+    let o = mappo(&["ope", "--db", &db, "--checkpoint", ck, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    assert_eq!(v["n"].as_u64(), Some(2 * rows.len() as u64), "{v}");
+    assert!(v["dr"]["value"].as_f64().is_some_and(f64::is_finite), "{v}");
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! `mappo serve` as a user runs it: the real binary on a loopback port, routing,
 //! feedback, a clean SIGTERM, SIGKILL under load, and `mappo log export`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::{export, http, json, start_with};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -18,63 +19,6 @@ fn s(p: &Path) -> &str {
 fn start(db: &str) -> (Child, String) {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/prompts.toml");
     start_with(db, &["--config", s(&cfg)])
-}
-
-/// Starts `mappo serve --db DB --addr 127.0.0.1:0 ARGS...`; returns once it listens.
-fn start_with(db: &str, args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args(["serve", "--db", db, "--addr", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mappo serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            _ => panic!("serve ended before listening:\n{}", seen.join("\n")),
-        };
-        if let Some(a) = line.split("listening on http://").nth(1) {
-            break a.trim().to_string();
-        }
-        seen.push(line);
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
-/// One HTTP/1.1 request; returns the status and the body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-fn export(db: &str) -> Vec<serde_json::Value> {
-    let o = Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args(["log", "export", "--db", db])
-        .output()
-        .expect("export");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).lines().map(json).collect()
 }
 
 #[test]

@@ -43,6 +43,12 @@ pub struct ServeConfig {
     /// `env.cost_weight_range`) when a request names none (`"cost_weight"` in `/v1/route`).
     /// 0 = quality only. `mappo calibrate` finds the λ that meets a budget. Default 0.
     pub cost_weight: f64,
+    /// Shadow mode: a published policy version that also scores every request, so a candidate
+    /// can be watched on live traffic before it serves anyone. What it would have chosen (and
+    /// with what probability, floored like the served policy's) is logged with each decision
+    /// (`shadow` in `mappo log export`); it never acts. Its agents must be the served policy's.
+    /// 0 = none. Default 0.
+    pub shadow: i64,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +65,7 @@ impl Default for ServeConfig {
             reward_min: -1.0,
             reward_max: 1.0,
             cost_weight: 0.0,
+            shadow: 0,
         }
     }
 }
@@ -97,6 +104,13 @@ impl ServeConfig {
         if !self.cost_weight.is_finite() {
             return Err(bad("cost_weight", &self.cost_weight, "must be a finite number"));
         }
+        if self.shadow < 0 {
+            return Err(bad(
+                "shadow",
+                &self.shadow,
+                "must be a published policy version (1, 2, ...) or 0 for none",
+            ));
+        }
         if self.reward_min > self.reward_max {
             return Err(bad("reward_min", &self.reward_min, "must be at most serve.reward_max"));
         }
@@ -126,7 +140,8 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Edit = Box<dyn FnOnce(&mut ServeConfig)>;
-        let cases: [(&str, Edit); 7] = [
+        let cases: [(&str, Edit); 8] = [
+            ("serve.shadow", Box::new(|c| c.shadow = -1)),
             ("serve.addr", Box::new(|c| c.addr = "localhost".into())),
             ("serve.min_prob", Box::new(|c| c.min_prob = 0.5)),
             ("serve.min_prob", Box::new(|c| c.min_prob = f64::NAN)),

@@ -129,6 +129,7 @@ fn run() -> Result<bool, Error> {
                     kind: DecisionKind::Sampled,
                     embedding: Some(data.embeddings[i * dim..(i + 1) * dim].to_vec()),
                     text: None,
+                    cost_weight: None,
                 }
             })
             .collect();

@@ -42,6 +42,8 @@ pub struct LoggedEvent {
     pub embedding: Option<Vec<f32>>,
     /// The prompt, when logged.
     pub text: Option<String>,
+    /// The cost weight λ a cost-aware policy decided at (`None` for other policies).
+    pub cost_weight: Option<f32>,
 }
 
 impl LoggedEvent {
@@ -60,6 +62,12 @@ impl LoggedEvent {
     pub fn logged_propensity(&self) -> Option<f64> {
         self.propensity.or_else(|| self.probabilities.get(self.action).map(|&p| f64::from(p)))
     }
+
+    /// The policy input of width `dim`: the embedding, or for a cost-aware policy (one input
+    /// wider) the embedding followed by the logged cost weight λ. `None` when neither fits.
+    pub fn context(&self, dim: usize) -> Option<std::borrow::Cow<'_, [f32]>> {
+        policy_input(self.embedding.as_deref()?, self.cost_weight, dim)
+    }
 }
 
 impl From<&JoinedEvent> for LoggedEvent {
@@ -76,6 +84,7 @@ impl From<&JoinedEvent> for LoggedEvent {
             kind: d.kind,
             embedding: (!d.embedding.is_empty()).then(|| d.embedding.clone()),
             text: d.text.clone(),
+            cost_weight: d.cost_weight,
         }
     }
 }
@@ -94,8 +103,27 @@ impl From<JoinedEvent> for LoggedEvent {
             kind: d.kind,
             embedding: (!d.embedding.is_empty()).then_some(d.embedding),
             text: d.text,
+            cost_weight: d.cost_weight,
         }
     }
+}
+
+/// The policy input of width `dim` for a logged `embedding`: the embedding itself, or, for a
+/// cost-aware policy (which takes λ as one more input), the embedding followed by `cost_weight`.
+pub fn policy_input(
+    embedding: &[f32],
+    cost_weight: Option<f32>,
+    dim: usize,
+) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if embedding.len() == dim {
+        return Some(std::borrow::Cow::Borrowed(embedding));
+    }
+    let w = cost_weight?;
+    (embedding.len() + 1 == dim).then(|| {
+        let mut v = embedding.to_vec();
+        v.push(w);
+        std::borrow::Cow::Owned(v)
+    })
 }
 
 /// One line of an exported log as read: the fields of [`mappo_log::ExportLine`], all but
@@ -121,6 +149,8 @@ struct RawLine {
     kind: Option<DecisionKind>,
     #[serde(default)]
     embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    cost_weight: Option<f32>,
 }
 
 /// Reads an exported log (`mappo log export [--embeddings]`, one JSON object per line; blank
@@ -158,6 +188,7 @@ pub fn read_export<R: BufRead>(reader: R, path: &Path) -> Result<Vec<LoggedEvent
             kind: raw.kind.unwrap_or(DecisionKind::Sampled),
             embedding: raw.embedding,
             text: raw.text,
+            cost_weight: raw.cost_weight,
         });
     }
     Ok(out)

@@ -284,6 +284,7 @@ mod tests {
                     kind: DecisionKind::Sampled,
                     embedding: Some(x),
                     text: None,
+                    cost_weight: None,
                 }
             })
             .collect()

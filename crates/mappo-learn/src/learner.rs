@@ -16,20 +16,19 @@
 //! from the last committed update: it neither skips nor repeats an event, and ends
 //! bit-identical to one that was not killed.
 
-use std::path::Path;
-
 use candle_core::{Device, Tensor};
 use mappo_config::{Config, MissingReward, Rng};
 use mappo_env::{Env, EnvError, EnvSpec, Step};
 use mappo_log::{
-    DecisionKind, DecisionLog, EventQuery, ExportLine, JoinedEvent, LearnerState, PublishMeta, Published,
-    Timestamp, Watermark,
+    DecisionKind, DecisionLog, EventQuery, JoinedEvent, LearnerState, PublishMeta, Published, Timestamp,
+    Watermark,
 };
 use mappo_nn::{ActorCritic, Policy};
 use mappo_train::{Checkpoint, LoggedBatch, Trainer, UpdateMetrics};
 use serde::Serialize;
 
 use crate::LearnError;
+use crate::events::LoggedEvent;
 
 /// The learner name `mappo learn` uses (one row of `learner_state`).
 pub const DEFAULT_LEARNER: &str = "default";
@@ -53,6 +52,9 @@ pub struct LearnEvent {
     pub propensity: f32,
     /// The context embedding.
     pub embedding: Vec<f32>,
+    /// The cost weight λ a cost-aware policy decided at (appended to the embedding as the
+    /// policy's last input when the policy takes it).
+    pub cost_weight: Option<f32>,
     /// The reward, `None` when it did not arrive (in time).
     pub reward: Option<f64>,
 }
@@ -70,42 +72,26 @@ impl LearnEvent {
             num_agents: d.probabilities.len(),
             propensity: d.propensity,
             embedding: d.embedding.clone(),
+            cost_weight: d.cost_weight,
             reward: e.reward.filter(|r| r.time.0.saturating_sub(d.time.0) <= wait_us).map(|r| r.reward),
         }
     }
 
-    /// A line of `mappo log export --embeddings`.
-    pub fn from_export(line: &ExportLine) -> Result<Self, String> {
-        let embedding = line.embedding.clone().ok_or_else(|| {
-            "no \"embedding\" (export the log with `mappo log export --embeddings`)".to_string()
-        })?;
-        Ok(LearnEvent {
+    /// An event of an exported or foreign log ([`crate::read_export_jsonl`]), its text
+    /// already embedded ([`crate::embed_texts`]): one without an embedding or a propensity is
+    /// kept (it counts as consumed) and skipped as unusable when batched.
+    pub fn from_logged(e: &LoggedEvent) -> Self {
+        LearnEvent {
             watermark: None,
-            kind: line.kind,
-            action: line.action,
-            num_agents: line.probabilities.len(),
-            propensity: line.propensity,
-            embedding,
-            reward: line.reward,
-        })
-    }
-}
-
-/// Reads an exported log (`mappo log export --embeddings`, JSON lines) in file order; errors
-/// name the file and line.
-pub fn read_export_jsonl(path: &Path) -> Result<Vec<LearnEvent>, LearnError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| LearnError::BadLog(format!("cannot read {}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+            kind: e.kind,
+            action: u32::try_from(e.action).unwrap_or(u32::MAX),
+            num_agents: e.probabilities.len(),
+            propensity: e.logged_propensity().map_or(f32::NAN, |p| p as f32),
+            embedding: e.embedding.clone().unwrap_or_default(),
+            cost_weight: e.cost_weight,
+            reward: e.reward,
         }
-        let bad = |m: String| LearnError::BadLog(format!("{}:{}: {m}", path.display(), i + 1));
-        let l: ExportLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        out.push(LearnEvent::from_export(&l).map_err(bad)?);
     }
-    Ok(out)
 }
 
 /// What the learner did with the events it consumed.
@@ -183,11 +169,15 @@ pub fn take_batch(
             b.counts.not_sampled += 1;
             continue;
         }
-        if e.embedding.len() != obs_dim
-            || e.num_agents != num_agents
+        let input = crate::events::policy_input(&e.embedding, e.cost_weight, obs_dim);
+        let Some(input) = input.filter(|x| x.iter().all(|v| v.is_finite())) else {
+            b.counts.skipped_bad += 1;
+            continue;
+        };
+        // A foreign log may have no probabilities (num_agents 0): the action index is checked.
+        if (e.num_agents != 0 && e.num_agents != num_agents)
             || e.action as usize >= num_agents
             || !(e.propensity.is_finite() && e.propensity > 0.0 && e.propensity <= 1.0)
-            || e.embedding.iter().any(|x| !x.is_finite())
         {
             b.counts.skipped_bad += 1;
             continue;
@@ -204,7 +194,7 @@ pub fn take_batch(
             }
         };
         b.counts.learned += 1;
-        b.obs.extend_from_slice(&e.embedding);
+        b.obs.extend_from_slice(&input);
         b.actions.push(e.action);
         b.propensities.push(e.propensity);
         b.rewards.push(reward as f32);
@@ -259,8 +249,10 @@ pub fn trainer_from_checkpoint(
     settings: &Config,
     device: &Device,
 ) -> Result<LogTrainer, LearnError> {
+    // The network's input width (λ included for a cost-aware router); `Checkpoint::policy`
+    // takes the embedding width and adds λ's column itself.
     let obs_dim = ckpt.obs_dim()?;
-    let policy = ckpt.policy(obs_dim, device)?;
+    let policy = ckpt.policy(obs_dim.saturating_sub(usize::from(ckpt.config.env.cost_input())), device)?;
     let mut cfg = ckpt.config.clone();
     cfg.ppo = settings.ppo.clone();
     cfg.learn = settings.learn.clone();

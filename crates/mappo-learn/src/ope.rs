@@ -162,10 +162,12 @@ impl fmt::Debug for Candidate {
 }
 
 impl Candidate {
-    /// The policy of a text checkpoint over contexts of width `dim` (384 for all-MiniLM-L6-v2),
+    /// The policy of a text checkpoint over contexts of width `dim` (384 for all-MiniLM-L6-v2;
+    /// one more, λ last, for a cost-aware router: [`Candidate::checkpoint_context_dim`]),
     /// floored at the checkpoint config's `serve.min_prob`.
     pub fn from_checkpoint(ckpt: &Checkpoint, dim: usize, device: &Device) -> Result<Self, LearnError> {
-        let policy = ckpt.policy(dim, device)?;
+        // `Checkpoint::policy` takes the embedding width and adds λ's column itself.
+        let policy = ckpt.policy(dim.saturating_sub(usize::from(ckpt.config.env.cost_input())), device)?;
         // Text checkpoints name their agents; synthetic ones only count them.
         let actions = if ckpt.config.env.agents.is_empty() {
             ckpt.config.env.num_agents
@@ -512,14 +514,14 @@ pub fn prepare(events: &[LoggedEvent], k: usize, dim: Option<usize>) -> Result<P
             t.probs_len += 1;
             continue;
         }
-        let Some(x) = &e.embedding else {
+        if e.embedding.is_none() {
             t.no_context += 1;
             continue;
-        };
-        if x.len() != dim || x.iter().any(|v| !v.is_finite()) {
+        }
+        let Some(x) = e.context(dim).filter(|x| x.iter().all(|v| v.is_finite())) else {
             t.bad_width += 1;
             continue;
-        }
+        };
         if let Some(&pa) = e.probabilities.get(e.action)
             && (f64::from(pa) - mu).abs() > PROPENSITY_TOLERANCE
         {
@@ -533,7 +535,7 @@ pub fn prepare(events: &[LoggedEvent], k: usize, dim: Option<usize>) -> Result<P
         } else if all_logged {
             p.logged.extend(e.probabilities.iter().map(|&v| f64::from(v)));
         }
-        p.contexts.extend_from_slice(x);
+        p.contexts.extend_from_slice(&x);
         p.actions.push(e.action);
         p.propensities.push(mu);
         p.rewards.push(r);
@@ -790,6 +792,7 @@ mod tests {
                 kind: mappo_log::DecisionKind::Sampled,
                 embedding: Some(x.to_vec()),
                 text: None,
+                cost_weight: None,
             });
             means.push(m);
         }

@@ -37,7 +37,13 @@ fn settings() -> Config {
 
 /// A freshly initialised policy's checkpoint bytes (weights only, like `mappo serve --config`).
 fn fresh_checkpoint(cfg: &Config) -> Vec<u8> {
-    let net = ActorCritic::new(DIM, AGENTS, &cfg.model, &mut Rng::derived(7, "init"), &Device::Cpu).unwrap();
+    fresh_checkpoint_of_width(cfg, DIM)
+}
+
+/// The same for policy inputs of width `width` (DIM + 1: a cost-aware policy, λ its last input).
+fn fresh_checkpoint_of_width(cfg: &Config, width: usize) -> Vec<u8> {
+    let net =
+        ActorCritic::new(width, AGENTS, &cfg.model, &mut Rng::derived(7, "init"), &Device::Cpu).unwrap();
     let tensors: HashMap<String, Tensor> = net
         .all_vars()
         .into_iter()
@@ -85,6 +91,8 @@ fn traffic(n: usize, seed: u64) -> (Vec<Decision>, Vec<(uuid::Uuid, f64)>) {
             model_hash: "test".into(),
             text: None,
             replica: "r".into(),
+            cost_weight: None,
+            shadow: None,
         };
         if i % 7 != 3 {
             rewards.push((d.id, if action == best(&x) { 1.0 } else { 0.0 }));
@@ -258,4 +266,69 @@ async fn killed_and_restarted_learner_ends_bit_identical() {
     );
     // Every consumed event counted once: all 2000 but the short tail.
     assert!(sa.events > 1900 && sa.events <= 2000, "{}", sa.events);
+}
+
+/// A cost-aware policy (λ its last input) learns from decisions logged with their λ: here the
+/// cheap agent 0 is right whenever λ > 0.5, the best agent for the context otherwise, which no
+/// policy blind to λ gets right more than ~2/3 of the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_aware_policy_learns_from_the_logged_cost_weight() {
+    let target = |x: &[f32], w: f32| if w > 0.5 { 0 } else { best(x) };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = settings();
+    let ckpt = fresh_checkpoint_of_width(&cfg, DIM + 1);
+    let (mut ds, _) = traffic(6000, 4);
+    let mut rng = Rng::new(11);
+    let mut rewards = Vec::new();
+    for d in &mut ds {
+        let w = rng.uniform() as f32;
+        d.cost_weight = Some(w);
+        rewards.push((d.id, if d.action == target(&d.embedding, w) { 1.0 } else { 0.0 }));
+    }
+    let log = log_with(dir.path(), "a.db", &ds, &rewards, &ckpt).await;
+    let mut learner = Learner::new(log.clone(), DEFAULT_LEARNER, cfg).unwrap();
+    let r = learner.round(far_future(), 1000, None).await.unwrap();
+    assert_eq!(r.counts.skipped_bad, 0, "every sampled decision has its λ: {r:?}");
+    assert!(r.counts.learned > 5000, "{r:?}");
+    let state = log.learner_state(DEFAULT_LEARNER).await.unwrap().unwrap();
+    let net = Checkpoint::from_bytes(&state.checkpoint, &Device::Cpu)
+        .unwrap()
+        .policy(DIM + 1, &Device::Cpu)
+        .unwrap();
+    let mut rng = Rng::new(99);
+    let n = 2000;
+    let mut rows = Vec::with_capacity(n * (DIM + 1));
+    let mut want = Vec::with_capacity(n);
+    for _ in 0..n {
+        let x = rng.normal_vec(DIM);
+        let w = rng.uniform() as f32;
+        want.push(target(&x, w));
+        rows.extend_from_slice(&x);
+        rows.push(w);
+    }
+    let logits = net.forward(&Tensor::from_slice(&rows, (n, DIM + 1), &Device::Cpu).unwrap()).unwrap().logits;
+    let right = logits
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .zip(&want)
+        .filter(|(r, t)| (0..AGENTS).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u32 == **t)
+        .count();
+    let acc = right as f64 / n as f64;
+    assert!(acc > 0.8, "greedy accuracy {acc} (a policy blind to λ gets at most ~0.67)");
+    // Without λ in the log, a cost-aware policy has nothing to learn from: every event is unusable.
+    let dir2 = tempfile::tempdir().unwrap();
+    for d in &mut ds {
+        d.cost_weight = None;
+    }
+    let log = log_with(dir2.path(), "b.db", &ds, &rewards, &ckpt).await;
+    let mut learner = Learner::new(log.clone(), DEFAULT_LEARNER, settings()).unwrap();
+    let r = learner.round(far_future(), 1000, None).await.unwrap();
+    assert_eq!((r.updates, r.counts.learned), (0, 0), "{r:?}");
+    let page =
+        log.joined_events(&mappo_log::EventQuery { after: None, before: None, limit: 500 }).await.unwrap();
+    let events: Vec<_> = page.iter().map(|e| mappo_learn::learner::LearnEvent::from_joined(e, 1e6)).collect();
+    let (b, _) = mappo_learn::learner::take_batch(&events, 0, 64, DIM + 1, AGENTS, &settings());
+    assert_eq!(b.counts.learned, 0);
+    assert!(b.counts.skipped_bad > 400, "{:?}", b.counts);
 }

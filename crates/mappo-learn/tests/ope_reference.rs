@@ -95,6 +95,7 @@ fn the_whole_evaluation_matches_numpy_with_cross_fitting() {
             kind: mappo_log::DecisionKind::Sampled,
             embedding: Some(f.contexts[i].iter().map(|&v| v as f32).collect()),
             text: None,
+            cost_weight: None,
         })
         .collect();
     let (w, k, d) = (f.w.clone(), f.k, f.d);

@@ -27,6 +27,8 @@ fn decision(i: usize) -> Decision {
         model_hash: "bench".into(),
         text: None,
         replica: "bench".into(),
+        cost_weight: None,
+        shadow: None,
     }
 }
 

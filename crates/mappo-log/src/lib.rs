@@ -20,6 +20,8 @@
 //!     model_hash: "sha256-of-the-model".into(),
 //!     text: None,
 //!     replica: "replica-1".into(),
+//!     cost_weight: None,
+//!     shadow: None,
 //! };
 //! committer.log_decisions(std::slice::from_ref(&d)).await?; // committed when it returns
 //! committer.record_reward(d.id, 1.0).await?;
@@ -42,7 +44,7 @@ pub use group::{CommitCounters, GroupCommitOptions, GroupCommitter};
 pub use log::{DecisionLog, OpenOptions};
 pub use types::{
     AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark,
-    bytes_to_f32s, f32s_to_bytes,
+    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, ShadowChoice, Stats, Timestamp,
+    Watermark, bytes_to_f32s, f32s_to_bytes,
 };
 pub use url::{DbUrl, redact};

@@ -17,8 +17,8 @@ use crate::LogError;
 use crate::migrations::{self, Migration};
 use crate::types::{
     AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, Stats, Timestamp, Watermark,
-    bytes_to_f32s, f32s_to_bytes,
+    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, ShadowChoice, Stats, Timestamp,
+    Watermark, bytes_to_f32s, f32s_to_bytes,
 };
 use crate::url::DbUrl;
 
@@ -92,6 +92,7 @@ macro_rules! on_pool {
 /// The columns of a joined event, in the order [`decode_event!`] reads them.
 const EVENT_COLUMNS: &str = "d.id, d.time_us, d.policy_version, d.action, d.agent, \
      d.probabilities, d.propensity, d.kind, d.embedding, d.model_hash, d.text, d.replica, \
+     d.cost_weight, d.shadow_version, d.shadow_action, d.shadow_propensity, \
      r.reward, r.time_us AS reward_time_us";
 
 /// Decodes one row of `EVENT_COLUMNS` (either backend) into a `Result<JoinedEvent, sqlx::Error>`
@@ -124,6 +125,21 @@ macro_rules! decode_event {
                     model_hash: row.try_get("model_hash").map_err(e)?,
                     text: row.try_get("text").map_err(e)?,
                     replica: row.try_get("replica").map_err(e)?,
+                    cost_weight: row.try_get::<Option<f64>, _>("cost_weight").map_err(e)?.map(|w| w as f32),
+                    shadow: {
+                        let v: Option<i64> = row.try_get("shadow_version").map_err(e)?;
+                        let a: Option<i64> = row.try_get("shadow_action").map_err(e)?;
+                        let p: Option<f64> = row.try_get("shadow_propensity").map_err(e)?;
+                        match (v, a, p) {
+                            (Some(version), Some(a), Some(p)) => Some(ShadowChoice {
+                                version,
+                                action: u32::try_from(a)
+                                    .map_err(|_| LogError::Corrupt(format!("shadow action {a}")))?,
+                                propensity: p as f32,
+                            }),
+                            _ => None,
+                        }
+                    },
                 },
                 reward: match (reward, reward_time) {
                     (Some(reward), Some(t)) => Some(Reward { reward, time: Timestamp(t) }),
@@ -432,7 +448,8 @@ impl DecisionLog {
             for chunk in decisions.chunks(INSERT_CHUNK) {
                 let mut qb = QueryBuilder::<Db>::new(
                     "INSERT INTO decisions (id, time_us, policy_version, action, agent, \
-                     probabilities, propensity, kind, embedding, model_hash, text, replica) ",
+                     probabilities, propensity, kind, embedding, model_hash, text, replica, \
+                     cost_weight, shadow_version, shadow_action, shadow_propensity) ",
                 );
                 qb.push_values(chunk, |mut b, d| {
                     b.push_bind(d.id)
@@ -446,7 +463,11 @@ impl DecisionLog {
                         .push_bind(f32s_to_bytes(&d.embedding))
                         .push_bind(d.model_hash.clone())
                         .push_bind(d.text.clone())
-                        .push_bind(d.replica.clone());
+                        .push_bind(d.replica.clone())
+                        .push_bind(d.cost_weight.map(f64::from))
+                        .push_bind(d.shadow.map(|s| s.version))
+                        .push_bind(d.shadow.map(|s| i64::from(s.action)))
+                        .push_bind(d.shadow.map(|s| f64::from(s.propensity)));
                 });
                 qb.build().execute(&mut *tx).await.map_err(|e| dup(self, e))?;
             }

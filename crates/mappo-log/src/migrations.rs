@@ -9,6 +9,7 @@
 //!   and the nullable shadow columns of `decisions` (`shadow_version`, `shadow_action`,
 //!   `shadow_propensity`: what a shadow candidate would have chosen; NULL when none ran).
 //! - 3: `learner_state` (one row per learner: watermark, counters, the trainer's checkpoint).
+//! - 4: `decisions.cost_weight` (nullable): the cost weight λ a cost-aware policy decided at.
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +112,13 @@ CREATE TABLE learner_state (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "decisions.cost_weight",
+        sql: "
+ALTER TABLE decisions ADD COLUMN cost_weight DOUBLE PRECISION;
+",
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -194,6 +202,13 @@ CREATE TABLE learner_state (
     checkpoint BYTEA NOT NULL,
     meta JSONB NOT NULL DEFAULT '{}'
 );
+",
+    },
+    Migration {
+        version: 4,
+        name: "decisions.cost_weight",
+        sql: "
+ALTER TABLE decisions ADD COLUMN cost_weight DOUBLE PRECISION;
 ",
     },
 ];

@@ -114,6 +114,25 @@ pub struct Decision {
     pub text: Option<String>,
     /// Which replica took the decision.
     pub replica: String,
+    /// The cost weight λ the policy decided at (cost-aware policies only; `None` otherwise).
+    #[serde(default)]
+    pub cost_weight: Option<f32>,
+    /// What a shadow candidate (`serve.shadow`) would have chosen, when one ran.
+    #[serde(default)]
+    pub shadow: Option<ShadowChoice>,
+}
+
+/// What a shadow candidate would have chosen for a decision, and with what probability; the
+/// service logs it without acting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShadowChoice {
+    /// The candidate's policy version.
+    pub version: i64,
+    /// The agent it would have chosen (sampled from its own floored probabilities, or its argmax
+    /// for a greedy request).
+    pub action: u32,
+    /// The probability it would have chosen `action` with (1 for a greedy request).
+    pub propensity: f32,
 }
 
 impl Decision {
@@ -144,6 +163,17 @@ impl Decision {
         }
         if self.embedding.iter().any(|x| !x.is_finite()) {
             return Err(bad("the embedding has a non-finite value".into()));
+        }
+        if self.cost_weight.is_some_and(|w| !w.is_finite()) {
+            return Err(bad("the cost weight is not finite".into()));
+        }
+        if let Some(s) = self.shadow
+            && (s.action as usize >= self.probabilities.len()
+                || !s.propensity.is_finite()
+                || s.propensity <= 0.0
+                || s.propensity > 1.0)
+        {
+            return Err(bad(format!("shadow choice {s:?} out of range")));
         }
         Ok(())
     }
@@ -339,6 +369,12 @@ pub struct ExportLine {
     /// The replica (`mappo serve` process) that decided.
     #[serde(default)]
     pub replica: String,
+    /// The cost weight λ the policy decided at (cost-aware policies only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cost_weight: Option<f32>,
+    /// What the shadow candidate would have chosen, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shadow: Option<ShadowChoice>,
     /// The embedding, only with [`ExportOptions::embeddings`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub embedding: Option<Vec<f32>>,
@@ -360,6 +396,8 @@ impl ExportLine {
             text: d.text.clone(),
             kind: d.kind,
             replica: d.replica.clone(),
+            cost_weight: d.cost_weight,
+            shadow: d.shadow,
             embedding: opts.embeddings.then(|| d.embedding.clone()),
         }
     }

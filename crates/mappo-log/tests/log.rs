@@ -261,8 +261,22 @@ async fn export_writes_every_field(db: &TestDb) {
         if d.text.is_some() {
             want.push("text");
         }
+        if d.cost_weight.is_some() {
+            want.push("cost_weight");
+        }
+        if d.shadow.is_some() {
+            want.push("shadow");
+        }
         want.sort();
         assert_eq!(keys, want);
+        if let Some(w) = d.cost_weight {
+            assert_eq!(obj["cost_weight"].as_f64().unwrap() as f32, w);
+        }
+        if let Some(s) = d.shadow {
+            assert_eq!(obj["shadow"]["version"], Value::from(s.version));
+            assert_eq!(obj["shadow"]["action"], Value::from(s.action));
+            assert_eq!(obj["shadow"]["propensity"].as_f64().unwrap() as f32, s.propensity);
+        }
         assert_eq!(obj["time"], Value::from(d.time.to_rfc3339()));
         assert!(obj["time"].as_str().unwrap().ends_with('Z'));
         assert_eq!(obj["policy_version"], Value::from(d.policy_version));

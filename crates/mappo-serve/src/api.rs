@@ -307,6 +307,8 @@ pub(crate) async fn route(
             model_hash: routed.model_hash.to_string(),
             text: logged_texts.as_ref().and_then(|t| t.get(i).cloned()),
             replica: st.replica.clone(),
+            cost_weight: item.cost_weight,
+            shadow: item.shadow,
         });
     }
     // Committed before the answer leaves.

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mappo_config::Rng;
+use mappo_log::ShadowChoice;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -37,6 +38,10 @@ pub(crate) struct Scored {
     pub action: usize,
     /// `probabilities[action]` when sampled, 1 when greedy.
     pub propensity: f32,
+    /// The cost weight λ the policy was given, when it takes one (a cost-aware policy).
+    pub cost_weight: Option<f32>,
+    /// What the shadow candidate would have chosen, when one runs.
+    pub shadow: Option<ShadowChoice>,
 }
 
 /// The answer to one job: its texts, scored by one policy version.
@@ -87,11 +92,15 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Starts the model thread with an embedder, a first policy and the sampling RNG.
+    /// Starts the model thread with an embedder, a first policy, an optional shadow candidate
+    /// (scored on every batch, logged, never acted on) and the sampling RNG (the shadow samples
+    /// with its own stream derived from it, so the served choices are the same with or without
+    /// a shadow).
     pub fn start(
         embedder: Box<dyn TextEmbedder>,
         policy: LoadedPolicy,
-        rng: Rng,
+        shadow: Option<LoadedPolicy>,
+        mut rng: Rng,
         opts: EngineOptions,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
@@ -99,10 +108,13 @@ impl Engine {
         let pending = Arc::new(Mutex::new(None));
         let version = Arc::new(AtomicI64::new(policy.version));
         metrics.policy_version.set(policy.version);
+        let shadow_rng = Rng::new(rng.next_u64());
         let worker = Worker {
             embedder,
             model_hash: Arc::from(String::new()),
             policy,
+            shadow,
+            shadow_rng,
             rng,
             opts,
             pending: pending.clone(),
@@ -166,6 +178,8 @@ struct Worker {
     embedder: Box<dyn TextEmbedder>,
     model_hash: Arc<str>,
     policy: LoadedPolicy,
+    shadow: Option<LoadedPolicy>,
+    shadow_rng: Rng,
     rng: Rng,
     opts: EngineOptions,
     pending: Arc<Mutex<Option<LoadedPolicy>>>,
@@ -238,10 +252,24 @@ impl Worker {
             if probs.len() != n || emb.len() != n * self.embedder.dim() {
                 return Err(EngineError::Model("the model returned the wrong number of rows".into()));
             }
-            Ok((emb, probs))
+            // The shadow scores the same rows; its failure never fails the served request.
+            let shadow = match &self.shadow {
+                Some(s) if s.agents == self.policy.agents => {
+                    match s.model.probabilities_at(&emb, n, &weights) {
+                        Ok(p) if p.len() == n => Some((s.version, p)),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, version = s.version, "the shadow policy failed");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Ok((emb, probs, shadow))
         }))
         .unwrap_or_else(|_| Err(EngineError::Model("the model panicked".into())));
-        let (emb, probs) = match scored {
+        let (emb, probs, shadow) = match scored {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, texts = n, "routing batch failed");
@@ -252,6 +280,12 @@ impl Worker {
             }
         };
         let dim = self.embedder.dim();
+        let cost_aware = self.policy.model.cost_aware();
+        let (shadow_version, shadow_probs) = match shadow {
+            Some((v, p)) => (v, p),
+            None => (0, Vec::new()),
+        };
+        let mut shadow_rows = shadow_probs.into_iter();
         let mut rows = emb.chunks_exact(dim.max(1)).zip(probs);
         for job in batch {
             let mut items = Vec::with_capacity(job.texts.len());
@@ -264,7 +298,28 @@ impl Worker {
                     let a = sample(&probabilities, &mut self.rng);
                     (a, probabilities[a])
                 };
-                items.push(Scored { embedding: e.to_vec(), probabilities, action, propensity });
+                let shadow = shadow_rows.next().map(|sp| {
+                    let sp = floor_probabilities(&sp, self.opts.min_prob);
+                    let (a, p) = if job.greedy {
+                        (argmax(&sp), 1.0)
+                    } else {
+                        let a = sample(&sp, &mut self.shadow_rng);
+                        (a, sp[a])
+                    };
+                    self.metrics.shadow_decisions.inc();
+                    if a == action {
+                        self.metrics.shadow_agreements.inc();
+                    }
+                    ShadowChoice { version: shadow_version, action: a as u32, propensity: p }
+                });
+                items.push(Scored {
+                    embedding: e.to_vec(),
+                    probabilities,
+                    action,
+                    propensity,
+                    cost_weight: cost_aware.then_some(job.cost_weight),
+                    shadow,
+                });
             }
             let routed = Routed {
                 version: self.policy.version,
@@ -351,6 +406,7 @@ mod tests {
             Engine::start(
                 Box::new(FakeEmbedder(batches.clone())),
                 policy(1, 0),
+                None,
                 mappo_config::Rng::new(1),
                 opts,
                 Arc::new(Metrics::new()),
@@ -388,6 +444,72 @@ mod tests {
         let r = engine.route(vec!["z".into()], true).await.expect("routed");
         assert_eq!((r.version, r.items[0].action), (2, 2));
         assert_eq!(engine.version(), 2);
+    }
+
+    /// Uniform over the three agents (so the served choice is a real draw).
+    struct Uniform(Vec<String>);
+
+    impl PolicyModel for Uniform {
+        fn agents(&self) -> &[String] {
+            &self.0
+        }
+        fn probabilities(&self, _: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, crate::ModelError> {
+            Ok(vec![vec![1.0 / 3.0; 3]; rows])
+        }
+    }
+
+    async fn served_and_shadow(shadow: Option<LoadedPolicy>, greedy: bool) -> Vec<Scored> {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let served =
+            LoadedPolicy { version: 1, agents: names.clone().into(), model: Box::new(Uniform(names)) };
+        let opts = EngineOptions { min_prob: 0.1, max_batch_texts: 8, batch_wait: Duration::ZERO, queue: 64 };
+        let engine = Engine::start(
+            Box::new(FakeEmbedder(Arc::new(Mutex::new(Vec::new())))),
+            served,
+            shadow,
+            mappo_config::Rng::new(3),
+            opts,
+            Arc::new(Metrics::new()),
+        )
+        .expect("start");
+        let mut out = Vec::new();
+        for _ in 0..40 {
+            out.extend(engine.route(vec!["p".into(); 5], greedy).await.expect("routed").items);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shadow_is_logged_beside_the_served_choice_and_never_changes_it() {
+        let alone = served_and_shadow(None, false).await;
+        let shadowed = served_and_shadow(Some(policy(7, 2)), false).await;
+        assert_eq!(alone.len(), 200);
+        assert!(alone.iter().all(|s| s.shadow.is_none() && s.cost_weight.is_none()));
+        // The served choices are the same draws with or without a shadow.
+        let acts = |v: &[Scored]| v.iter().map(|s| (s.action, s.propensity)).collect::<Vec<_>>();
+        assert_eq!(acts(&alone), acts(&shadowed));
+        assert!(alone.iter().any(|s| s.action != 2), "uniform draws must vary");
+        // The shadow (all mass on agent 2, floored at 0.1: [0.1, 0.1, 0.8]) samples on its own.
+        let mut on_two = 0;
+        for s in &shadowed {
+            let sh = s.shadow.expect("shadow choice");
+            assert_eq!(sh.version, 7);
+            let want = if sh.action == 2 { 0.8 } else { 0.1 };
+            assert!((sh.propensity - want).abs() < 1e-6, "{sh:?}");
+            on_two += usize::from(sh.action == 2);
+        }
+        assert!((130..=190).contains(&on_two), "agent 2 in {on_two} of 200 shadow draws (expect ~160)");
+        // Greedy requests: the shadow's argmax with propensity 1.
+        for s in served_and_shadow(Some(policy(7, 2)), true).await {
+            let sh = s.shadow.expect("shadow choice");
+            assert_eq!((sh.action, sh.propensity), (2, 1.0));
+        }
+        // A shadow over other agents is not scored (the server refuses it at start; a later swap
+        // of the served policy may bring other agents).
+        let names: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
+        let other =
+            LoadedPolicy { version: 8, agents: names.clone().into(), model: Box::new(OneHot(0, names)) };
+        assert!(served_and_shadow(Some(other), false).await.iter().all(|s| s.shadow.is_none()));
     }
 
     #[test]

@@ -333,12 +333,43 @@ impl Server {
             }
         };
 
+        // Shadow mode: a published candidate scored beside the served policy, never acted on.
+        let shadow = match scfg.shadow {
+            0 => None,
+            v => {
+                let p = log.policy(v).await?.ok_or_else(|| ServeError::Model {
+                    version: v,
+                    source: ModelError(format!("serve.shadow = {v}: no such policy version is published")),
+                })?;
+                let l = loader.clone();
+                let model = blocking(move || l.policy(&p.checkpoint, dim))
+                    .await?
+                    .map_err(|source| ServeError::Model { version: v, source })?;
+                if model.agents() != &policy.agents[..] {
+                    return Err(ServeError::Model {
+                        version: v,
+                        source: ModelError(format!(
+                            "serve.shadow = {v}: its agents {:?} are not the served policy's {:?}",
+                            model.agents(),
+                            &policy.agents[..]
+                        )),
+                    });
+                }
+                tracing::info!(
+                    shadow = v,
+                    serving = policy.version,
+                    "shadow mode: scoring every request with a candidate"
+                );
+                Some(LoadedPolicy { version: v, agents: model.agents().into(), model })
+            }
+        };
         let replica = opts.replica.clone().unwrap_or_else(default_replica);
         let metrics = Arc::new(Metrics::new());
         let rng = Rng::derived(opts.config.train.seed, &format!("serve/{replica}"));
         let engine = Engine::start(
             embedder,
             policy,
+            shadow,
             rng,
             EngineOptions {
                 min_prob,

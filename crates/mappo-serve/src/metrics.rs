@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     pub policy_switches: Counter,
     pub policy_load_failures: Counter,
     pub database_errors: Counter<u64, AtomicU64>,
+    pub shadow_decisions: Counter,
+    pub shadow_agreements: Counter,
 }
 
 impl Metrics {
@@ -84,6 +86,18 @@ impl Metrics {
         );
         let database_errors = Counter::default();
         registry.register("database_errors", "Decision log operations that failed", database_errors.clone());
+        let shadow_decisions = Counter::default();
+        registry.register(
+            "shadow_decisions",
+            "Decisions the shadow policy (serve.shadow) also scored",
+            shadow_decisions.clone(),
+        );
+        let shadow_agreements = Counter::default();
+        registry.register(
+            "shadow_agreements",
+            "Shadow-scored decisions where the shadow chose the served agent",
+            shadow_agreements.clone(),
+        );
         Self {
             registry,
             requests,
@@ -95,6 +109,8 @@ impl Metrics {
             policy_switches,
             policy_load_failures,
             database_errors,
+            shadow_decisions,
+            shadow_agreements,
         }
     }
 

@@ -55,6 +55,11 @@ pub trait PolicyModel: Send + 'static {
         let _ = cost_weights;
         self.probabilities(embeddings, rows)
     }
+    /// Whether the policy takes the cost weight λ as an input (then λ is logged with each
+    /// decision). Default false.
+    fn cost_aware(&self) -> bool {
+        false
+    }
 }
 
 /// Builds embedders and policies from checkpoint bytes (as stored in the decision log's policy
@@ -159,6 +164,10 @@ impl PolicyModel for MlpPolicy {
         }
         let logits = self.net.forward(&x).map_err(|e| ModelError(e.to_string()))?.logits;
         Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?)
+    }
+
+    fn cost_aware(&self) -> bool {
+        self.cost_input
     }
 }
 

@@ -1,8 +1,10 @@
 //! Helpers shared by the CLI tests: run the binary, read its output.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Runs `mappo` with `args` and waits for it.
 pub fn mappo(args: &[&str]) -> Output {
@@ -101,4 +103,63 @@ fn pg_exec(url: &str, sql: &str) {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     });
+}
+
+/// Starts `mappo serve --db DB --addr 127.0.0.1:0 ARGS...`; returns once it listens.
+pub fn start_with(db: &str, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(["serve", "--db", db, "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mappo serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = match lines.next() {
+            Some(Ok(l)) => l,
+            _ => panic!("serve ended before listening:\n{}", seen.join("\n")),
+        };
+        if let Some(a) = line.split("listening on http://").nth(1) {
+            break a.trim().to_string();
+        }
+        seen.push(line);
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// One HTTP/1.1 request; returns the status and the body.
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A body parsed as JSON (the body in the panic when it is not).
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// `mappo log export --db DB`, one JSON value per line.
+pub fn export(db: &str) -> Vec<serde_json::Value> {
+    let o = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(["log", "export", "--db", db])
+        .output()
+        .expect("export");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(json).collect()
 }

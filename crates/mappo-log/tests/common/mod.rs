@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use mappo_log::{Decision, DecisionKind, DecisionLog, OpenOptions, Timestamp};
+use mappo_log::{Decision, DecisionKind, DecisionLog, OpenOptions, ShadowChoice, Timestamp};
 
 /// The variable naming the PostgreSQL database for tests.
 pub const PG_VAR: &str = "MAPPO_TEST_DATABASE_URL";
@@ -134,5 +134,11 @@ pub fn decision(i: u32) -> Decision {
         model_hash: "0123456789abcdef".into(),
         text: i.is_multiple_of(2).then(|| format!("prompt number {i} — ünïcödé")),
         replica: format!("replica-{}", i % 2),
+        cost_weight: i.is_multiple_of(3).then(|| 0.25 * i as f32),
+        shadow: i.is_multiple_of(2).then(|| ShadowChoice {
+            version: 9,
+            action: (action + 1) % k as u32,
+            propensity: 1.0 / (i as f32 + 2.0),
+        }),
     }
 }
