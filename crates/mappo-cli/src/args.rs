@@ -110,6 +110,18 @@ pub enum PolicyCmd {
         /// A note stored with the version.
         #[arg(long)]
         note: Option<String>,
+        /// Publish only through the promotion gate, as `mappo learn --publish` does: off-policy
+        /// evaluation (`learn.gate_estimator`) on the newest 2,000 rewarded decisions must put the
+        /// candidate's lower confidence bound at or above the current version's estimate minus
+        /// `learn.gate_margin`. The decision is recorded (`mappo policy list`); a refusal exits 1.
+        #[arg(long)]
+        gate: bool,
+        /// TOML config for the gate's `[learn]` keys (with --gate).
+        #[arg(long, short, requires = "gate")]
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. `--set learn.gate_margin=0.05` (with --gate; repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "gate")]
+        set: Vec<String>,
     },
     /// List the published versions, newest last, and the promotion gate's decisions.
     List {

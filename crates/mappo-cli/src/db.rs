@@ -79,7 +79,7 @@ pub fn log(cmd: LogCmd) -> Result<()> {
 pub fn policy(cmd: PolicyCmd) -> Result<()> {
     runtime()?.block_on(async {
         match cmd {
-            PolicyCmd::Publish { db, checkpoint, note } => {
+            PolicyCmd::Publish { db, checkpoint, note, gate, config, set } => {
                 // Only a checkpoint that loads is published.
                 let ckpt = Checkpoint::open(&checkpoint, &Device::Cpu)?;
                 let path = ckpt.path.clone().context("checkpoint without a path")?;
@@ -91,6 +91,13 @@ pub fn policy(cmd: PolicyCmd) -> Result<()> {
                     meta: serde_json::json!({"update": ckpt.update, "env_kind": ckpt.env_kind}),
                 };
                 let log = DecisionLog::open(&db).await?;
+                if gate {
+                    let cfg = mappo_config::Config::load(config.as_deref(), &set)?;
+                    let v = crate::learn::publish_through_gate(&log, &bytes, &cfg, &meta).await?;
+                    tracing::info!("published {} as version {v} through the promotion gate", path.display());
+                    outln!("{v}");
+                    return Ok(());
+                }
                 let p = log.publish_policy(&bytes, &meta).await?;
                 if p.created {
                     tracing::info!("published {} as version {}", path.display(), p.version);

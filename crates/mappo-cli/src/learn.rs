@@ -131,6 +131,35 @@ impl PublishGate for Gate {
     }
 }
 
+/// `mappo policy publish --gate`: judges a checkpoint with the promotion gate of `mappo learn
+/// --publish` (same events, estimator and margin), records the decision, and publishes it only
+/// when the gate lets it through (or when nothing is published yet). Returns the version; a
+/// refusal is an error that says why.
+pub async fn publish_through_gate(
+    log: &DecisionLog,
+    bytes: &[u8],
+    cfg: &Config,
+    meta: &mappo_log::PublishMeta,
+) -> Result<i64> {
+    let mut gate = Gate::new(cfg)?;
+    gate.refresh(log).await?;
+    let decision = gate.decide(bytes)?;
+    let sha = format!("{:x}", sha2::Sha256::digest(bytes));
+    let Some(d) = decision else {
+        // Nothing published yet: nothing to compare with.
+        return Ok(log.publish_policy(bytes, meta).await?.version);
+    };
+    let publish = d.publish;
+    let reason = d.reason.clone();
+    gate.last = Some((d, sha));
+    let version = if publish { Some(log.publish_policy(bytes, meta).await?.version) } else { None };
+    gate.record(log, version).await?;
+    match version {
+        Some(v) => Ok(v),
+        None => bail!("refused by the promotion gate: {reason}"),
+    }
+}
+
 /// What `--json` prints at the end.
 #[derive(Debug, Default, Serialize)]
 struct Summary {

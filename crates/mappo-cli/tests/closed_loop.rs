@@ -3,8 +3,9 @@
 //! learner publishes versions, the service switches to them, and the simulated users' reward
 //! goes up.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
+
+mod common;
 use std::process::{Child, Command, Stdio};
 
 fn s(p: &Path) -> &str {
@@ -15,25 +16,9 @@ fn repo(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
 }
 
-/// Starts `mappo serve` on a free port; returns the child and its address.
+/// Starts `mappo serve` on a free port with the prompts config; returns the child and its address.
 fn serve(db: &str) -> (Child, String) {
-    let cfg = repo("configs/prompts.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args(["serve", "--db", db, "--config", s(&cfg), "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mappo serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve ended before listening").expect("stderr line");
-        if let Some(a) = line.split("listening on http://").nth(1) {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    common::start_with(db, &["--config", s(&repo("configs/prompts.toml"))])
 }
 
 fn simulate(addr: &str, requests: usize, seed: u64) -> serde_json::Value {
