@@ -25,10 +25,6 @@ use crate::args::{DEFAULT_DB, LearnArgs};
 use crate::outln;
 use crate::signals::StopRequest;
 
-/// Most updates in one round (a round ends with one commit that may publish; SIGTERM is heard
-/// between rounds).
-const MAX_UPDATES_PER_ROUND: usize = 100;
-
 /// The newest rewarded events the promotion gate evaluates on.
 const GATE_WINDOW: usize = 2000;
 
@@ -187,6 +183,7 @@ pub fn learn(a: LearnArgs) -> Result<i32> {
 fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
     let db = a.db.clone().unwrap_or_else(|| DEFAULT_DB.to_string());
     let interval = Duration::from_secs_f64(cfg.learn.interval_s);
+    let round_updates = cfg.learn.round_updates;
     let stop = a.follow.then(StopRequest::install);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -206,7 +203,7 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
                 tracing::warn!("gate: cannot read the newest events: {e:#}");
             }
             let result = learner
-                .round(Timestamp::now(), MAX_UPDATES_PER_ROUND, if a.publish { Some(&mut gate) } else { None })
+                .round(Timestamp::now(), round_updates, if a.publish { Some(&mut gate) } else { None })
                 .await;
             match result {
                 Ok(r) => {
@@ -238,7 +235,7 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
                         s.last = Some(m.clone());
                     }
                     // A full round: more is probably waiting.
-                    if r.updates as usize == MAX_UPDATES_PER_ROUND {
+                    if r.updates as usize == round_updates {
                         continue;
                     }
                 }

@@ -116,3 +116,99 @@ fn serve_learn_simulate_publishes_versions_and_reward_improves() {
         assert!(v["gate"]["n"].as_i64().is_some_and(|n| n > 0), "{v}");
     }
 }
+
+/// `mappo learn` over a copy of a served log, with one update per round (one commit each).
+fn learner(db: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mappo"));
+    c.args(["learn", "--db", db, "--config", s(&repo("configs/prompts.toml")), "--json"])
+        .args(["--set", "learn.reward_wait_s=1", "--set", "learn.round_updates=1"])
+        .args(["--set", "train.batch_size=32", "--set", "learn.min_events=16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+/// The learner's committed state in a database: counters, watermark and checkpoint bytes.
+fn learner_state(db: &str) -> (i64, i64, i64, Option<mappo_log::Watermark>, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let log = mappo_log::DecisionLog::open(db).await.expect("open");
+        let st = log
+            .learner_state(mappo_learn::learner::DEFAULT_LEARNER)
+            .await
+            .expect("query")
+            .expect("a learner state");
+        log.close().await;
+        (st.updates, st.events, st.learned, st.watermark, st.checkpoint)
+    })
+}
+
+/// A `mappo learn` process SIGKILLed five times (each a random 0–20 ms after its 2nd, 5th, …
+/// commit) and started again ends with the same committed state (watermark, counters, checkpoint bytes) as one that was never
+/// interrupted: no event skipped, none counted twice.
+#[test]
+fn a_learner_killed_with_sigkill_and_restarted_ends_bit_identical() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let served = tmp.path().join("served.db");
+    let (mut server, addr) = serve(&format!("sqlite:{}", s(&served)));
+    let r = simulate(&addr, 700, 5);
+    assert_eq!(r["errors"], 0, "{r}");
+    term(&server);
+    assert_eq!(server.wait().expect("serve exit").code(), Some(0));
+    // Two identical copies of the log (the database and its write-ahead log, if any).
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        for suffix in ["", "-wal", "-shm"] {
+            let from = tmp.path().join(format!("served.db{suffix}"));
+            if from.exists() {
+                std::fs::copy(&from, dir.join(format!("log.db{suffix}"))).expect("copy");
+            }
+        }
+        format!("sqlite:{}", s(&dir.join("log.db")))
+    };
+    let (a, b) = (copy("a"), copy("b"));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // every reward is within reward_wait_s
+
+    let t0 = std::time::Instant::now();
+    let out = learner(&a).output().expect("learner A");
+    let full = t0.elapsed();
+    assert!(out.status.success(), "uninterrupted learner failed");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert!(summary["updates"].as_u64().is_some_and(|n| n >= 15), "{summary}");
+
+    // B is killed once it has committed 2, 5, 8, 11 and 14 updates (plus a random 0-20 ms, to
+    // land anywhere in the next update or its commit), restarted each time, then run to the end.
+    let total = summary["updates"].as_u64().expect("updates") as i64;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let log_b = rt.block_on(mappo_log::DecisionLog::open(&b)).expect("open B");
+    let committed = || {
+        rt.block_on(log_b.learner_state(mappo_learn::learner::DEFAULT_LEARNER))
+            .expect("query")
+            .map_or(0, |st| st.updates)
+    };
+    let mut rng = mappo_config::Rng::new(17);
+    let mut kills = 0;
+    for target in [2, 5, 8, 11, 14] {
+        assert!(target < total);
+        let mut child = learner(&b).spawn().expect("learner B");
+        let t = std::time::Instant::now();
+        while committed() < target {
+            assert!(child.try_wait().expect("try_wait").is_none(), "learner B ended before update {target}");
+            assert!(t.elapsed() < full * 20 + std::time::Duration::from_secs(30), "no progress");
+            std::thread::sleep(std::time::Duration::from_millis(3));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(21)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        assert!(committed() >= target);
+    }
+    rt.block_on(log_b.close());
+    let out = learner(&b).output().expect("learner B, to the end");
+    assert!(out.status.success(), "the restarted learner failed");
+    assert_eq!(kills, 5);
+    let (sa, sb) = (learner_state(&a), learner_state(&b));
+    assert_eq!((sb.0, sb.1, sb.2, sb.3), (sa.0, sa.1, sa.2, sa.3), "counters and watermark");
+    assert!(sa.4 == sb.4, "the restarted learner's checkpoint differs from the uninterrupted one's");
+}

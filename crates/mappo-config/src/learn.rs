@@ -31,6 +31,10 @@ pub struct LearnConfig {
     pub gate_margin: f64,
     /// The estimate the promotion gate compares: `dr` (doubly robust) or `snips`. Default `dr`.
     pub gate_estimator: String,
+    /// Most updates in one round of `mappo learn`: a round ends with one commit (the learner's
+    /// state, and with `--publish` one gated publication), and a stop signal is heard between
+    /// rounds. Default 100.
+    pub round_updates: usize,
 }
 
 impl Default for LearnConfig {
@@ -43,6 +47,7 @@ impl Default for LearnConfig {
             interval_s: 2.0,
             gate_margin: 0.01,
             gate_estimator: "dr".into(),
+            round_updates: 100,
         }
     }
 }
@@ -68,6 +73,9 @@ impl LearnConfig {
         }
         if !(self.gate_margin.is_finite() && (0.0..=1e6).contains(&self.gate_margin)) {
             return Err(bad("gate_margin", &self.gate_margin, "must be a finite number >= 0"));
+        }
+        if !(1..=1_000_000).contains(&self.round_updates) {
+            return Err(bad("round_updates", &self.round_updates, "must be an integer in [1, 1000000]"));
         }
         if !matches!(self.gate_estimator.as_str(), "dr" | "snips") {
             return Err(bad(
