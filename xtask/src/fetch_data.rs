@@ -45,27 +45,29 @@ const CLINC_URL_ENV: &str = "MAPPO_CLINC150_URL";
 pub struct Args {
     /// Data set to convert (supported: clinc150, routellm).
     #[arg(value_name = "DATASET")]
-    dataset: String,
+    pub dataset: String,
     /// Local directory holding the source files (for clinc150: data_full.json or
-    /// clinc150_train_val.json, plus domains.json; a `data/` subdirectory is also searched).
+    /// clinc150_train_val.json, plus domains.json; a `data/` subdirectory is also searched; for
+    /// routellm: a copy of RouteLLM's routellm/evals directory, or the four converted files).
     #[arg(long, value_name = "DIR")]
-    from: Option<PathBuf>,
+    pub from: Option<PathBuf>,
     /// Output directory [default: <workspace>/data/<DATASET>].
     #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// Base URL of the public files (data_full.json, domains.json) [default:
-    /// $MAPPO_CLINC150_URL, else the clinc/oos-eval repository's data/ directory].
+    pub out: Option<PathBuf>,
+    /// Base URL of the public files [default: for clinc150 $MAPPO_CLINC150_URL, else the
+    /// clinc/oos-eval repository's data/ directory; for routellm $MAPPO_ROUTELLM_URL, else the
+    /// lm-sys/RouteLLM repository's routellm/evals directory].
     #[arg(long, value_name = "URL")]
-    url: Option<String>,
+    pub url: Option<String>,
     /// Seconds to wait for a connection to the public source before falling back to --from.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
-    timeout: u64,
+    pub timeout: u64,
 }
 
 pub fn run(a: Args) -> Result<()> {
     match a.dataset.as_str() {
         "clinc150" => clinc150(&a),
-        "routellm" => routellm(&a),
+        "routellm" => crate::routellm::run(&a),
         other => bail!("unknown data set {other:?}; supported: {}", SUPPORTED.join(", ")),
     }
 }
@@ -101,55 +103,6 @@ fn clinc150(a: &Args) -> Result<()> {
         );
     };
     convert_from(a, &from)
-}
-
-/// The RouteLLM outcome files, `data/routellm/{mmlu,gsm8k}_{train,val}.jsonl`.
-const ROUTELLM_FILES: &[&str] =
-    &["mmlu_train.jsonl", "mmlu_val.jsonl", "gsm8k_train.jsonl", "gsm8k_val.jsonl"];
-/// The agents every RouteLLM row must give an outcome for.
-const ROUTELLM_AGENTS: &[&str] = &["mixtral-8x7b", "gpt-4-1106"];
-
-/// `routellm`: per-prompt correctness of Mixtral-8x7B and GPT-4-1106 on MMLU and GSM8K
-/// (lm-sys/RouteLLM, Apache-2.0), as outcome corpora. The source is `--from DIR` holding the
-/// already converted files (`text`, `subject`, `outcomes`, contaminated prompts removed, split
-/// by sha256 of the text: see that directory's README). Converting the public repository's
-/// CSV files directly is not implemented: the command says so and asks for `--from`.
-fn routellm(a: &Args) -> Result<()> {
-    let Some(from) = &a.from else {
-        bail!(
-            "routellm: converting the public lm-sys/RouteLLM CSV files is not implemented; pass \
-             `--from DIR` with the converted {} (e.g. the project's shared data/routellm)",
-            ROUTELLM_FILES.join(", ")
-        );
-    };
-    eprintln!(
-        "routellm: using the converted files in --from {} (the public CSV source is not converted by this command)",
-        from.display()
-    );
-    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("routellm"));
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    for name in ROUTELLM_FILES {
-        let src = from.join(name);
-        let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
-        let mut rows = 0usize;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line)
-                .with_context(|| format!("{}, line {}: not JSON", src.display(), n + 1))?;
-            if !v.get("text").is_some_and(Value::is_string) {
-                bail!("{}, line {}: no string `text`", src.display(), n + 1);
-            }
-            for agent in ROUTELLM_AGENTS {
-                if !v.get("outcomes").and_then(|o| o.get(agent)).is_some_and(Value::is_number) {
-                    bail!("{}, line {}: no numeric outcome for `{agent}`", src.display(), n + 1);
-                }
-            }
-            rows += 1;
-        }
-        let path = out.join(name);
-        let status = write_if_changed(&path, &text)?;
-        eprintln!("{}: {rows} rows ({status})", path.display());
-    }
-    Ok(())
 }
 
 /// Downloads `<url>/data_full.json` and `<url>/domains.json` into `dir` (a reachability probe
@@ -352,7 +305,7 @@ fn to_jsonl(rows: &[(String, String)]) -> String {
 
 /// Write `content` to `path` via a temporary file in the same directory and a rename, unless
 /// the file already holds exactly that content. Returns what happened, for the log.
-fn write_if_changed(path: &Path, content: &str) -> Result<&'static str> {
+pub(crate) fn write_if_changed(path: &Path, content: &str) -> Result<&'static str> {
     if fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
         return Ok("unchanged");
     }
@@ -492,7 +445,7 @@ mod tests {
     fn routellm_copies_checked_outcome_files_from_a_directory() {
         let src = tempfile::tempdir().unwrap();
         let row = "{\"text\": \"2+2?\", \"outcomes\": {\"mixtral-8x7b\": 1, \"gpt-4-1106\": 1}}\n";
-        for name in ROUTELLM_FILES {
+        for name in crate::routellm::FILES {
             fs::write(src.path().join(name), row).unwrap();
         }
         let out = tempfile::tempdir().unwrap();
@@ -508,7 +461,7 @@ mod tests {
             .to_string();
         assert!(err.contains("mmlu_val.jsonl") && err.contains("mixtral-8x7b"), "{err}");
         let err = run(args("routellm", None, Some(out.path().to_path_buf()))).unwrap_err().to_string();
-        assert!(err.contains("--from DIR"), "{err}");
+        assert!(err.contains("cannot be reached") && err.contains("--from DIR"), "{err}");
     }
 
     fn args(dataset: &str, from: Option<PathBuf>, out: Option<PathBuf>) -> Args {

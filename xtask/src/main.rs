@@ -10,6 +10,7 @@ mod build_cuda;
 mod fetch_data;
 mod fetch_model;
 mod postgres;
+mod routellm;
 mod test;
 
 #[derive(Parser)]

@@ -1,0 +1,448 @@
+//! `cargo xtask fetch-data routellm`: per-prompt correctness of Mixtral-8x7B and GPT-4-1106 on
+//! MMLU and GSM8K (lm-sys/RouteLLM, Apache-2.0) as outcome corpora,
+//! `data/routellm/{mmlu,gsm8k}_{train,val}.jsonl`, one
+//! `{"text": ..., "subject": ..., "outcomes": {"mixtral-8x7b": 0|1, "gpt-4-1106": 0|1}}` per line
+//! (GSM8K rows have no `subject`).
+//!
+//! Sources, in order: the public repository's `routellm/evals` files (the 57
+//! `mmlu/responses/mmlu_<subject>.csv`, `gsm8k/gsm8k_responses.csv` and both
+//! `contaminated_prompts.jsonl`; downloaded after a reachability probe; `--url` or
+//! `$MAPPO_ROUTELLM_URL` points at a mirror), then `--from DIR`: either a copy of that `evals`
+//! directory (converted the same way) or a directory holding the four converted files (checked
+//! and copied). The conversion drops the contaminated prompts (as RouteLLM's own benchmarks do)
+//! and splits by the sha256 of the text read as a big-endian integer, modulo 10: 2 → val,
+//! 3–9 → train, 0–1 are a held-back test split that is not written. Lines are written as
+//! Python's `json.dumps(row, ensure_ascii=False)` writes them, so a conversion made with Python
+//! and this one are byte-identical.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::fetch_data::{Args, write_if_changed};
+
+/// The converted files.
+pub const FILES: &[&str] = &["mmlu_train.jsonl", "mmlu_val.jsonl", "gsm8k_train.jsonl", "gsm8k_val.jsonl"];
+/// The agents every row gives an outcome for, with their CSV columns.
+const AGENTS: &[(&str, &str)] =
+    &[("mixtral-8x7b", "mixtral-8x7b-instruct-v0.1"), ("gpt-4-1106", "gpt-4-1106-preview")];
+/// The public repository's `routellm/evals` directory.
+const PUBLIC_URL: &str = "https://raw.githubusercontent.com/lm-sys/RouteLLM/main/routellm/evals";
+/// Environment variable that overrides [`PUBLIC_URL`] (a mirror).
+const URL_ENV: &str = "MAPPO_ROUTELLM_URL";
+/// The 57 MMLU subjects of RouteLLM's `mmlu/responses/mmlu_<subject>.csv`.
+const MMLU_SUBJECTS: &[&str] = &[
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
+];
+
+pub fn run(a: &Args) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("routellm"));
+    let url = a
+        .url
+        .clone()
+        .or_else(|| std::env::var(URL_ENV).ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| PUBLIC_URL.to_string());
+    let download =
+        tempfile::Builder::new().prefix("mappo-routellm-").tempdir().context("temporary directory")?;
+    match download_public(&url, download.path(), Duration::from_secs(a.timeout.max(1))) {
+        Ok(()) => {
+            eprintln!("routellm: using the public source {url}");
+            return convert_evals(download.path(), &out);
+        }
+        Err(e) => eprintln!("routellm: public source {url}: {e:#}"),
+    }
+    let Some(from) = &a.from else {
+        bail!(
+            "routellm: the public source cannot be reached; pass `--from DIR`: a copy of the \
+             lm-sys/RouteLLM repository's routellm/evals directory, or a directory with the \
+             converted {}",
+            FILES.join(", ")
+        );
+    };
+    if from.join("mmlu").join("responses").is_dir() {
+        eprintln!("routellm: converting the RouteLLM files in --from {}", from.display());
+        convert_evals(from, &out)
+    } else {
+        eprintln!("routellm: using the converted files in --from {}", from.display());
+        copy_converted(from, &out)
+    }
+}
+
+/// Downloads the files [`convert_evals`] reads from `<url>/...` into `dir` (a reachability
+/// probe first, bounded by `timeout`).
+fn download_public(url: &str, dir: &Path, timeout: Duration) -> Result<()> {
+    let url = url.trim_end_matches('/');
+    let proxy = crate::fetch_model::proxy_for(url);
+    crate::fetch_model::probe(proxy.as_deref().unwrap_or(url), timeout)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout * 12)).build().into();
+    let mut files: Vec<String> =
+        MMLU_SUBJECTS.iter().map(|s| format!("mmlu/responses/mmlu_{s}.csv")).collect();
+    files.extend(
+        ["mmlu/contaminated_prompts.jsonl", "gsm8k/gsm8k_responses.csv", "gsm8k/contaminated_prompts.jsonl"]
+            .map(String::from),
+    );
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    for rel in &files {
+        let mut body = Vec::new();
+        agent
+            .get(&format!("{url}/{rel}"))
+            .call()
+            .with_context(|| format!("GET {url}/{rel}"))?
+            .into_body()
+            .with_config()
+            .limit(64 << 20)
+            .reader()
+            .read_to_end(&mut body)
+            .with_context(|| format!("reading {url}/{rel}"))?;
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Checks and copies already converted files from `from` to `out`.
+fn copy_converted(from: &Path, out: &Path) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for name in FILES {
+        let src = from.join(name);
+        let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+        let mut rows = 0usize;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}, line {}: not JSON", src.display(), n + 1))?;
+            if !v.get("text").is_some_and(Value::is_string) {
+                bail!("{}, line {}: no string `text`", src.display(), n + 1);
+            }
+            for (agent, _) in AGENTS {
+                if !v.get("outcomes").and_then(|o| o.get(agent)).is_some_and(Value::is_number) {
+                    bail!("{}, line {}: no numeric outcome for `{agent}`", src.display(), n + 1);
+                }
+            }
+            rows += 1;
+        }
+        let path = out.join(name);
+        let status = write_if_changed(&path, &text)?;
+        eprintln!("{}: {rows} rows ({status})", path.display());
+    }
+    Ok(())
+}
+
+/// The split of a text: sha256 as a big-endian integer, modulo 10 (2 → val, 3–9 → train,
+/// 0–1 → the held-back test split, `None`).
+fn split_of(text: &str) -> Option<&'static str> {
+    let bucket = Sha256::digest(text.as_bytes()).iter().fold(0u32, |r, &b| (r * 256 + u32::from(b)) % 10);
+    match bucket {
+        2 => Some("val"),
+        3..=9 => Some("train"),
+        _ => None,
+    }
+}
+
+/// The `eval_prompt` of every line of a `contaminated_prompts.jsonl`; an absent file is empty
+/// (with a warning).
+fn contaminated(path: &Path) -> Result<HashSet<String>> {
+    let Ok(text) = fs::read_to_string(path) else {
+        eprintln!("routellm: {} not found: no prompt is removed as contaminated", path.display());
+        return Ok(HashSet::new());
+    };
+    let mut out = HashSet::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}, line {}: not JSON", path.display(), n + 1))?;
+        let p = v.get("eval_prompt").and_then(Value::as_str);
+        let p = p.with_context(|| format!("{}, line {}: no string `eval_prompt`", path.display(), n + 1))?;
+        out.insert(p.to_string());
+    }
+    Ok(out)
+}
+
+/// One output line, as Python's `json.dumps(row, ensure_ascii=False)` writes it.
+fn line(text: &str, subject: Option<&str>, outcomes: &[u8]) -> Result<String> {
+    let mut s = format!("{{\"text\": {}", serde_json::to_string(text)?);
+    if let Some(subject) = subject {
+        s.push_str(&format!(", \"subject\": {}", serde_json::to_string(subject)?));
+    }
+    s.push_str(", \"outcomes\": {");
+    for (i, ((agent, _), o)) in AGENTS.iter().zip(outcomes).enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&format!("\"{agent}\": {o}"));
+    }
+    s.push_str("}}\n");
+    Ok(s)
+}
+
+/// Appends the rows of one RouteLLM CSV (`prompt` and a `True`/`False` column per agent) to
+/// `train` and `val`; returns (rows read, rows dropped as contaminated).
+fn convert_csv(
+    path: &Path,
+    subject: Option<&str>,
+    skip: &HashSet<String>,
+    train: &mut String,
+    val: &mut String,
+) -> Result<(usize, usize)> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = r.headers().with_context(|| format!("{}: the header", path.display()))?.clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no `{name}` column", path.display()))
+    };
+    let prompt = col("prompt")?;
+    let cols: Vec<usize> = AGENTS.iter().map(|(_, c)| col(c)).collect::<Result<_>>()?;
+    let (mut rows, mut dropped) = (0, 0);
+    for (n, rec) in r.records().enumerate() {
+        let rec = rec.with_context(|| format!("{}, record {}", path.display(), n + 1))?;
+        rows += 1;
+        let text = rec.get(prompt).unwrap_or_default();
+        if skip.contains(text) {
+            dropped += 1;
+            continue;
+        }
+        let mut outcomes = Vec::with_capacity(cols.len());
+        for (&c, (agent, column)) in cols.iter().zip(AGENTS) {
+            outcomes.push(match rec.get(c) {
+                Some("True") => 1,
+                Some("False") => 0,
+                other => bail!(
+                    "{}, record {}: `{column}` ({agent}) is {other:?}, not True or False",
+                    path.display(),
+                    n + 1
+                ),
+            });
+        }
+        match split_of(text) {
+            Some("val") => val.push_str(&line(text, subject, &outcomes)?),
+            Some(_) => train.push_str(&line(text, subject, &outcomes)?),
+            None => {}
+        }
+    }
+    Ok((rows, dropped))
+}
+
+/// Converts a RouteLLM `evals` directory into the four files in `out`.
+pub fn convert_evals(evals: &Path, out: &Path) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // MMLU: every mmlu_<subject>.csv, in file-name order.
+    let dir = evals.join("mmlu").join("responses");
+    let mut csvs: Vec<(String, PathBuf)> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let subject = name.strip_prefix("mmlu_")?.strip_suffix(".csv")?.to_string();
+            Some((subject, p))
+        })
+        .collect();
+    csvs.sort();
+    if csvs.is_empty() {
+        bail!("{}: no mmlu_<subject>.csv", dir.display());
+    }
+    let skip = contaminated(&evals.join("mmlu").join("contaminated_prompts.jsonl"))?;
+    let (mut train, mut val) = (String::new(), String::new());
+    let (mut rows, mut dropped) = (0, 0);
+    for (subject, path) in &csvs {
+        let (r, d) = convert_csv(path, Some(subject), &skip, &mut train, &mut val)?;
+        rows += r;
+        dropped += d;
+    }
+    eprintln!("routellm: MMLU, {} subjects: {rows} prompts, {dropped} contaminated dropped", csvs.len());
+    write(out, "mmlu", &train, &val)?;
+    // GSM8K.
+    let skip = contaminated(&evals.join("gsm8k").join("contaminated_prompts.jsonl"))?;
+    let (mut train, mut val) = (String::new(), String::new());
+    let (rows, dropped) =
+        convert_csv(&evals.join("gsm8k").join("gsm8k_responses.csv"), None, &skip, &mut train, &mut val)?;
+    eprintln!("routellm: GSM8K: {rows} prompts, {dropped} contaminated dropped");
+    write(out, "gsm8k", &train, &val)
+}
+
+fn write(out: &Path, name: &str, train: &str, val: &str) -> Result<()> {
+    for (split, text) in [("train", train), ("val", val)] {
+        let path = out.join(format!("{name}_{split}.jsonl"));
+        let status = write_if_changed(&path, text)?;
+        eprintln!("{}: {} rows ({status})", path.display(), text.lines().count());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RouteLLM-shaped `evals` directory: quoted prompts with newlines, commas and doubled
+    /// quotes, a contaminated prompt, and rows in every split bucket.
+    fn fixture(dir: &Path) -> Vec<String> {
+        let texts: Vec<String> =
+            (0..40).map(|i| format!("Question {i}, \"quoted\" — ünï\nA. yes\nB. no\nAnswer:")).collect();
+        fs::create_dir_all(dir.join("mmlu/responses")).unwrap();
+        fs::create_dir_all(dir.join("gsm8k")).unwrap();
+        let csv_of = |rows: &[String], extra: &str| {
+            let mut s = format!("prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview{extra}\n");
+            for (i, t) in rows.iter().enumerate() {
+                let q = t.replace('"', "\"\"");
+                let resp =
+                    if extra.is_empty() { String::new() } else { ",\"an answer, with a comma\",x".into() };
+                s.push_str(&format!(
+                    "\"{q}\",{},{}{resp}\n",
+                    if i % 2 == 0 { "True" } else { "False" },
+                    if i % 3 == 0 { "False" } else { "True" }
+                ));
+            }
+            s
+        };
+        fs::write(dir.join("mmlu/responses/mmlu_zoology.csv"), csv_of(&texts[..20], "")).unwrap();
+        fs::write(dir.join("mmlu/responses/mmlu_anatomy.csv"), csv_of(&texts[20..30], "")).unwrap();
+        fs::write(
+            dir.join("gsm8k/gsm8k_responses.csv"),
+            csv_of(&texts[30..], ",mixtral-8x7b-instruct-v0.1_response,gpt-4-1106-preview_response"),
+        )
+        .unwrap();
+        let contaminated = format!("{}\n", serde_json::json!({ "eval_prompt": texts[21] }));
+        fs::write(dir.join("mmlu/contaminated_prompts.jsonl"), contaminated).unwrap();
+        texts
+    }
+
+    #[test]
+    fn converts_the_csvs_split_by_hash_without_contaminated_prompts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let texts = fixture(&tmp.path().join("evals"));
+        let out = tmp.path().join("out");
+        convert_evals(&tmp.path().join("evals"), &out).unwrap();
+        let read = |name: &str| -> Vec<Value> {
+            fs::read_to_string(out.join(name))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (mt, mv, gt, gv) = (
+            read("mmlu_train.jsonl"),
+            read("mmlu_val.jsonl"),
+            read("gsm8k_train.jsonl"),
+            read("gsm8k_val.jsonl"),
+        );
+        // Every row in its bucket's file, the held-back buckets and the contaminated one nowhere.
+        for (i, t) in texts.iter().enumerate() {
+            let (train, val) = if i < 30 { (&mt, &mv) } else { (&gt, &gv) };
+            let found = |rows: &Vec<Value>| rows.iter().any(|r| r["text"] == Value::from(t.as_str()));
+            let want = if i == 21 { None } else { split_of(t) };
+            assert_eq!(found(train), want == Some("train"), "row {i}");
+            assert_eq!(found(val), want == Some("val"), "row {i}");
+        }
+        assert!(!mt.is_empty() && !mv.is_empty() && !gt.is_empty(), "the fixture covers every split");
+        // Subjects in file-name order (anatomy before zoology), outcomes from True/False.
+        let first = &mt[0];
+        assert_eq!(first["subject"], "anatomy");
+        let i = texts.iter().position(|t| first["text"] == Value::from(t.as_str())).unwrap() - 20;
+        assert_eq!(first["outcomes"]["mixtral-8x7b"], if i % 2 == 0 { 1 } else { 0 });
+        assert_eq!(first["outcomes"]["gpt-4-1106"], if i % 3 == 0 { 0 } else { 1 });
+        assert!(gt.iter().all(|r| r.get("subject").is_none()), "GSM8K rows have no subject");
+        // Python's json.dumps(row, ensure_ascii=False) layout.
+        let raw = fs::read_to_string(out.join("mmlu_train.jsonl")).unwrap();
+        let l = raw.lines().next().unwrap();
+        assert!(
+            l.starts_with("{\"text\": \"Question ") && l.contains("\\\"quoted\\\" — ünï\\nA. yes"),
+            "{l}"
+        );
+        let (a, b) = (first["outcomes"]["mixtral-8x7b"].clone(), first["outcomes"]["gpt-4-1106"].clone());
+        let want = format!(
+            "{{\"text\": {}, \"subject\": \"anatomy\", \"outcomes\": {{\"mixtral-8x7b\": {a}, \"gpt-4-1106\": {b}}}}}",
+            serde_json::to_string(first["text"].as_str().unwrap()).unwrap()
+        );
+        assert_eq!(l, want);
+    }
+
+    #[test]
+    fn a_bad_outcome_names_the_file_record_and_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let evals = tmp.path().join("evals");
+        fixture(&evals);
+        fs::write(
+            evals.join("mmlu/responses/mmlu_anatomy.csv"),
+            "prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview\nq,True,maybe\n",
+        )
+        .unwrap();
+        let e = convert_evals(&evals, &tmp.path().join("out")).unwrap_err().to_string();
+        assert!(e.contains("mmlu_anatomy.csv, record 1") && e.contains("gpt-4-1106-preview"), "{e}");
+    }
+
+    #[test]
+    fn the_split_is_the_digest_as_a_big_integer_mod_10() {
+        // sha256("abc") = ba7816bf…f20015ad; as an integer it is ≡ 5 (mod 10) (Python:
+        // int(hashlib.sha256(b"abc").hexdigest(), 16) % 10).
+        let d = Sha256::digest(b"abc");
+        let big = d.iter().fold(0u32, |r, &b| (r * 256 + u32::from(b)) % 10);
+        assert_eq!(big, 5);
+        assert_eq!(split_of("abc"), Some("train"));
+    }
+}
