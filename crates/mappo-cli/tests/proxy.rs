@@ -317,7 +317,7 @@ fn upstream_failures_are_502_json_and_logged_and_unknown_models_are_404() {
     };
     let extra = [
         "[serve]\n".to_string(),
-        upstream_table("code", &gamma.url, "gamma-code", ""),
+        upstream_table("code", &gamma.url, "gamma-code", "timeout_s = 0.5"),
         upstream_table("math", &down, "down-math", "timeout_s = 2"),
         upstream_table("writing", &slow.url, "slow-writing", "timeout_s = 0.5"),
     ]
@@ -362,6 +362,20 @@ fn upstream_failures_are_502_json_and_logged_and_unknown_models_are_404() {
     let (s, h, b, _) = chat("code", "fix my build", false);
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["choices"][0]["message"]["content"], "[gamma] gamma-code: fix my build");
+    decided.push(h["x-mappo-decision-id"].clone());
+
+    // A stream that stalls longer than timeout_s between two chunks (gamma pauses 1 s after its
+    // first piece) is cut off after what arrived: the client sees no [DONE].
+    let (s, h, b) = http_with(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &json!({"model": "code", "messages": [{"role": "user", "content": "tell me"}], "stream": true})
+            .to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("data: {") && !b.contains("[DONE]"), "{b}");
     decided.push(h["x-mappo-decision-id"].clone());
 
     // No upstream for the agent: 503, no decision.
@@ -410,7 +424,8 @@ fn upstream_failures_are_502_json_and_logged_and_unknown_models_are_404() {
         "mappo_upstream_requests_total{agent=\"math\",outcome=\"connect\"} 2",
         "mappo_upstream_requests_total{agent=\"writing\",outcome=\"timeout\"} 1",
         "mappo_upstream_requests_total{agent=\"code\",outcome=\"status\"} 1",
-        "mappo_upstream_requests_total{agent=\"code\",outcome=\"ok\"} 1",
+        "mappo_upstream_requests_total{agent=\"code\",outcome=\"ok\"} 2",
+        "mappo_upstream_requests_total{agent=\"code\",outcome=\"stream_error\"} 1",
         "mappo_upstream_requests_total{agent=\"support\",outcome=\"unconfigured\"} 1",
         "mappo_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"502\"} 4",
     ] {
