@@ -281,9 +281,14 @@ fn chain(e: &dyn std::error::Error) -> String {
     path = "/v1/chat/completions",
     request_body = ChatCompletionRequest,
     responses(
-        (status = 200, description = "The upstream's answer (JSON, or server-sent events with \
-            `\"stream\": true`), with headers x-mappo-decision-id and x-mappo-agent",
-            content_type = "application/json"),
+        (status = 200, description = "The upstream's answer (a JSON chat completion, or with \
+            `\"stream\": true` its server-sent events as they arrive), with headers \
+            x-mappo-decision-id and x-mappo-agent",
+            content(("application/json"), ("text/event-stream")),
+            headers(
+                ("x-mappo-decision-id" = String, description = "The decision (UUID), for /v1/feedback"),
+                ("x-mappo-agent" = String, description = "The agent that answered")
+            )),
         (status = 400, description = "Malformed JSON", body = crate::api::ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = crate::api::ErrorBody),
         (status = 404, description = "Unknown model (the message lists the allowed ones)", body = crate::api::ErrorBody),
