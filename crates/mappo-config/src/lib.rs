@@ -30,7 +30,7 @@ pub use error::ConfigError;
 pub use fsutil::write_atomic;
 pub use learn::LearnConfig;
 pub use rng::Rng;
-pub use serve::ServeConfig;
+pub use serve::{ServeConfig, Upstream};
 pub use types::{Device, EnvKind, MissingReward, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
@@ -408,6 +408,21 @@ impl Config {
                         "must be [lo, hi] with lo <= hi, both finite",
                     ));
                 }
+                // The proxy's upstreams must be agents (with `--checkpoint` only, the served
+                // policy's agents are checked when the service starts).
+                for name in self.serve.upstreams.keys() {
+                    if !self.env.agents.iter().any(|a| &a.name == name) {
+                        let names: Vec<&str> = self.env.agents.iter().map(|a| a.name.as_str()).collect();
+                        return Err(ConfigError::Invalid {
+                            key: format!("serve.upstreams.{name}"),
+                            message: format!(
+                                "`{name}` is not an agent: the tables must be named after [[env.agents]] \
+                                 names ({})",
+                                names.join(", ")
+                            ),
+                        });
+                    }
+                }
                 if self.env.reward == RewardModel::Cosine {
                     for (i, a) in self.env.agents.iter().enumerate() {
                         if a.description.trim().is_empty() {
@@ -584,6 +599,61 @@ mod tests {
         let c = set(&["ppo.target_kl=0.02", "train.device=cuda:1"]).expect("valid");
         let back = Config::from_toml_str(&c.to_toml_string(), "saved").expect("parse back");
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn upstream_tables_load_check_their_keys_and_agents_and_round_trip() {
+        let text = r#"
+[env]
+kind = "text"
+corpus = "/nonexistent/prompts.jsonl"
+
+[[env.agents]]
+name = "cheap"
+
+[[env.agents]]
+name = "strong"
+
+[serve.upstreams.cheap]
+base_url = "http://127.0.0.1:8001/v1"
+model = "small-model"
+
+[serve.upstreams.strong]
+base_url = "https://api.example.com/v1"
+model = "big-model"
+api_key_env = "STRONG_KEY"
+timeout_s = 5
+"#;
+        let c = Config::from_toml_str(text, "up.toml").expect("valid upstreams");
+        let u = &c.serve.upstreams["strong"];
+        assert_eq!((u.model.as_str(), u.api_key_env.as_str(), u.timeout_s), ("big-model", "STRONG_KEY", 5.0));
+        assert_eq!(c.serve.upstreams["cheap"].timeout_s, 60.0, "default timeout");
+        let back = Config::from_toml_str(&c.to_toml_string(), "saved").expect("parse back");
+        assert_eq!(c, back);
+
+        // A mistyped key inside a table: named with the agent, with a suggestion and the line.
+        let typo = text.replace("model = \"big-model\"", "modl = \"big-model\"");
+        let e = Config::from_toml_str(&typo, "up.toml").expect_err("unknown key").to_string();
+        assert!(e.contains("serve.upstreams.strong.modl") && e.contains("model"), "{e}");
+        assert!(e.contains("up.toml") && e.contains("line 18"), "{e}");
+        // A table for something that is not an agent.
+        let stranger = text.replace("[serve.upstreams.cheap]", "[serve.upstreams.chep]");
+        let e = Config::from_toml_str(&stranger, "up.toml").expect_err("not an agent").to_string();
+        assert!(e.contains("serve.upstreams.chep") && e.contains("cheap, strong"), "{e}");
+        // A value where a table belongs.
+        let e = set(&["serve.upstreams.code=3"]).expect_err("not a table").to_string();
+        assert!(e.contains("serve.upstreams.code") && e.contains("base_url"), "{e}");
+        // --set reaches into the tables; the values are checked.
+        let c = Config::from_toml_str(text, "up.toml").expect("valid");
+        assert!(c.serve.upstreams.contains_key("cheap"));
+        let e = set(&["serve.upstreams.x.base_url=\"nope\"", "serve.upstreams.x.model=\"m\""])
+            .expect_err("bad URL")
+            .to_string();
+        assert!(e.contains("serve.upstreams.x.base_url"), "{e}");
+        let ok =
+            set(&["serve.upstreams.x.base_url=\"http://localhost:9/v1\"", "serve.upstreams.x.model=\"m\""])
+                .expect("synthetic env: agent names are checked when the service starts");
+        assert_eq!(ok.serve.upstreams["x"].base_url, "http://localhost:9/v1");
     }
 
     #[test]

@@ -101,6 +101,14 @@ fn element_schema(key: &str) -> Option<toml::Table> {
     }
 }
 
+/// The keys each value of a table keyed by free names (`[serve.upstreams.<agent>]`) may have.
+fn map_schema(key: &str) -> Option<toml::Table> {
+    match key {
+        "serve.upstreams" => toml::Table::try_from(crate::Upstream::default()).ok(),
+        _ => None,
+    }
+}
+
 fn type_name(v: &toml::Value) -> &'static str {
     match v {
         toml::Value::String(_) => "a string",
@@ -154,7 +162,29 @@ pub(crate) fn check_keys(
             return Err(ConfigError::UnknownKey { key, allowed: allowed.join(", "), suggestion });
         };
         match (def, v) {
-            (toml::Value::Table(d), toml::Value::Table(u)) => check_keys(u, d, &key)?,
+            (toml::Value::Table(d), toml::Value::Table(u)) => match map_schema(&key) {
+                Some(schema) => {
+                    for (name, item) in u {
+                        let at = join(&key, name);
+                        match item {
+                            toml::Value::Table(t) => check_keys(t, &schema, &at)?,
+                            other => {
+                                let mut fields: Vec<&str> = schema.keys().map(String::as_str).collect();
+                                fields.sort();
+                                return Err(ConfigError::Invalid {
+                                    key: at,
+                                    message: format!(
+                                        "expected a table with keys {}, found {}",
+                                        fields.join(", "),
+                                        type_name(other)
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                }
+                None => check_keys(u, d, &key)?,
+            },
             (toml::Value::Array(_), toml::Value::Array(items)) => {
                 if let Some(schema) = element_schema(&key) {
                     for (i, item) in items.iter().enumerate() {

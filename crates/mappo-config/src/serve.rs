@@ -1,8 +1,35 @@
 //! The `[serve]` section: the routing service (`mappo serve`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+
+/// Where one agent lives for the OpenAI-compatible proxy (`POST /v1/chat/completions`): a
+/// `[serve.upstreams.<agent>]` table, `<agent>` being one of the policy's agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// Base URL of an OpenAI-compatible API (`http://` or `https://`), e.g.
+    /// `http://127.0.0.1:8000/v1`; requests go to `{base_url}/chat/completions`. Required.
+    pub base_url: String,
+    /// The model name sent upstream in place of the client's `"model"`. Required.
+    pub model: String,
+    /// Name of the environment variable holding the upstream's API key, sent as
+    /// `Authorization: Bearer KEY`; read when the service starts (unset → the service refuses
+    /// to start). "" = no key. Default "".
+    pub api_key_env: String,
+    /// Seconds to wait for the upstream: for the whole answer of a non-streaming request; for
+    /// the response headers and then between two chunks of a streamed one. Default 60.
+    pub timeout_s: f64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self { base_url: String::new(), model: String::new(), api_key_env: String::new(), timeout_s: 60.0 }
+    }
+}
 
 /// The routing service: where it listens, how it explores, its limits and
 /// what it logs.
@@ -49,6 +76,10 @@ pub struct ServeConfig {
     /// (`shadow` in `mappo log export`); it never acts. Its agents must be the served policy's.
     /// 0 = none. Default 0.
     pub shadow: i64,
+    /// The OpenAI-compatible proxy: where each agent lives (`[serve.upstreams.<agent>]` tables
+    /// with `base_url`, `model`, `api_key_env`, `timeout_s`). Agents without a table cannot be
+    /// proxied to (503). Default: none.
+    pub upstreams: BTreeMap<String, Upstream>,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +97,7 @@ impl Default for ServeConfig {
             reward_max: 1.0,
             cost_weight: 0.0,
             shadow: 0,
+            upstreams: BTreeMap::new(),
         }
     }
 }
@@ -114,6 +146,57 @@ impl ServeConfig {
         if self.reward_min > self.reward_max {
             return Err(bad("reward_min", &self.reward_min, "must be at most serve.reward_max"));
         }
+        for (agent, u) in &self.upstreams {
+            u.validate(agent)?;
+        }
+        Ok(())
+    }
+}
+
+impl Upstream {
+    /// Checks one `[serve.upstreams.<agent>]` table; the error names the key
+    /// (`serve.upstreams.<agent>.…`). Whether `<agent>` is an agent of the policy is checked by
+    /// [`crate::Config::validate`] (text env) and when the service starts (the served policy).
+    pub fn validate(&self, agent: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, allowed: &str| ConfigError::Invalid {
+            key: format!("serve.upstreams.{agent}.{key}"),
+            message: format!("{value} is not allowed: {allowed}"),
+        };
+        if agent.trim().is_empty() || agent == "mappo" {
+            return Err(ConfigError::Invalid {
+                key: format!("serve.upstreams.{agent}"),
+                message: format!(
+                    "{agent:?} is not allowed: the table must be named after an agent (and `mappo` is \
+                     the router's own model name)"
+                ),
+            });
+        }
+        let url_ok = url::Url::parse(&self.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .filter(|u| u.query().is_none() && u.fragment().is_none());
+        if url_ok.is_none() {
+            return Err(bad(
+                "base_url",
+                &format!("{:?}", self.base_url),
+                "must be an http:// or https:// URL with a host and no query, e.g. http://127.0.0.1:8000/v1",
+            ));
+        }
+        if self.model.trim().is_empty() {
+            return Err(bad("model", &"\"\"", "must name the upstream's model, e.g. \"gpt-4o-mini\""));
+        }
+        let env_ok = self.api_key_env.is_empty()
+            || self.api_key_env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !env_ok {
+            return Err(bad(
+                "api_key_env",
+                &format!("{:?}", self.api_key_env),
+                "must be the name of an environment variable (letters, digits, _) or \"\"",
+            ));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0 && self.timeout_s <= 86_400.0) {
+            return Err(bad("timeout_s", &self.timeout_s, "must be a number of seconds in (0, 86400]"));
+        }
         Ok(())
     }
 }
@@ -154,5 +237,44 @@ mod tests {
             let e = with(f).expect_err(key).to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    fn upstream(f: impl FnOnce(&mut Upstream)) -> Result<(), ConfigError> {
+        with(|c| {
+            let mut u = Upstream {
+                base_url: "http://127.0.0.1:8000/v1".into(),
+                model: "m".into(),
+                ..Upstream::default()
+            };
+            f(&mut u);
+            c.upstreams.insert("code".into(), u);
+        })
+    }
+
+    #[test]
+    fn upstreams_validate_and_bad_values_name_their_key() {
+        upstream(|_| {}).expect("a plain upstream validates");
+        upstream(|u| u.base_url = "https://api.example.com/v1/".into()).expect("https");
+        type Edit = Box<dyn FnOnce(&mut Upstream)>;
+        let cases: [(&str, Edit); 8] = [
+            ("serve.upstreams.code.base_url", Box::new(|u| u.base_url = String::new())),
+            ("serve.upstreams.code.base_url", Box::new(|u| u.base_url = "ftp://host/v1".into())),
+            ("serve.upstreams.code.base_url", Box::new(|u| u.base_url = "127.0.0.1:8000".into())),
+            ("serve.upstreams.code.base_url", Box::new(|u| u.base_url = "http://h/v1?x=1".into())),
+            ("serve.upstreams.code.model", Box::new(|u| u.model = " ".into())),
+            ("serve.upstreams.code.api_key_env", Box::new(|u| u.api_key_env = "A=B".into())),
+            ("serve.upstreams.code.timeout_s", Box::new(|u| u.timeout_s = 0.0)),
+            ("serve.upstreams.code.timeout_s", Box::new(|u| u.timeout_s = f64::NAN)),
+        ];
+        for (key, f) in cases {
+            let e = upstream(f).expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = with(|c| {
+            c.upstreams.insert("mappo".into(), Upstream::default());
+        })
+        .expect_err("mappo is reserved")
+        .to_string();
+        assert!(e.contains("serve.upstreams.mappo"), "{e}");
     }
 }

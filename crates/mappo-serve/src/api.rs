@@ -125,7 +125,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self { status, message: message.into() }
     }
 }
@@ -150,10 +150,12 @@ pub(crate) struct AppState {
     pub replica: String,
     pub db_ok: AtomicBool,
     pub openapi: String,
+    /// The OpenAI-compatible proxy's upstreams.
+    pub upstreams: crate::proxy::Upstreams,
 }
 
 impl AppState {
-    fn log_error(&self, e: LogError) -> ApiError {
+    pub(crate) fn log_error(&self, e: LogError) -> ApiError {
         match e {
             LogError::UnknownDecision(id) => {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no decision {id} in the log"))
@@ -183,7 +185,9 @@ impl AppState {
 }
 
 /// Parses a JSON body: syntax errors → 400, wrong fields or types → 422, too large → 413.
-fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         let status = r.status();
         let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -422,7 +426,15 @@ impl utoipa::Modify for BearerSecurity {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "mappo serve", description = "Routes prompts to agents, logs every decision with its propensity, joins rewards."),
-    paths(route, feedback, healthz, metrics, openapi),
+    paths(
+        route,
+        feedback,
+        healthz,
+        metrics,
+        openapi,
+        crate::proxy::chat_completions,
+        crate::proxy::models
+    ),
     components(schemas(
         RouteRequest,
         RouteDecision,
@@ -431,7 +443,12 @@ impl utoipa::Modify for BearerSecurity {
         FeedbackRequest,
         FeedbackResponse,
         HealthResponse,
-        ErrorBody
+        ErrorBody,
+        crate::proxy::ChatCompletionRequest,
+        crate::proxy::ChatMessage,
+        crate::proxy::MappoOptions,
+        crate::proxy::ModelList,
+        crate::proxy::ModelEntry
     )),
     modifiers(&BearerSecurity)
 )]
@@ -462,6 +479,8 @@ fn endpoint_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         "/openapi.json" => "/openapi.json",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
         _ => "other",
     }
 }
@@ -507,6 +526,8 @@ pub(crate) fn router(st: Arc<AppState>) -> Router {
         .route("/v1/route", post(route))
         .route("/v1/feedback", post(feedback))
         .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", post(crate::proxy::chat_completions))
+        .route("/v1/models", get(crate::proxy::models))
         .route_layer(from_fn_with_state(st.clone(), require_key))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))

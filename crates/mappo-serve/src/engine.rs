@@ -12,7 +12,7 @@ pub use mappo_nn::floor_probabilities;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,7 @@ pub(crate) struct Engine {
     tx: Option<SyncSender<Job>>,
     pending: Arc<Mutex<Option<LoadedPolicy>>>,
     version: Arc<AtomicI64>,
+    agents: Arc<RwLock<Arc<[String]>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -107,6 +108,7 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::sync_channel(opts.queue.max(1));
         let pending = Arc::new(Mutex::new(None));
         let version = Arc::new(AtomicI64::new(policy.version));
+        let agents = Arc::new(RwLock::new(policy.agents.clone()));
         metrics.policy_version.set(policy.version);
         let shadow_rng = Rng::new(rng.next_u64());
         let worker = Worker {
@@ -119,10 +121,11 @@ impl Engine {
             opts,
             pending: pending.clone(),
             version: version.clone(),
+            agents: agents.clone(),
             metrics,
         };
         let thread = std::thread::Builder::new().name("mappo-model".into()).spawn(move || worker.run(rx))?;
-        Ok(Self { tx: Some(tx), pending, version, thread: Some(thread) })
+        Ok(Self { tx: Some(tx), pending, version, agents, thread: Some(thread) })
     }
 
     /// Routes `texts` (one job, answered together) at cost weight 0.
@@ -159,6 +162,14 @@ impl Engine {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The agents of the version the model thread serves now, in index order.
+    pub fn agents(&self) -> Arc<[String]> {
+        match self.agents.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Stops the thread once the queued jobs are answered.
     pub fn stop(&mut self) {
         self.tx = None;
@@ -184,6 +195,7 @@ struct Worker {
     opts: EngineOptions,
     pending: Arc<Mutex<Option<LoadedPolicy>>>,
     version: Arc<AtomicI64>,
+    agents: Arc<RwLock<Arc<[String]>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -230,6 +242,10 @@ impl Worker {
         if let Some(p) = next {
             tracing::info!(from = self.policy.version, to = p.version, "serving a new policy version");
             self.version.store(p.version, Ordering::Release);
+            match self.agents.write() {
+                Ok(mut a) => *a = p.agents.clone(),
+                Err(poisoned) => *poisoned.into_inner() = p.agents.clone(),
+            }
             self.metrics.policy_version.set(p.version);
             self.metrics.policy_switches.inc();
             self.policy = p;
@@ -444,6 +460,7 @@ mod tests {
         let r = engine.route(vec!["z".into()], true).await.expect("routed");
         assert_eq!((r.version, r.items[0].action), (2, 2));
         assert_eq!(engine.version(), 2);
+        assert_eq!(&*engine.agents(), &["a", "b", "c"]);
     }
 
     /// Uniform over the three agents (so the served choice is a real draw).

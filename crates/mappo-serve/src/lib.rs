@@ -4,7 +4,11 @@
 //! probability at `serve.min_prob`, **samples** the agent with a seeded RNG (or takes the argmax
 //! for `"greedy": true`), commits each decision with its propensity and embedding to the
 //! decision log ([`mappo_log`]) and only then answers. `POST /v1/feedback` joins a reward to a
-//! decision. `GET /healthz`, `GET /metrics` (Prometheus) and `GET /openapi.json` complete it.
+//! decision. `POST /v1/chat/completions` is an OpenAI-compatible proxy: it routes the
+//! conversation's last user message the same way and forwards the request to the chosen agent's
+//! upstream (`[serve.upstreams.<agent>]`), streaming included; `GET /v1/models` lists `mappo`
+//! and the agents. `GET /healthz`, `GET /metrics` (Prometheus) and `GET /openapi.json` complete
+//! it.
 //!
 //! Concurrent requests are batched dynamically on a dedicated model thread (one embedding and one
 //! policy forward pass per batch, never on the async executor). Policy versions live in the
@@ -29,6 +33,7 @@ mod engine;
 pub mod loadgen;
 mod metrics;
 pub mod model;
+mod proxy;
 pub mod simulate;
 
 use std::future::Future;
@@ -51,6 +56,10 @@ pub use api::{
 pub use auth::ApiKeys;
 pub use engine::floor_probabilities;
 pub use model::{CandleLoader, ModelError, ModelLoader, PolicyModel, TextEmbedder};
+pub use proxy::{
+    AGENT_HEADER, ChatCompletionRequest, ChatMessage, DECISION_HEADER, MappoOptions, ModelEntry, ModelList,
+    ROUTER_MODEL,
+};
 
 use crate::api::AppState;
 use crate::engine::{Engine, EngineOptions, LoadedPolicy};
@@ -235,6 +244,8 @@ impl Server {
         if keys.is_empty() && !addr.ip().is_loopback() && !opts.insecure {
             return Err(ServeError::Insecure { addr });
         }
+        // The proxy's upstreams (their API keys are read now: a missing one stops the start).
+        let upstreams = proxy::Upstreams::from_config(&scfg.upstreams)?;
         let log = DecisionLog::open(&opts.db).await?;
         let loader: Arc<dyn ModelLoader> =
             opts.loader.clone().unwrap_or_else(|| Arc::new(CandleLoader::new(opts.model_dir.clone())));
@@ -363,6 +374,8 @@ impl Server {
                 Some(LoadedPolicy { version: v, agents: model.agents().into(), model })
             }
         };
+        upstreams.check_agents(&policy.agents, policy.version)?;
+
         let replica = opts.replica.clone().unwrap_or_else(default_replica);
         let metrics = Arc::new(Metrics::new());
         let rng = Rng::derived(opts.config.train.seed, &format!("serve/{replica}"));
@@ -389,6 +402,7 @@ impl Server {
             replica,
             db_ok: AtomicBool::new(true),
             openapi: openapi_json(),
+            upstreams,
         });
         let (stop_watcher, stop_rx) = watch::channel(false);
         let watcher = tokio::spawn(watch_policies(

@@ -26,6 +26,24 @@ pub(crate) struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// Labels of the proxy's upstream calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UpstreamLabels {
+    /// The agent whose upstream was called.
+    pub agent: String,
+    /// `ok`, `timeout`, `connect` (cannot connect), `error` (another transport error),
+    /// `status` (a non-2xx answer), `stream_error` (a streamed answer broke off),
+    /// `unconfigured` (the agent has no `[serve.upstreams.<agent>]`).
+    pub outcome: String,
+}
+
+/// Labels of the per-agent upstream latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AgentLabels {
+    /// The agent whose upstream was called.
+    pub agent: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -45,6 +63,8 @@ pub(crate) struct Metrics {
     pub database_errors: Counter<u64, AtomicU64>,
     pub shadow_decisions: Counter,
     pub shadow_agreements: Counter,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_latency: Family<AgentLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -98,6 +118,20 @@ impl Metrics {
             "Shadow-scored decisions where the shadow chose the served agent",
             shadow_agreements.clone(),
         );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Calls of the proxy to an agent's upstream, by agent and outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_latency = Family::<AgentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time until an upstream's response headers, by agent",
+            upstream_latency.clone(),
+        );
         Self {
             registry,
             requests,
@@ -111,7 +145,16 @@ impl Metrics {
             database_errors,
             shadow_decisions,
             shadow_agreements,
+            upstream_requests,
+            upstream_latency,
         }
+    }
+
+    /// Counts one call of the proxy to `agent`'s upstream.
+    pub fn observe_upstream(&self, agent: &str, outcome: &str) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels { agent: agent.to_string(), outcome: outcome.to_string() })
+            .inc();
     }
 
     /// Counts one request.

@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI tests: run the binary, read its output.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -107,9 +108,15 @@ fn pg_exec(url: &str, sql: &str) {
 
 /// Starts `mappo serve --db DB --addr 127.0.0.1:0 ARGS...`; returns once it listens.
 pub fn start_with(db: &str, args: &[&str]) -> (Child, String) {
+    start_with_env(db, args, &[])
+}
+
+/// [`start_with`] with extra environment variables for the server.
+pub fn start_with_env(db: &str, args: &[&str], envs: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
         .args(["serve", "--db", db, "--addr", "127.0.0.1:0"])
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -134,19 +141,39 @@ pub fn start_with(db: &str, args: &[&str]) -> (Child, String) {
 
 /// One HTTP/1.1 request; returns the status and the body.
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, &[], body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request with extra headers; returns the status, the response headers (names in
+/// lower case) and the body (not de-chunked: for answers with a Content-Length).
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, BTreeMap<String, String>, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         {extra}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
     let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
 
 /// A body parsed as JSON (the body in the panic when it is not).
