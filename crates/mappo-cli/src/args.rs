@@ -197,8 +197,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 1.0, value_name = "ALPHA")]
     pub ridge_alpha: f64,
     /// Draw the quality–cost curve (with each agent alone, random routing, the oracle and the
-    /// baseline when fit) into FILE.svg (outcome corpora).
-    #[arg(long, requires = "corpus", value_name = "FILE.svg")]
+    /// baseline when fit) into FILE.png or FILE.svg (outcome corpora).
+    #[arg(long, requires = "corpus", value_name = "FILE.png|FILE.svg")]
     pub plot: Option<PathBuf>,
 }
 

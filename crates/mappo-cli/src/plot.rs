@@ -1,19 +1,43 @@
-//! `mappo eval --plot FILE.svg`: the quality–cost curve of a router on an outcome corpus, with
-//! each agent alone, random routing (the line between the weak and the strong agent), the
-//! oracle and, when fit, the full-information ridge baseline. plotters' SVG backend (no fonts
-//! needed at build or run time).
+//! `mappo eval --plot FILE.png|FILE.svg`: the quality–cost curve of a router on an outcome
+//! corpus, with each agent alone, random routing (the line between the weak and the strong
+//! agent), the oracle and, when fit, the full-information ridge baseline. plotters' SVG or
+//! bitmap backend; text is laid out (and, in a PNG, drawn) with DejaVu Sans embedded in the
+//! binary, so no system font is needed.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
 use mappo_train::{CurvePoint, RoutingReport};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Draws `r` into `path` (SVG).
-pub fn draw(r: &RoutingReport, path: &Path) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()).is_none_or(|e| !e.eq_ignore_ascii_case("svg")) {
-        bail!("--plot: only SVG is supported (a file name ending in .svg), got {}", path.display());
+/// Image size in pixels.
+const SIZE: (u32, u32) = (800, 560);
+
+/// Registers the embedded DejaVu Sans as plotters' "sans-serif" (once per process).
+fn font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
+    });
+    if !ok {
+        bail!("--plot: the embedded font could not be loaded");
     }
+    Ok(())
+}
+
+/// Draws `r` into `path`: a PNG for `.png`, an SVG for `.svg`.
+pub fn draw(r: &RoutingReport, path: &Path) -> Result<()> {
+    font()?;
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => render(SVGBackend::new(path, SIZE).into_drawing_area(), r, path),
+        Some("png") => render(BitMapBackend::new(path, SIZE).into_drawing_area(), r, path),
+        _ => bail!("--plot: give a file name ending in .png or .svg, got {}", path.display()),
+    }
+}
+
+fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &RoutingReport, path: &Path) -> Result<()> {
     let xy = |p: &CurvePoint| (p.cost, p.quality);
     let mut pts: Vec<(f64, f64)> = r.summary.curve.iter().map(xy).collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -30,8 +54,7 @@ pub fn draw(r: &RoutingReport, path: &Path) -> Result<()> {
     let pad_x = ((x1 - x0) * 0.05).max(1e-6);
     let pad_y = ((y1 - y0) * 0.08).max(1e-3);
 
-    let root = SVGBackend::new(path, (800, 560)).into_drawing_area();
-    let e = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(e)?;
     let apgr = r.summary.apgr.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into());
     let mut chart = ChartBuilder::on(&root)
@@ -39,7 +62,8 @@ pub fn draw(r: &RoutingReport, path: &Path) -> Result<()> {
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d((x0 - pad_x)..(x1 + pad_x), (y0 - pad_y)..(y1 + pad_y))
+        // Room on the right for the most expensive agent's name.
+        .build_cartesian_2d((x0 - pad_x)..(x1 + 3.0 * pad_x), (y0 - pad_y)..(y1 + pad_y))
         .map_err(e)?;
     chart.configure_mesh().x_desc("mean cost per request").y_desc("mean quality").draw().map_err(e)?;
     let (w, s) =

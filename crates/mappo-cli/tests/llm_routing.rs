@@ -71,6 +71,16 @@ fn a_cost_aware_router_is_evaluated_calibrated_and_routes_at_a_cost_weight() {
     assert!(r["at"]["cost_weight"].as_f64() == Some(0.3), "{r}");
     let svg = std::fs::read_to_string(&plot).expect("the plot");
     assert!(svg.starts_with("<svg") && svg.contains("oracle"), "an SVG with a legend");
+    // The same plot as a PNG: a real image, with text drawn by the embedded font.
+    let png = tmp.path().join("curve.png");
+    let o =
+        mappo(&["eval", "--checkpoint", ck, "--corpus", corpus_s, "--plot", png.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).expect("the PNG");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+    assert!(bytes.len() > 5_000, "a drawn image, not an empty one: {} bytes", bytes.len());
+    let o = mappo(&["eval", "--checkpoint", ck, "--corpus", corpus_s, "--plot", "curve.gif"]);
+    assert!(!o.status.success() && stderr(&o).contains(".png or .svg"), "{}", stderr(&o));
 
     // Calibration: at most 55% of the prompts to the large model (code + math, where only the
     // large model is right, are about half: no λ in the range is worth losing them).
