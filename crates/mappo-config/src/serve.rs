@@ -171,11 +171,13 @@ impl Upstream {
                 ),
             });
         }
-        let url_ok = url::Url::parse(&self.base_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .filter(|u| u.query().is_none() && u.fragment().is_none());
-        if url_ok.is_none() {
+        // A light check (this crate stays free of URL and HTTP crates): the scheme, a host, no
+        // query or fragment, no spaces. The service's HTTP client parses it fully.
+        let rest = self.base_url.strip_prefix("http://").or_else(|| self.base_url.strip_prefix("https://"));
+        let url_ok = rest.is_some_and(|r| !r.split('/').next().unwrap_or_default().is_empty())
+            && !self.base_url.contains(['?', '#'])
+            && !self.base_url.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !url_ok {
             return Err(bad(
                 "base_url",
                 &format!("{:?}", self.base_url),
