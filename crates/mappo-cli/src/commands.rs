@@ -33,6 +33,12 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         {
             bail!("--cost-weight must be a finite number, got {w}");
         }
+        if !(a.ridge_alpha.is_finite() && a.ridge_alpha >= 0.0) {
+            bail!(
+                "--ridge-alpha must be a number >= 0 (0: chosen by cross-validation), got {}",
+                a.ridge_alpha
+            );
+        }
         let opts = mappo_train::CorpusEvalOptions {
             cost_weight: a.cost_weight,
             baseline_train: a.baseline_train.clone(),

@@ -45,8 +45,8 @@ pub use loss::LossStats;
 #[cfg(feature = "text")]
 pub use mappo_env::text::EmbedProgress;
 pub use routing::{
-    CurvePoint, CurveSummary, OutcomeTable, RidgeRouter, SingleAgent, area, choose_by_scores, cpt, pgr_curve,
-    score_sweep,
+    CurvePoint, CurveSummary, OutcomeTable, RIDGE_ALPHAS, RidgeRouter, SingleAgent, area, choose_by_scores,
+    cpt, pgr_curve, score_sweep,
 };
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{SyntheticSetup, select_device};

@@ -227,6 +227,9 @@ pub fn cpt(curve: &[(f64, f64)], target: f64) -> Option<f64> {
 
 /// A ridge regression of every agent's quality on the embeddings (plus a bias): the
 /// full-information router that sees every agent's outcome for every training prompt.
+/// The penalties [`RidgeRouter::fit_cv`] chooses from when none is given.
+pub const RIDGE_ALPHAS: &[f64] = &[0.1, 1.0, 10.0, 100.0, 1000.0];
+
 #[derive(Debug, Clone)]
 pub struct RidgeRouter {
     dim: usize,
@@ -246,40 +249,83 @@ impl RidgeRouter {
         agents: usize,
         alpha: f64,
     ) -> Result<Self, TrainError> {
+        let g = Gram::of(x, dim, quality, agents, |_| true)?;
+        g.solve(alpha)
+    }
+
+    /// Chooses the penalty from `alphas` by `folds`-fold cross-validation on the rows (row `i`
+    /// is held out in fold `i mod folds`), maximising the mean APGR of the held-out folds as
+    /// [`OutcomeTable::summarize`] computes it, then fits every row with it. Returns the router,
+    /// the α chosen and its cross-validated APGR. The Gram matrix of each fold is accumulated
+    /// once; each α only changes the diagonal.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_cv(
+        x: &[f32],
+        dim: usize,
+        quality: &[f32],
+        names: &[String],
+        costs: &[f64],
+        alphas: &[f64],
+        folds: usize,
+    ) -> Result<(Self, f64, f64), TrainError> {
+        let agents = names.len();
         let n = x.len() / dim.max(1);
-        if n == 0 || quality.len() != n * agents || x.len() != n * dim {
-            return Err(TrainError::Setup("ridge: rows of embeddings and qualities differ".into()));
+        if folds < 2 || n < folds || alphas.is_empty() {
+            return Err(TrainError::Setup(format!("ridge: {folds}-fold cross-validation over {n} rows")));
         }
-        let d = dim + 1;
-        let mut a = vec![0f64; d * d];
-        let mut b = vec![0f64; d * agents];
-        let mut row = vec![0f64; d];
-        for i in 0..n {
-            for j in 0..dim {
-                row[j] = f64::from(x[i * dim + j]);
-            }
-            row[dim] = 1.0;
-            for j in 0..d {
-                let rj = row[j];
-                for k in 0..=j {
-                    a[j * d + k] += rj * row[k];
+        let grams: Vec<Gram> = (0..folds)
+            .map(|k| Gram::of(x, dim, quality, agents, |i| i % folds == k))
+            .collect::<Result<_, _>>()?;
+        let max_cost = costs.iter().cloned().fold(0.0, f64::max);
+        let norm: Vec<f64> = costs.iter().map(|c| if max_cost > 0.0 { c / max_cost } else { 0.0 }).collect();
+        let mut best: Option<(f64, f64)> = None;
+        for &alpha in alphas {
+            let mut total = 0.0;
+            let mut counted = 0;
+            for k in 0..folds {
+                let mut g = Gram::zero(dim, agents);
+                for (j, gj) in grams.iter().enumerate() {
+                    if j != k {
+                        g.add(gj);
+                    }
                 }
-                for t in 0..agents {
-                    b[j * agents + t] += rj * f64::from(quality[i * agents + t]);
+                let r = g.solve(alpha)?;
+                let rows: Vec<usize> = (0..n).filter(|i| i % folds == k).collect();
+                let xs: Vec<f32> =
+                    rows.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect();
+                let qs: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&i| quality[i * agents..(i + 1) * agents].iter().copied())
+                    .collect();
+                let table = OutcomeTable::new(names.to_vec(), costs.to_vec(), qs)?;
+                let (weak, _) = table.weak_strong();
+                let pred = r.predict(&xs);
+                let curve = score_sweep(&pred, &norm, weak)
+                    .into_iter()
+                    .map(|l| table.point(l, &choose_by_scores(&pred, &norm, l)))
+                    .collect();
+                if let Some(a) = table.summarize(curve).apgr {
+                    total += a;
+                    counted += 1;
+                }
+            }
+            if counted > 0 {
+                let mean = total / f64::from(counted);
+                if best.is_none_or(|(_, b)| mean > b) {
+                    best = Some((alpha, mean));
                 }
             }
         }
-        for j in 0..d {
-            for k in 0..j {
-                a[k * d + j] = a[j * d + k];
-            }
-            if j < dim {
-                a[j * d + j] += alpha;
-            }
+        let (alpha, cv) = best.ok_or_else(|| {
+            TrainError::Setup(
+                "ridge: no fold has an APGR (does every fold hold both agents' outcomes?)".into(),
+            )
+        })?;
+        let mut g = Gram::zero(dim, agents);
+        for gk in &grams {
+            g.add(gk);
         }
-        let weights = cholesky_solve(&mut a, d, &b, agents)
-            .ok_or_else(|| TrainError::Setup("ridge: the normal equations are singular".into()))?;
-        Ok(Self { dim, weights, agents })
+        Ok((g.solve(alpha)?, alpha, cv))
     }
 
     /// Predicted quality `[n, agents]` of every agent for rows `x [n, dim]`.
@@ -299,6 +345,78 @@ impl RidgeRouter {
 }
 
 /// Solves `A X = B` for symmetric positive definite `A [d, d]`, `B [d, m]` (row-major).
+/// The normal equations `[x 1]ᵀ[x 1]` and `[x 1]ᵀ quality` of some rows.
+struct Gram {
+    dim: usize,
+    agents: usize,
+    /// `[dim + 1, dim + 1]`, lower triangle filled.
+    a: Vec<f64>,
+    /// `[dim + 1, agents]`.
+    b: Vec<f64>,
+}
+
+impl Gram {
+    fn zero(dim: usize, agents: usize) -> Self {
+        let d = dim + 1;
+        Gram { dim, agents, a: vec![0.0; d * d], b: vec![0.0; d * agents] }
+    }
+
+    /// Accumulates the rows `i` with `keep(i)`.
+    fn of(
+        x: &[f32],
+        dim: usize,
+        quality: &[f32],
+        agents: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Self, TrainError> {
+        let n = x.len() / dim.max(1);
+        if n == 0 || quality.len() != n * agents || x.len() != n * dim {
+            return Err(TrainError::Setup("ridge: rows of embeddings and qualities differ".into()));
+        }
+        let mut g = Gram::zero(dim, agents);
+        let d = dim + 1;
+        let mut row = vec![0f64; d];
+        for i in (0..n).filter(|&i| keep(i)) {
+            for j in 0..dim {
+                row[j] = f64::from(x[i * dim + j]);
+            }
+            row[dim] = 1.0;
+            for j in 0..d {
+                let rj = row[j];
+                for k in 0..=j {
+                    g.a[j * d + k] += rj * row[k];
+                }
+                for t in 0..agents {
+                    g.b[j * agents + t] += rj * f64::from(quality[i * agents + t]);
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    fn add(&mut self, o: &Gram) {
+        self.a.iter_mut().zip(&o.a).for_each(|(x, y)| *x += y);
+        self.b.iter_mut().zip(&o.b).for_each(|(x, y)| *x += y);
+    }
+
+    /// Solves with L2 penalty `alpha` on every weight but the bias.
+    fn solve(&self, alpha: f64) -> Result<RidgeRouter, TrainError> {
+        let (dim, d) = (self.dim, self.dim + 1);
+        let mut a = self.a.clone();
+        for j in 0..d {
+            for k in 0..j {
+                a[k * d + j] = a[j * d + k];
+            }
+            if j < dim {
+                a[j * d + j] += alpha;
+            }
+        }
+        let weights = cholesky_solve(&mut a, d, &self.b, self.agents)
+            .ok_or_else(|| TrainError::Setup("ridge: the normal equations are singular".into()))?;
+        Ok(RidgeRouter { dim, weights, agents: self.agents })
+    }
+}
+
 fn cholesky_solve(a: &mut [f64], d: usize, b: &[f64], m: usize) -> Option<Vec<f64>> {
     // In place: the lower triangle of `a` becomes L with A = L Lᵀ.
     for j in 0..d {
@@ -451,6 +569,33 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!((c[0], c[2]), ((0.0, 0.0), (1.0, 1.0)));
         assert!((c[1].0 - 0.5).abs() < 1e-12 && (c[1].1 - 0.6).abs() < 1e-12, "{c:?}");
+    }
+
+    #[test]
+    fn cross_validation_picks_the_penalty_that_routes_best_and_matches_a_plain_fit() {
+        // The strong agent (cost 1) is right exactly when x0 > 0.5, the weak one (cost 0) when
+        // x0 <= 0.5; x1..x3 are noise. A tiny penalty routes well; a huge one routes at random.
+        let mut rng = mappo_config::Rng::new(3);
+        let (mut x, mut q) = (Vec::new(), Vec::new());
+        for _ in 0..400 {
+            let v: Vec<f32> = (0..4).map(|_| rng.uniform() as f32).collect();
+            let strong_right = v[0] > 0.5;
+            q.extend([if strong_right { 0.0 } else { 1.0 }, if strong_right { 1.0 } else { 0.5 }]);
+            x.extend(v);
+        }
+        let names = vec!["weak".to_string(), "strong".to_string()];
+        let (r, alpha, cv) =
+            RidgeRouter::fit_cv(&x, 4, &q, &names, &[0.0, 1.0], &[1e6, 1e-3], 5).expect("fit_cv");
+        assert_eq!(alpha, 1e-3, "cv APGR {cv}");
+        assert!(cv > 0.8, "{cv}");
+        // The router returned is the plain fit of every row with the chosen penalty.
+        let plain = RidgeRouter::fit(&x, 4, &q, 2, 1e-3).expect("fit");
+        let (a, b) = (r.predict(&x[..8]), plain.predict(&x[..8]));
+        assert!(a.iter().zip(&b).all(|(u, v)| (u - v).abs() < 1e-9), "{a:?} vs {b:?}");
+        assert!(
+            RidgeRouter::fit_cv(&x[..8], 4, &q[..4], &names, &[0.0, 1.0], &[1.0], 5).is_err(),
+            "2 rows, 5 folds"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use mappo_nn::{ActorCritic, Policy, sample_actions};
 use serde::Serialize;
 
 use crate::routing::{
-    CurvePoint, CurveSummary, OutcomeTable, RidgeRouter, SingleAgent, choose_by_scores, score_sweep,
+    CurvePoint, CurveSummary, OutcomeTable, RIDGE_ALPHAS, RidgeRouter, SingleAgent, choose_by_scores,
+    score_sweep,
 };
 use crate::{Checkpoint, GreedyEvaluator, TrainError, Trainer};
 
@@ -132,8 +133,10 @@ pub struct RoutingReport {
 pub struct BaselineReport {
     /// The corpus it was fit on.
     pub train_corpus: String,
-    /// Its L2 penalty.
+    /// Its L2 penalty (given, or chosen by cross-validation).
     pub alpha: f64,
+    /// The cross-validated APGR on the training corpus that chose `alpha` (None when given).
+    pub cv_apgr: Option<f64>,
     /// Its curve (a threshold sweep: 0%, 1%, …, 100% of prompts to the stronger agents), APGR, CPT.
     #[serde(flatten)]
     pub summary: CurveSummary,
@@ -146,7 +149,8 @@ pub struct CorpusEvalOptions {
     pub cost_weight: Option<f64>,
     /// Fit the full-information ridge baseline on this outcome corpus.
     pub baseline_train: Option<std::path::PathBuf>,
-    /// Ridge penalty (0 → 1.0).
+    /// Ridge penalty; 0 → chosen from [`RIDGE_ALPHAS`] by 5-fold cross-validation on the
+    /// training corpus (the APGR of the held-out folds).
     pub ridge_alpha: f64,
 }
 
@@ -262,8 +266,28 @@ pub fn evaluate_corpus_with(
                             train_path.display()
                         ))
                     })?;
-                    let alpha = if opts.ridge_alpha > 0.0 { opts.ridge_alpha } else { 1.0 };
-                    let ridge = RidgeRouter::fit(&train.embeddings, train.dim, &tq.quality, na, alpha)?;
+                    let (ridge, alpha, cv_apgr) = if opts.ridge_alpha > 0.0 {
+                        let r = RidgeRouter::fit(
+                            &train.embeddings,
+                            train.dim,
+                            &tq.quality,
+                            na,
+                            opts.ridge_alpha,
+                        )?;
+                        (r, opts.ridge_alpha, None)
+                    } else {
+                        let raw_costs: Vec<f64> = cfg.env.agents.iter().map(|a| a.cost).collect();
+                        let (r, a, cv) = RidgeRouter::fit_cv(
+                            &train.embeddings,
+                            train.dim,
+                            &tq.quality,
+                            &table.agents,
+                            &raw_costs,
+                            RIDGE_ALPHAS,
+                            5,
+                        )?;
+                        (r, a, Some(cv))
+                    };
                     let pred = ridge.predict(&data.embeddings);
                     let curve = score_sweep(&pred, &costs, weak)
                         .into_iter()
@@ -272,6 +296,7 @@ pub fn evaluate_corpus_with(
                     Some(BaselineReport {
                         train_corpus: train_path.display().to_string(),
                         alpha,
+                        cv_apgr,
                         summary: table.summarize(curve),
                     })
                 }
