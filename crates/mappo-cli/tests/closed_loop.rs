@@ -21,28 +21,6 @@ fn serve(db: &str) -> (Child, String) {
     common::start_with(db, &["--config", s(&repo("configs/prompts.toml"))])
 }
 
-fn simulate(addr: &str, requests: usize, seed: u64) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_mappo"))
-        .args([
-            "simulate",
-            "--url",
-            &format!("http://{addr}"),
-            "--corpus",
-            s(&repo("data/prompts.jsonl")),
-            "--requests",
-            &requests.to_string(),
-            "--concurrency",
-            "4",
-            "--seed",
-            &seed.to_string(),
-        ])
-        .output()
-        .expect("mappo simulate");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout);
-    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 fn term(child: &Child) {
     let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(ok.success());
@@ -78,9 +56,9 @@ fn serve_learn_simulate_publishes_versions_and_reward_improves() {
         .spawn()
         .expect("spawn mappo learn");
 
-    let early = simulate(&addr, 600, 1);
+    let early = common::simulate(&addr, 600, 1);
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let late = simulate(&addr, 600, 2);
+    let late = common::simulate(&addr, 600, 2);
 
     term(&learner);
     let out = learner.wait_with_output().expect("learner output");
@@ -151,7 +129,7 @@ fn a_learner_killed_with_sigkill_and_restarted_ends_bit_identical() {
     let tmp = tempfile::tempdir().expect("tmp");
     let served = tmp.path().join("served.db");
     let (mut server, addr) = serve(&format!("sqlite:{}", s(&served)));
-    let r = simulate(&addr, 700, 5);
+    let r = common::simulate(&addr, 700, 5);
     assert_eq!(r["errors"], 0, "{r}");
     term(&server);
     assert_eq!(server.wait().expect("serve exit").code(), Some(0));

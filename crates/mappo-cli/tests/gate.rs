@@ -78,20 +78,8 @@ fn the_gate_refuses_a_policy_trained_on_inverted_rewards_and_publishes_a_better_
     let start = common::last_line(&o);
     let db = format!("sqlite:{}", s(&tmp.path().join("serve.db")));
     let (mut child, addr) = start_with(&db, &["--checkpoint", s(&start), "--set", "serve.log_text=true"]);
-    let o = mappo(&[
-        "simulate",
-        "--url",
-        &format!("http://{addr}"),
-        "--corpus",
-        s(&repo("data/prompts.jsonl")),
-        "--requests",
-        "800",
-        "--concurrency",
-        "4",
-        "--seed",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let r = common::simulate(&addr, 800, 3);
+    assert_eq!(r["errors"], 0, "{r}");
     child.kill().expect("kill");
     child.wait().expect("wait");
 

@@ -190,3 +190,26 @@ pub fn export(db: &str) -> Vec<serde_json::Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).lines().map(json).collect()
 }
+
+/// `mappo simulate --url http://ADDR --corpus data/prompts.jsonl --requests N --concurrency 4
+/// --seed S`: its JSON summary (the last stdout line).
+pub fn simulate(addr: &str, requests: usize, seed: u64) -> serde_json::Value {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/prompts.jsonl");
+    let (requests, seed) = (requests.to_string(), seed.to_string());
+    let o = mappo(&[
+        "simulate",
+        "--url",
+        &format!("http://{addr}"),
+        "--corpus",
+        corpus.to_str().expect("utf-8 path"),
+        "--requests",
+        &requests,
+        "--concurrency",
+        "4",
+        "--seed",
+        &seed,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
