@@ -339,8 +339,9 @@ pub struct LearnArgs {
     /// this database.
     #[arg(long, conflicts_with = "log_file")]
     pub db: Option<String>,
-    /// Train from an exported log instead (`mappo log export --embeddings`, JSON lines), without a
-    /// database; needs --checkpoint and --out.
+    /// Train from an exported or foreign log instead (JSON lines as `mappo log export` writes
+    /// them; rows with a `text` and no `embedding` are embedded with the checkpoint's embedder),
+    /// one pass in file order, without a database; needs --checkpoint and --out.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["follow", "publish"])]
     pub log_file: Option<PathBuf>,
     /// With --log-file: the policy to start from (checkpoint file or run directory).
