@@ -79,6 +79,7 @@ pub struct Embedder {
     device: Device,
     batch_size: usize,
     max_batch_tokens: usize,
+    split_small: bool,
     model_hash: String,
     timings: std::sync::Mutex<StageTimings>,
 }
@@ -153,6 +154,7 @@ impl Embedder {
             device: device.clone(),
             batch_size: DEFAULT_BATCH_SIZE,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            split_small: true,
             model_hash,
             timings: std::sync::Mutex::new(StageTimings::default()),
         })
@@ -165,6 +167,16 @@ impl Embedder {
         }
         self.batch_size = batch_size;
         Ok(self)
+    }
+
+    /// On the CPU, splits a call with fewer texts than one batch per thread into one smaller
+    /// batch per thread (default true): the threads then run whole forward passes side by side
+    /// instead of meeting at a barrier inside every op, which is what a server's small batches
+    /// (a few texts each) need. `false` keeps the texts in as few batches as the batch size
+    /// allows (for comparison in `embed_latency`).
+    pub fn with_split_small(mut self, split: bool) -> Self {
+        self.split_small = split;
+        self
     }
 
     /// Caps the tokens per forward pass (default [`DEFAULT_MAX_BATCH_TOKENS`]); a text
@@ -273,11 +285,14 @@ impl Embedder {
 
         // Batches: consecutive runs of the sorted order, at most `batch_size` texts and
         // `max_batch_tokens` tokens (counting the batch's first, longest text for every row).
-        let mut batches = Vec::with_capacity(n.div_ceil(self.batch_size));
+        let threads = if self.device.is_cpu() { rayon::current_num_threads().clamp(1, 8) } else { 1 };
+        let per_batch =
+            if self.split_small { self.batch_size.min(n.div_ceil(threads)) } else { self.batch_size };
+        let mut batches = Vec::with_capacity(n.div_ceil(per_batch));
         let mut start = 0;
         while start < n {
             let longest = encodings[order[start]].get_ids().len().max(1);
-            let take = (self.max_batch_tokens / longest).clamp(1, self.batch_size);
+            let take = (self.max_batch_tokens / longest).clamp(1, per_batch);
             let end = (start + take).min(n);
             batches.push(&order[start..end]);
             start = end;
@@ -288,8 +303,7 @@ impl Embedder {
         // On the CPU, one batch per thread runs at once (the threads steal work from each
         // other inside the gemms): fewer fork-join barriers than parallelising each op alone,
         // measured +12-19% texts/s on 2 cores. Capped to bound memory on many-core machines.
-        let group = if self.device.is_cpu() { rayon::current_num_threads().clamp(1, 8) } else { 1 };
-        for group in batches.chunks(group) {
+        for group in batches.chunks(threads) {
             let t0 = Instant::now();
             let prepared = group
                 .iter()

@@ -152,6 +152,9 @@ fn order_and_batching_do_not_change_results() {
         .expect("a token cap of 16 is valid")
         .embed(&texts)
         .expect("embedding with a token cap");
+    // Twelve texts are one batch when small calls are not split, one batch per thread when
+    // they are (the default).
+    let whole = load_embedder().with_split_small(false).embed(&texts).expect("embedding unsplit");
     let mut reversed = texts.clone();
     reversed.reverse();
     let mut c = load_embedder().embed(&reversed).expect("embedding reversed");
@@ -160,9 +163,13 @@ fn order_and_batching_do_not_change_results() {
     assert_eq!(t.dims(), &[texts.len(), 384]);
     let t = t.to_vec2::<f32>().expect("tensor to host");
     for i in 0..texts.len() {
-        for (what, other) in
-            [("single", &b[i]), ("capped", &capped[i]), ("reversed", &c[i]), ("tensor", &t[i])]
-        {
+        for (what, other) in [
+            ("single", &b[i]),
+            ("capped", &capped[i]),
+            ("reversed", &c[i]),
+            ("tensor", &t[i]),
+            ("unsplit", &whole[i]),
+        ] {
             let cos = cosine(&a[i], other);
             assert!(cos > 0.99999, "row {i}: batched vs {what}: cosine {cos}");
         }
