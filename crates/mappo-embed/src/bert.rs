@@ -20,8 +20,8 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, HiddenAct, PositionEmbeddingType};
 
-use crate::kernels;
 use crate::{Backend, MAX_SEQ_LEN};
+use crate::{kernels, skinny};
 
 /// A projection `y = x @ w^T + b`; the bias is added by the fused kernels.
 struct Linear {
@@ -32,8 +32,14 @@ struct Linear {
 }
 
 impl Linear {
-    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.w.t()?)
+    /// `x · wᵀ`: by the few-row kernel ([`skinny`]) when `x` has at most `small_rows` rows,
+    /// else by candle's gemm.
+    fn matmul(&self, x: &Tensor, small_rows: usize) -> Result<Tensor> {
+        if x.dim(0)? <= small_rows {
+            x.apply_op2_no_bwd(&self.w, &skinny::SkinnyMatmul)
+        } else {
+            x.matmul(&self.w.t()?)
+        }
     }
 }
 
@@ -113,6 +119,13 @@ pub(crate) enum Encoder {
 }
 
 impl Encoder {
+    /// Turns the few-row matmul kernel of the fused CPU path on (where the CPU has it) or off.
+    pub(crate) fn set_small_kernel(&mut self, on: bool) {
+        if let Self::Fused(f) = self {
+            f.small_rows = if on && skinny::available() { skinny::MAX_ROWS } else { 0 };
+        }
+    }
+
     /// Builds the encoder from a safetensors map (`embeddings.*`, `encoder.layer.N.*`,
     /// optionally under `bert.`). [`Backend::Auto`] picks the fused kernels on the CPU when
     /// the config allows them (`hidden_act = "gelu"`), candle-transformers otherwise.
@@ -204,6 +217,8 @@ pub(crate) struct FusedBert {
     layers: Vec<Layer>,
     heads: usize,
     head_dim: usize,
+    /// Products with at most this many rows use the few-row kernel; 0 = never.
+    small_rows: usize,
 }
 
 /// From this many tokens in a batch's longest text on, the fused CPU path runs attention's
@@ -275,7 +290,8 @@ impl FusedBert {
                 ln_out: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
-        Ok(Self { word, pos_type, ln_emb, layers, heads, head_dim: h / heads })
+        let small_rows = if skinny::available() { skinny::MAX_ROWS } else { 0 };
+        Ok(Self { word, pos_type, ln_emb, layers, heads, head_dim: h / heads, small_rows })
     }
 
     /// Last hidden states of a packed batch, `[tokens, hidden]`.
@@ -291,9 +307,9 @@ impl FusedBert {
             },
         )?;
         for layer in &self.layers {
-            let qkv = layer.qkv.matmul(&x)?;
+            let qkv = layer.qkv.matmul(&x, self.small_rows)?;
             let ctx = self.attention(&qkv, &layer.qkv.b, offsets)?;
-            let a = layer.attn_out.matmul(&ctx)?;
+            let a = layer.attn_out.matmul(&ctx, self.small_rows)?;
             a.inplace_op2(
                 &x,
                 &kernels::BiasResidualLayerNorm {
@@ -303,9 +319,9 @@ impl FusedBert {
                     eps: layer.ln_attn.eps,
                 },
             )?;
-            let f = layer.ff_in.matmul(&a)?;
+            let f = layer.ff_in.matmul(&a, self.small_rows)?;
             f.inplace_op1(&kernels::BiasGelu { bias: &layer.ff_in.b })?;
-            let y = layer.ff_out.matmul(&f)?;
+            let y = layer.ff_out.matmul(&f, self.small_rows)?;
             y.inplace_op2(
                 &a,
                 &kernels::BiasResidualLayerNorm {

@@ -179,6 +179,14 @@ impl Embedder {
         self
     }
 
+    /// On the CPU with AVX2 and FMA, computes the encoder's products of at most 48 token rows
+    /// with a kernel made for few rows instead of the general gemm (default true; `false` for
+    /// comparison in `embed_latency`). Results agree to float rounding.
+    pub fn with_small_kernel(mut self, on: bool) -> Self {
+        self.model.set_small_kernel(on);
+        self
+    }
+
     /// Caps the tokens per forward pass (default [`DEFAULT_MAX_BATCH_TOKENS`]); a text
     /// longer than the cap still gets a batch of its own.
     pub fn with_max_batch_tokens(mut self, max_batch_tokens: usize) -> Result<Self, EmbedError> {

@@ -35,6 +35,7 @@ mod embedder;
 mod error;
 mod files;
 mod kernels;
+mod skinny;
 
 pub use embedder::{
     Backend, DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, Embedder, MAX_SEQ_LEN, StageTimings,

@@ -155,6 +155,13 @@ fn order_and_batching_do_not_change_results() {
     // Twelve texts are one batch when small calls are not split, one batch per thread when
     // they are (the default).
     let whole = load_embedder().with_split_small(false).embed(&texts).expect("embedding unsplit");
+    // One text at a time, every product by the general gemm rather than the few-row kernel.
+    let gemm = load_embedder()
+        .with_small_kernel(false)
+        .with_batch_size(1)
+        .expect("batch size 1 is valid")
+        .embed(&texts)
+        .expect("embedding by the gemm");
     let mut reversed = texts.clone();
     reversed.reverse();
     let mut c = load_embedder().embed(&reversed).expect("embedding reversed");
@@ -169,6 +176,7 @@ fn order_and_batching_do_not_change_results() {
             ("reversed", &c[i]),
             ("tensor", &t[i]),
             ("unsplit", &whole[i]),
+            ("gemm", &gemm[i]),
         ] {
             let cos = cosine(&a[i], other);
             assert!(cos > 0.99999, "row {i}: batched vs {what}: cosine {cos}");
