@@ -476,3 +476,78 @@ fn an_upstream_for_a_stranger_or_an_unset_key_variable_stops_the_start() {
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("serve.upstreams.code.base_url"), "{}", common::stderr(&o));
 }
+
+#[test]
+fn a_cost_aware_router_behind_the_proxy_decides_at_the_requested_cost_weight() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let up = FakeUpstream::start("delta", Duration::ZERO);
+    // The four agents of configs/prompts.toml with costs: the fresh policy is cost-aware (λ is
+    // one more input of the network), and `serve.cost_weight` is the λ of a request naming none.
+    let extra = [
+        "[serve]\ncost_weight = 0.1\n".to_string(),
+        upstream_table("code", &up.url, "d-code", ""),
+        upstream_table("math", &up.url, "d-math", ""),
+        upstream_table("writing", &up.url, "d-writing", ""),
+        upstream_table("support", &up.url, "d-support", ""),
+    ]
+    .concat();
+    let cfg = config_file(tmp.path(), &extra);
+    let text = std::fs::read_to_string(&cfg).expect("read the config");
+    let mut costs = [1.0, 2.0, 5.0, 10.0].into_iter();
+    let with_costs: String = text
+        .lines()
+        .map(|l| match l.starts_with("name = ") {
+            true => format!("{l}\ncost = {}\n", costs.next().expect("four agents")),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert!(costs.next().is_none(), "every agent got a cost");
+    std::fs::write(&cfg, with_costs).expect("write the config");
+    let db = format!("sqlite:{}", tmp.path().join("serve.db").display());
+    let (mut child, addr) = start_with_env(&db, &["--config", cfg.to_str().expect("utf-8")], &[]);
+
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"model": "mappo", "messages": [{"role": "user", "content": "integrate x^2 from 0 to 1"}]});
+        if !extra.is_null() {
+            body["mappo"] = extra;
+        }
+        let (s, h, b) = http_with(&addr, "POST", "/v1/chat/completions", &[], &body.to_string());
+        assert_eq!(s, 200, "{body} → {b}");
+        let id = h.get("x-mappo-decision-id").cloned().unwrap_or_else(|| panic!("no decision id: {h:?}"));
+        let agent = h.get("x-mappo-agent").cloned().unwrap_or_else(|| panic!("no agent: {h:?}"));
+        let answer = json(&b);
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+        assert!(
+            content.starts_with(&format!("[delta] d-{agent}:")),
+            "the chosen agent's upstream answered: {b}"
+        );
+        id
+    };
+    let explicit = chat(json!({"cost_weight": 0.25}));
+    let negative = chat(json!({"cost_weight": -0.05}));
+    let default = chat(Value::Null);
+    let (s, _, b) = http_with(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}], "mappo": {"cost_weight": "cheap"}})
+            .to_string(),
+    );
+    assert_eq!(s, 422, "a cost weight that is not a number: {b}");
+    assert_eq!(up.seen().len(), 3, "only the three routed calls went upstream");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+
+    let rows = export(&db);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (id, want) in [(&explicit, 0.25), (&negative, -0.05), (&default, 0.1)] {
+        let r = by_id(&rows, id);
+        let got = r["cost_weight"].as_f64().unwrap_or_else(|| panic!("no cost_weight logged: {r}"));
+        assert!((got - want).abs() < 1e-6, "λ logged {got}, asked {want}: {r}");
+        assert_eq!(r["kind"], "sampled", "{r}");
+        let i = r["action"].as_u64().expect("action") as usize;
+        assert_eq!(r["propensity"], r["probabilities"][i], "{r}");
+    }
+}
