@@ -122,7 +122,7 @@ impl Encoder {
     /// Turns the few-row matmul kernel of the fused CPU path on (where the CPU has it) or off.
     pub(crate) fn set_small_kernel(&mut self, on: bool) {
         if let Self::Fused(f) = self {
-            f.small_rows = if on && skinny::available() { skinny::MAX_ROWS } else { 0 };
+            f.small_rows = skinny::row_limit(on);
         }
     }
 
@@ -290,8 +290,15 @@ impl FusedBert {
                 ln_out: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
-        let small_rows = if skinny::available() { skinny::MAX_ROWS } else { 0 };
-        Ok(Self { word, pos_type, ln_emb, layers, heads, head_dim: h / heads, small_rows })
+        Ok(Self {
+            word,
+            pos_type,
+            ln_emb,
+            layers,
+            heads,
+            head_dim: h / heads,
+            small_rows: skinny::row_limit(true),
+        })
     }
 
     /// Last hidden states of a packed batch, `[tokens, hidden]`.

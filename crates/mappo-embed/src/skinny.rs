@@ -16,6 +16,12 @@ use rayon::prelude::*;
 /// Most `x` rows this kernel takes; above it the gemm is as fast or faster (`embed_latency`).
 pub(crate) const MAX_ROWS: usize = 48;
 
+/// The row limit of [`crate::bert`]'s products for the kernel: [`MAX_ROWS`] when `on` and the
+/// CPU can run it, else 0 (never).
+pub(crate) fn row_limit(on: bool) -> usize {
+    if on && available() { MAX_ROWS } else { 0 }
+}
+
 /// True when this CPU can run the kernel.
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -49,10 +55,7 @@ impl CustomOp2 for SkinnyMatmul {
         if k != k2 {
             candle_core::bail!("{name}: x is {m}x{k} but w is {n}x{k2}");
         }
-        let (x, w) = match (l1.contiguous_offsets(), l2.contiguous_offsets()) {
-            (Some((a, b)), Some((c, d))) => (&s1.as_slice::<f32>()?[a..b], &s2.as_slice::<f32>()?[c..d]),
-            _ => candle_core::bail!("{name}: operands must be contiguous"),
-        };
+        let (x, w) = (crate::kernels::input(s1, l1, name)?, crate::kernels::input(s2, l2, name)?);
         Ok((CpuStorage::F32(matmul_t(x, w, m, n, k)), Shape::from((m, n))))
     }
 }
