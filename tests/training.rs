@@ -34,6 +34,26 @@ fn learns_well_above_random_and_trains_the_shared_encoder() {
 }
 
 #[test]
+fn input_dropout_changes_the_updates_and_still_learns() {
+    let run = |extra: &[&str]| {
+        let cfg = small_config(300, extra);
+        let mut setup = SyntheticSetup::new(&cfg).expect("setup");
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = train_in(&mut setup.trainer, Some(&setup.evaluator), dir.path());
+        (dir, s)
+    };
+    let (_da, plain) = run(&[]);
+    let (_db, dropped) = run(&["ppo.input_dropout=0.2"]);
+    let after = dropped.last_eval.expect("evaluated");
+    assert!(after.oracle_agreement > 0.6, "agreement {}", after.oracle_agreement);
+    assert!(after.normalized_reward > 0.8, "normalized {}", after.normalized_reward);
+    let result = std::panic::catch_unwind(|| {
+        assert_checkpoints_identical(&plain.final_checkpoint, &dropped.final_checkpoint)
+    });
+    assert!(result.is_err(), "input dropout must change the updates");
+}
+
+#[test]
 fn same_seed_same_run_bit_for_bit_and_another_seed_differs() {
     let go = |seed: u64| {
         let cfg = small_config(60, &[&format!("train.seed={seed}")]);
@@ -53,7 +73,11 @@ fn same_seed_same_run_bit_for_bit_and_another_seed_differs() {
 
 #[test]
 fn interrupted_and_resumed_run_ends_bit_identical() {
-    for extra in [&[][..], &["ppo.minibatches=4", "ppo.anneal_lr=true", "ppo.clip_value=true"][..]] {
+    for extra in [
+        &[][..],
+        &["ppo.minibatches=4", "ppo.anneal_lr=true", "ppo.clip_value=true"][..],
+        &["ppo.minibatches=4", "ppo.input_dropout=0.2"][..],
+    ] {
         let cfg = small_config(80, extra);
         // Uninterrupted.
         let full = tempfile::tempdir().expect("tmp");

@@ -224,6 +224,11 @@ pub struct PpoConfig {
     pub anneal_lr: bool,
     /// Stop an update's epochs early when approx_kl exceeds this (0 disables). Default 0.
     pub target_kl: f64,
+    /// Inverted dropout on the observation's features in PPO's update passes only: each
+    /// feature of each sample is zeroed with this probability and the rest scaled by
+    /// `1/(1 − p)`; rollouts, evaluation and routing see the whole observation. The cost-weight
+    /// input of a cost-aware text router is never dropped. In `[0, 1)`; 0 disables. Default 0.
+    pub input_dropout: f64,
 }
 
 impl Default for PpoConfig {
@@ -244,6 +249,7 @@ impl Default for PpoConfig {
             clip_value: false,
             anneal_lr: true,
             target_kl: 0.0,
+            input_dropout: 0.0,
         }
     }
 }
@@ -477,6 +483,9 @@ impl Config {
         at_least("ppo.epochs", p.epochs as u64, 1)?;
         at_least("ppo.minibatches", p.minibatches as u64, 1)?;
         non_negative("ppo.target_kl", p.target_kl)?;
+        if !(0.0..1.0).contains(&p.input_dropout) {
+            return Err(bad("ppo.input_dropout", p.input_dropout, "must be in [0, 1)"));
+        }
         let t = &self.train;
         at_least("train.total_updates", t.total_updates, 1)?;
         at_least("train.batch_size", t.batch_size as u64, 1)?;
@@ -578,6 +587,9 @@ mod tests {
             ("env.embed_dim=0", "env.embed_dim"),
             ("train.total_updates=-5", "train.total_updates"),
             ("ppo.gamma=1.5", "ppo.gamma"),
+            ("ppo.input_dropout=1", "ppo.input_dropout"),
+            ("ppo.input_dropout=-0.1", "ppo.input_dropout"),
+            ("ppo.input_dropout=nan", "ppo.input_dropout"),
             ("train.device=tpu", "train.device"),
             ("env.kind=mystery", "env.kind"),
         ] {
@@ -596,7 +608,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml() {
-        let c = set(&["ppo.target_kl=0.02", "train.device=cuda:1"]).expect("valid");
+        let c = set(&["ppo.target_kl=0.02", "train.device=cuda:1", "ppo.input_dropout=0.2"]).expect("valid");
         let back = Config::from_toml_str(&c.to_toml_string(), "saved").expect("parse back");
         assert_eq!(c, back);
     }

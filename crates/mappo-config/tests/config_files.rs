@@ -39,7 +39,8 @@ fn serve_section(c: &Config) -> String {
 
 /// What 0.1.0's text becomes when written again: its bytes with only the keys that came
 /// later added, at their defaults — `env.cost_weight_range` after `cache_dir`, each agent's
-/// `cost` after its `description` — then the `[serve]` and `[learn]` sections.
+/// `cost` after its `description`, `ppo.input_dropout` after `target_kl` — then the `[serve]`
+/// and `[learn]` sections.
 fn rewritten(old: &str, c: &Config) -> String {
     let mut out = String::new();
     for line in old.lines() {
@@ -50,6 +51,9 @@ fn rewritten(old: &str, c: &Config) -> String {
         }
         if line.starts_with("description = ") {
             out.push_str("cost = 0.0\n");
+        }
+        if line.starts_with("target_kl = ") {
+            out.push_str("input_dropout = 0.0\n");
         }
     }
     format!("{out}{}", serve_section(c))

@@ -375,8 +375,17 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         mb: &Batch,
         want_stats: bool,
     ) -> Result<(Option<LossStats>, f64), TrainError> {
+        let drop = self.cfg.ppo.input_dropout;
+        let obs = if drop > 0.0 {
+            let (n, d) = mb.obs.dims2()?;
+            let kept = d.saturating_sub(usize::from(self.cfg.env.cost_input()));
+            let mask = dropout_mask(&mut self.rng, n, d, kept, drop);
+            (&mb.obs * Tensor::from_vec(mask, (n, d), mb.obs.device())?)?
+        } else {
+            mb.obs.clone()
+        };
         let p = &self.cfg.ppo;
-        let out = self.policy.forward(&mb.obs)?;
+        let out = self.policy.forward(&obs)?;
         let logits_host = out.logits.detach().flatten_all()?.to_vec1::<f32>()?;
         let values_host = out.values.detach().to_vec1::<f32>()?;
         let (stats, g) = ppo_loss_head(&logits_host, &values_host, mb, p);
@@ -476,4 +485,50 @@ pub fn explained_variance(pred: &[f32], y: &[f32]) -> f64 {
     }
     let vr = var(&mut y.iter().zip(pred).map(|(&a, &b)| f64::from(a) - f64::from(b)));
     1.0 - vr / vy
+}
+
+/// An inverted-dropout mask for `n` rows of `d` features, row-major: each of the first
+/// `droppable` features of a row is 0 with probability `p` and `1/(1 − p)` otherwise (one
+/// uniform draw from `rng` each, row by row); the features after them are always 1.
+pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, d: usize, droppable: usize, p: f64) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut mask = vec![1f32; n * d];
+    for row in mask.chunks_mut(d.max(1)) {
+        for m in row.iter_mut().take(droppable) {
+            *m = if rng.uniform() >= p { keep } else { 0.0 };
+        }
+    }
+    mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_mask_drops_about_p_of_the_droppable_features_and_keeps_the_rest() {
+        let mut rng = Rng::new(3);
+        let (n, d, droppable, p) = (400, 10, 9, 0.25);
+        let m = dropout_mask(&mut rng, n, d, droppable, p);
+        assert_eq!(m.len(), n * d);
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let mut zeros = 0;
+        for row in m.chunks(d) {
+            assert_eq!(row[d - 1], 1.0, "the feature after the droppable ones is never dropped");
+            for &v in &row[..droppable] {
+                assert!(v == 0.0 || v == keep, "{v}");
+                zeros += usize::from(v == 0.0);
+            }
+        }
+        let share = zeros as f64 / (n * droppable) as f64;
+        assert!((share - p).abs() < 0.03, "dropped share {share}");
+        // Inverted dropout keeps each feature's expectation: the mean of the mask is about 1.
+        let mean = m.iter().map(|&v| f64::from(v)).sum::<f64>() / m.len() as f64;
+        assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
+        // The same stream gives the same mask; no droppable feature draws nothing.
+        assert_eq!(m, dropout_mask(&mut Rng::new(3), n, d, droppable, p));
+        let mut r = Rng::new(3);
+        assert!(dropout_mask(&mut r, n, d, 0, p).iter().all(|&v| v == 1.0));
+        assert_eq!(r.state(), Rng::new(3).state());
+    }
 }
