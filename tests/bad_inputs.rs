@@ -2,9 +2,10 @@
 //! corpora with broken lines give typed errors naming the file and problem.
 
 use candle_core::{DType, Device, Tensor};
+use mappo_eval::evaluate_synthetic;
 use mappo_tests::small_config;
 use mappo_tests::train_in;
-use mappo_train::{Checkpoint, SyntheticSetup, evaluate_checkpoint_synthetic};
+use mappo_train::{Checkpoint, SyntheticSetup};
 
 #[test]
 fn checkpoint_with_a_tensor_of_another_shape_is_refused_by_name() {
@@ -18,15 +19,13 @@ fn checkpoint_with_a_tensor_of_another_shape_is_refused_by_name() {
     let other = dir.path().join("other.safetensors");
     ckpt.save(&other).expect("save");
     let reloaded = Checkpoint::load(&other, &Device::Cpu).expect("load");
-    let e = evaluate_checkpoint_synthetic(&reloaded, 10, 1, &Device::Cpu)
-        .expect_err("shape mismatch")
-        .to_string();
+    let e = evaluate_synthetic(&reloaded, 10, 1, &Device::Cpu).expect_err("shape mismatch").to_string();
     assert!(e.contains("other.safetensors") && e.contains("encoder.0.weight") && e.contains("[3, 3]"), "{e}");
     // A tensor missing altogether.
     ckpt.tensors.remove("policy.encoder.0.weight");
     ckpt.save(&other).expect("save");
     let reloaded = Checkpoint::load(&other, &Device::Cpu).expect("load");
-    let e = evaluate_checkpoint_synthetic(&reloaded, 10, 1, &Device::Cpu).expect_err("missing").to_string();
+    let e = evaluate_synthetic(&reloaded, 10, 1, &Device::Cpu).expect_err("missing").to_string();
     assert!(e.contains("missing tensor `policy.encoder.0.weight`"), "{e}");
 }
 

@@ -8,9 +8,10 @@
 use candle_core::{Device, Tensor};
 use mappo_config::Rng;
 use mappo_env::{Env, SyntheticEnv};
+use mappo_eval::evaluate_synthetic;
 use mappo_nn::Policy;
 use mappo_tests::{small_config, train_in};
-use mappo_train::{Checkpoint, SyntheticSetup, TextSetup, evaluate_checkpoint_synthetic};
+use mappo_train::{Checkpoint, RoutingPolicy, SyntheticSetup, TextSetup};
 
 fn gpu() -> Device {
     match Device::new_cuda(0) {
@@ -51,10 +52,9 @@ fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
 
     // Both checkpoints evaluated on the CPU, on the same 4096 fresh prompts.
     let load = |p: &std::path::Path, d: &Device| Checkpoint::load(p, d).expect("checkpoint loads");
-    let cpu = evaluate_checkpoint_synthetic(&load(&cpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu)
-        .expect("cpu eval");
-    let gpu_on_cpu = evaluate_checkpoint_synthetic(&load(&gpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu)
-        .expect("eval");
+    let cpu = evaluate_synthetic(&load(&cpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu).expect("cpu eval");
+    let gpu_on_cpu =
+        evaluate_synthetic(&load(&gpu_ckpt, &Device::Cpu), 4096, 2024, &Device::Cpu).expect("eval");
     assert!(cpu.oracle_agreement > 0.93, "CPU run: {cpu:?}");
     assert!(gpu_on_cpu.oracle_agreement > 0.93, "GPU run did not learn as well: {gpu_on_cpu:?}");
     assert!(
@@ -62,13 +62,15 @@ fn gpu_training_learns_like_cpu_training_and_checkpoints_cross_devices() {
         "GPU {gpu_on_cpu:?} vs CPU {cpu:?}"
     );
     // The GPU checkpoint evaluated on the GPU agrees with itself evaluated on the CPU.
-    let gpu_on_gpu =
-        evaluate_checkpoint_synthetic(&load(&gpu_ckpt, &gpu()), 4096, 2024, &gpu()).expect("eval");
+    let gpu_on_gpu = evaluate_synthetic(&load(&gpu_ckpt, &gpu()), 4096, 2024, &gpu()).expect("eval");
     assert!((gpu_on_gpu.oracle_agreement - gpu_on_cpu.oracle_agreement).abs() < 0.01);
 
     // Same weights, same logits on both devices (CPU checkpoint loaded on the GPU and back).
-    let on_gpu = load(&cpu_ckpt, &gpu()).policy(cfg.env.embed_dim, &gpu()).expect("policy");
-    let on_cpu = load(&cpu_ckpt, &Device::Cpu).policy(cfg.env.embed_dim, &Device::Cpu).expect("policy");
+    let on_gpu =
+        RoutingPolicy::from_checkpoint(&load(&cpu_ckpt, &gpu()), &gpu()).expect("policy").into_network();
+    let on_cpu = RoutingPolicy::from_checkpoint(&load(&cpu_ckpt, &Device::Cpu), &Device::Cpu)
+        .expect("policy")
+        .into_network();
     let mut env = SyntheticEnv::new(&cfg.env, 256, 5, &Device::Cpu);
     let obs = env.reset(&mut Rng::new(9)).expect("reset");
     let a = on_cpu.forward(&obs).expect("cpu forward");

@@ -55,14 +55,14 @@ fn routes_the_prompt_corpus_and_trains_the_projection() {
 
     // Corpus evaluation and routing from the checkpoint.
     let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/prompts.jsonl");
-    let r = mappo_train::evaluate_corpus(&s.final_checkpoint, &corpus, &Device::Cpu, &mut |_, _, _| {})
+    let r = mappo_eval::evaluate_corpus(&s.final_checkpoint, &corpus, &Device::Cpu, &mut |_, _, _| {})
         .expect("eval corpus");
     assert_eq!(r.n, 248);
     let accuracy = r.accuracy.expect("the corpus is labelled");
     assert!(accuracy > 0.8, "{accuracy}");
     assert_eq!(r.labelled, r.n);
     assert_eq!(r.confusion.iter().flatten().sum::<usize>(), 248);
-    let router = mappo_train::Router::load(&s.final_checkpoint, &Device::Cpu).expect("router");
+    let router = mappo_eval::Router::load(&s.final_checkpoint, &Device::Cpu).expect("router");
     let routed = router.route(&["My package never arrived and I want a refund.", ""]).expect("route");
     assert_eq!(routed.len(), 2);
     for x in &routed {
@@ -84,7 +84,7 @@ fn text_run_resumes_bit_identical_including_the_corpus_position() {
     let mut stop_at = StopAt(13, stop.clone());
     let opts = RunOptions::new(part.path()).evaluator(&s2.evaluator).observer(&mut stop_at).stop_flag(stop);
     s2.trainer.run(opts).expect("run");
-    let ckpt = mappo_train::latest_valid_checkpoint(part.path(), &Device::Cpu).expect("latest");
+    let ckpt = mappo_train::Checkpoint::latest(part.path(), &Device::Cpu).expect("latest");
     assert_eq!(ckpt.update, 13);
     assert_eq!(ckpt.env_state, vec![13 * 64], "the corpus position is saved");
     let mut s3 = TextSetup::on(&ckpt.config, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
@@ -110,7 +110,7 @@ fn cosine_checkpoints_evaluate_unlabelled_corpora_by_their_reward_model() {
     std::fs::write(&unlabelled, body).expect("write");
     let mut setup = TextSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
     let s = train_in(&mut setup.trainer, Some(&setup.evaluator), &dir.path().join("run"));
-    let r = mappo_train::evaluate_corpus(&s.final_checkpoint, &unlabelled, &Device::Cpu, &mut |_, _, _| {})
+    let r = mappo_eval::evaluate_corpus(&s.final_checkpoint, &unlabelled, &Device::Cpu, &mut |_, _, _| {})
         .expect("eval");
     assert_eq!((r.n, r.labelled, r.accuracy), (3, 0, None));
     assert!(r.oracle_reward >= r.mean_reward && r.oracle_reward > r.random_reward, "{r:?}");

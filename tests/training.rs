@@ -94,8 +94,7 @@ fn interrupted_and_resumed_run_ends_bit_identical() {
         assert!(first.interrupted);
         assert_eq!(first.updates, 37);
         drop(s2);
-        let ckpt =
-            mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu).expect("latest");
+        let ckpt = mappo_train::Checkpoint::latest(part.path(), &candle_core::Device::Cpu).expect("latest");
         assert_eq!(ckpt.update, 37);
         let mut s3 = SyntheticSetup::new(&ckpt.config).expect("setup");
         s3.trainer.restore(&ckpt).expect("restore");
@@ -125,7 +124,7 @@ fn reached_target_survives_a_resume() {
         RunOptions::new(part.path()).evaluator(&s2.evaluator).observer(&mut stop_at).stop_flag(stop);
     opts.agreement_target = target;
     s2.trainer.run(opts).expect("first part");
-    let ckpt = mappo_train::latest_valid_checkpoint(part.path(), &candle_core::Device::Cpu).expect("latest");
+    let ckpt = mappo_train::Checkpoint::latest(part.path(), &candle_core::Device::Cpu).expect("latest");
     let mut s3 = SyntheticSetup::new(&ckpt.config).expect("setup");
     s3.trainer.restore(&ckpt).expect("restore");
     let mut opts = RunOptions::new(part.path()).evaluator(&s3.evaluator);

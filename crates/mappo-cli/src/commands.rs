@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_config::Config;
-use mappo_train::{Checkpoint, evaluate_checkpoint_synthetic, select_device};
+use mappo_eval::evaluate_synthetic;
+use mappo_train::{Checkpoint, select_device};
 
 use crate::args::{CalibrateArgs, ConfigArgs, EmbedArgs, EvalArgs, RouteArgs};
 use crate::outln;
@@ -15,7 +16,7 @@ use crate::progress::{EmbedProgress, Mode};
 /// A checkpoint file, or the newest checkpoint of a run directory that loads.
 pub(crate) fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
     if path.is_dir() {
-        let ckpt = mappo_train::latest_valid_checkpoint(path, &Device::Cpu)?;
+        let ckpt = Checkpoint::latest(path, &Device::Cpu)?;
         let file = ckpt.path.context("checkpoint without a path")?;
         tracing::info!("using {}", file.display());
         Ok(file)
@@ -39,13 +40,13 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
                 a.ridge_alpha
             );
         }
-        let opts = mappo_train::CorpusEvalOptions {
+        let opts = mappo_eval::CorpusEvalOptions {
             cost_weight: a.cost_weight,
             baseline_train: a.baseline_train.clone(),
             ridge_alpha: a.ridge_alpha,
         };
         let mut bar = EmbedProgress::new(mode);
-        let r = mappo_train::evaluate_corpus_with(&ckpt_path, corpus, &device, &opts, &mut |w, d, t| {
+        let r = mappo_eval::evaluate_corpus_with(&ckpt_path, corpus, &device, &opts, &mut |w, d, t| {
             bar.update(w, d, t)
         })?;
         bar.finish();
@@ -125,8 +126,7 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         bail!("--episodes must be at least 1");
     }
     let ckpt = Checkpoint::load(&ckpt_path, &device)?;
-    let r =
-        evaluate_checkpoint_synthetic(&ckpt, a.episodes.unwrap_or(10_000), a.seed.unwrap_or(2024), &device)?;
+    let r = evaluate_synthetic(&ckpt, a.episodes.unwrap_or(10_000), a.seed.unwrap_or(2024), &device)?;
     if a.json {
         outln!("{}", serde_json::to_string(&r)?);
     } else {
@@ -145,12 +145,12 @@ pub fn route(a: RouteArgs) -> Result<()> {
         bail!("--cost-weight must be a finite number, got {}", a.cost_weight);
     }
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
-    let router = mappo_train::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
+    let router = mappo_eval::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
     if a.cost_weight != 0.0 && !router.cost_aware() {
         tracing::warn!("--cost-weight is ignored: this router has no costs (no agent has a `cost`)");
     }
     let w = a.cost_weight;
-    let print = |r: &mappo_train::Routed| -> Result<()> {
+    let print = |r: &mappo_eval::Routed| -> Result<()> {
         if a.json {
             let mut v = serde_json::to_value(r)?;
             let by_agent: serde_json::Map<String, serde_json::Value> =
@@ -191,7 +191,7 @@ pub fn route(a: RouteArgs) -> Result<()> {
 
 pub fn calibrate(a: CalibrateArgs, mode: Mode) -> Result<()> {
     let budget = match (&a.max_cost, &a.max_share) {
-        (Some(c), None) if c.is_finite() && *c >= 0.0 => mappo_train::Budget::MaxCost(*c),
+        (Some(c), None) if c.is_finite() && *c >= 0.0 => mappo_eval::Budget::MaxCost(*c),
         (Some(c), None) => bail!("--max-cost must be a finite number >= 0, got {c}"),
         (None, Some(s)) => {
             let (agent, share) =
@@ -201,7 +201,7 @@ pub fn calibrate(a: CalibrateArgs, mode: Mode) -> Result<()> {
             if !(0.0..=1.0).contains(&share) {
                 bail!("--max-share: the share must be in [0, 1], got {share}");
             }
-            mappo_train::Budget::MaxShare(agent.trim().to_string(), share)
+            mappo_eval::Budget::MaxShare(agent.trim().to_string(), share)
         }
         _ => bail!("give one budget: --max-cost C or --max-share AGENT=S"),
     };
@@ -209,7 +209,7 @@ pub fn calibrate(a: CalibrateArgs, mode: Mode) -> Result<()> {
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
     let mut bar = EmbedProgress::new(mode);
     let c =
-        mappo_train::calibrate(&ckpt_path, &a.corpus, &budget, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        mappo_eval::calibrate(&ckpt_path, &a.corpus, &budget, &device, &mut |w, d, t| bar.update(w, d, t))?;
     bar.finish();
     if !c.monotone {
         tracing::warn!(

@@ -17,7 +17,7 @@ use mappo_learn::learner::{
 use mappo_learn::ope::Candidate as OpePolicy;
 use mappo_learn::{LoggedEvent, read_export_jsonl};
 use mappo_log::{DecisionKind, DecisionLog, EventQuery, Timestamp, Watermark};
-use mappo_train::{Checkpoint, UpdateMetrics, checkpoint_name};
+use mappo_train::{Checkpoint, UpdateMetrics};
 use serde::Serialize;
 use sha2::Digest;
 
@@ -50,7 +50,7 @@ struct Gate {
 impl Gate {
     fn new(cfg: &Config) -> Result<Self> {
         Ok(Gate {
-            cfg: GateConfig::from_config(&cfg.learn)?,
+            cfg: GateConfig::from_config(&cfg.learn),
             reward_wait: Duration::from_secs_f64(cfg.learn.reward_wait_s),
             window: VecDeque::new(),
             after: None,
@@ -81,9 +81,7 @@ impl Gate {
             && self.current.as_ref().is_none_or(|(v, _)| *v != p.info.version)
         {
             let ckpt = Checkpoint::from_bytes(&p.checkpoint, &Device::Cpu)?;
-            let dim =
-                OpePolicy::checkpoint_context_dim(&ckpt).context("the current version's context width")?;
-            self.current = Some((p.info.version, OpePolicy::from_checkpoint(&ckpt, dim, &Device::Cpu)?));
+            self.current = Some((p.info.version, OpePolicy::from_checkpoint(&ckpt, &Device::Cpu)?));
         }
         Ok(())
     }
@@ -91,8 +89,7 @@ impl Gate {
     fn decide(&self, bytes: &[u8]) -> Result<Option<GateDecision>> {
         let Some((_, current)) = &self.current else { return Ok(None) };
         let ckpt = Checkpoint::from_bytes(bytes, &Device::Cpu)?;
-        let dim = OpePolicy::checkpoint_context_dim(&ckpt).context("the candidate's context width")?;
-        let candidate = OpePolicy::from_checkpoint(&ckpt, dim, &Device::Cpu)?;
+        let candidate = OpePolicy::from_checkpoint(&ckpt, &Device::Cpu)?;
         let events: Vec<LoggedEvent> = self.window.iter().cloned().collect();
         Ok(Some(gate(&events, &candidate, current, &self.cfg)?))
     }
@@ -289,13 +286,13 @@ fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
     // embedder, as `mappo ope` does.
     crate::ope::embed_missing(&mut logged, &ckpt, &Device::Cpu)?;
     let events: Vec<LearnEvent> = logged.iter().map(LearnEvent::from_logged).collect();
-    let obs_dim = ckpt.obs_dim()?;
+    let layout = ckpt.observation_spec()?;
     let mut trainer = trainer_from_checkpoint(&ckpt, &cfg, &Device::Cpu)?;
     let num_agents = mappo_nn::Policy::num_actions(trainer.policy());
     let mut s = Summary { source: "log-file".into(), rounds: 1, ..Summary::default() };
     let mut i = 0;
     loop {
-        let (b, next) = take_batch(&events, i, cfg.train.batch_size, obs_dim, num_agents, &cfg);
+        let (b, next) = take_batch(&events, i, cfg.train.batch_size, &layout, num_agents, &cfg);
         if b.actions.len() < cfg.train.batch_size
             && (b.actions.len() < cfg.learn.min_events || b.actions.is_empty())
         {
@@ -321,7 +318,7 @@ fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
         );
     }
     s.total_updates = trainer.update_count();
-    let path = out.join("checkpoints").join(checkpoint_name(trainer.update_count()));
+    let path = out.join("checkpoints").join(Checkpoint::file_name(trainer.update_count()));
     std::fs::create_dir_all(path.parent().unwrap_or(out))
         .with_context(|| format!("cannot create {}", out.display()))?;
     trainer.checkpoint()?.save(&path)?;

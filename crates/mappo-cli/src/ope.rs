@@ -23,20 +23,15 @@ pub(crate) async fn db_events(log: &DecisionLog) -> Result<Vec<LoggedEvent>> {
     Ok(out)
 }
 
-/// Embeds, with the checkpoint's embedder, the rows of a log that have a text but no embedding;
-/// returns the embedder's width when it ran.
-pub fn embed_missing(
-    events: &mut [LoggedEvent],
-    ckpt: &Checkpoint,
-    device: &Device,
-) -> Result<Option<usize>> {
+/// Embeds, with the checkpoint's embedder, the rows of a log that have a text but no embedding.
+pub fn embed_missing(events: &mut [LoggedEvent], ckpt: &Checkpoint, device: &Device) -> Result<()> {
     if !events.iter().any(|e| e.embedding.is_none() && e.text.is_some()) {
-        return Ok(None);
+        return Ok(());
     }
     let embedder = mappo_env::text::load_embedder(&ckpt.config.env, device)?;
     let n = embed_texts(events, &embedder)?;
     tracing::info!("embedded {n} logged texts");
-    Ok(Some(embedder.dim()))
+    Ok(())
 }
 
 pub fn ope(a: OpeArgs) -> Result<()> {
@@ -59,11 +54,8 @@ pub fn ope(a: OpeArgs) -> Result<()> {
         (None, Some(path)) => read_export_jsonl(path)?,
         _ => bail!("give exactly one of --db URL and --log-file FILE.jsonl"),
     };
-    let logged_dim = embed_missing(&mut events, &ckpt, &device)?
-        .or_else(|| events.iter().find_map(|e| e.embedding.as_ref().map(Vec::len)))
-        .unwrap_or(384);
-    let dim = Candidate::checkpoint_context_dim(&ckpt).unwrap_or(logged_dim);
-    let mut candidate = Candidate::from_checkpoint(&ckpt, dim, &device)?.with_greedy(a.greedy);
+    embed_missing(&mut events, &ckpt, &device)?;
+    let mut candidate = Candidate::from_checkpoint(&ckpt, &device)?.with_greedy(a.greedy);
     if let Some(m) = a.min_prob {
         if !(m.is_finite() && (0.0..0.5).contains(&m)) {
             bail!("--min-prob {m}: must be in [0, 0.5)");

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
-use mappo_train::{CurvePoint, RoutingReport};
+use mappo_eval::{CurvePoint, RoutingReport};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

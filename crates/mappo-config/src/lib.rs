@@ -31,7 +31,7 @@ pub use fsutil::write_atomic;
 pub use learn::LearnConfig;
 pub use rng::Rng;
 pub use serve::{ServeConfig, Upstream};
-pub use types::{Device, EnvKind, MissingReward, ParseValueError, RewardModel};
+pub use types::{Device, EnvKind, GateEstimator, MissingReward, ParseValueError, RewardModel};
 
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

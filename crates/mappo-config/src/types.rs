@@ -250,3 +250,43 @@ impl FromStr for MissingReward {
 }
 
 serde_via_str!(MissingReward);
+
+/// The estimate the promotion gate compares (`learn.gate_estimator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GateEstimator {
+    /// `dr`: doubly robust (default).
+    #[default]
+    Dr,
+    /// `snips`: self-normalised inverse propensity scoring.
+    Snips,
+}
+
+impl GateEstimator {
+    /// The config string: `dr` or `snips`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dr => "dr",
+            Self::Snips => "snips",
+        }
+    }
+}
+
+impl fmt::Display for GateEstimator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GateEstimator {
+    type Err = ParseValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dr" => Ok(Self::Dr),
+            "snips" => Ok(Self::Snips),
+            _ => Err(ParseValueError { value: s.into(), expected: "`dr`, `snips`" }),
+        }
+    }
+}
+
+serde_via_str!(GateEstimator);

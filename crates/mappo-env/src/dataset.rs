@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use mappo_config::Rng;
 
-use crate::{Env, EnvError, EnvSpec, KnownRewards, Step, check_actions};
+use crate::{Env, EnvError, EnvSpec, KnownRewards, ObservationSpec, Step, check_actions};
 
 /// A bandit over a fixed set of observation rows with known expected rewards: the text env's
 /// environment (rows = prompt embeddings), and a ready-made env for any table of features
@@ -25,6 +25,7 @@ pub struct DatasetEnv {
     device: Device,
     kind: String,
     costs: Option<CostTerm>,
+    layout: ObservationSpec,
 }
 
 /// The cost term of a cost-aware dataset env (see [`DatasetEnv::with_costs`]).
@@ -69,6 +70,7 @@ impl DatasetEnv {
             device: device.clone(),
             kind: mappo_config::EnvKind::Text.as_str().to_string(),
             costs: None,
+            layout: ObservationSpec::embedding(dim),
         })
     }
 
@@ -85,6 +87,7 @@ impl DatasetEnv {
             )));
         }
         self.costs = Some(CostTerm { costs, lo, hi, lambdas: Vec::new() });
+        self.layout = self.layout.with_cost_weight();
         Ok(self)
     }
 
@@ -133,12 +136,7 @@ impl Env for DatasetEnv {
     }
 
     fn spec(&self) -> EnvSpec {
-        let extra = usize::from(self.costs.is_some());
-        EnvSpec {
-            obs_dim: self.obs.dims()[1] + extra,
-            num_actions: self.num_actions,
-            num_envs: self.num_envs,
-        }
+        EnvSpec { obs_dim: self.layout.width(), num_actions: self.num_actions, num_envs: self.num_envs }
     }
 
     fn device(&self) -> &Device {
@@ -149,14 +147,10 @@ impl Env for DatasetEnv {
         self.current = (0..self.num_envs).map(|_| self.next_row()).collect();
         let idx = Tensor::from_slice(&self.current, self.num_envs, &self.device)?;
         let obs = self.obs.index_select(&idx, 0)?;
-        match self.costs.as_mut() {
-            None => Ok(obs),
-            Some(c) => {
-                c.lambdas = (0..self.num_envs).map(|_| c.lo + (c.hi - c.lo) * rng.uniform() as f32).collect();
-                let col = Tensor::from_slice(&c.lambdas, (self.num_envs, 1), &self.device)?;
-                Ok(Tensor::cat(&[&obs, &col], 1)?)
-            }
+        if let Some(c) = self.costs.as_mut() {
+            c.lambdas = (0..self.num_envs).map(|_| c.lo + (c.hi - c.lo) * rng.uniform() as f32).collect();
         }
+        self.layout.observe(&obs, self.cost_weights())
     }
 
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError> {

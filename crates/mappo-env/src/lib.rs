@@ -12,11 +12,14 @@
 //!   expose it, so evaluation can report oracle and random baselines.
 //! * [`SyntheticEnv`] — the seed's cosine-similarity router, batched.
 //! * [`DatasetEnv`] — a bandit over fixed observation rows with known rewards.
+//! * [`ObservationSpec`] — the layout of a routing policy's input row (the embedding, then λ
+//!   for a cost-aware router): the one place that assembles policy inputs.
 //! * `text` (cargo feature `text`, default) — the real-text env: a corpus embedded with
 //!   all-MiniLM-L6-v2 ([`mappo_embed`], re-exported as `embed`), cached, with its reward
 //!   models. Without the feature this crate compiles no tokenizer and no BERT.
 
 mod dataset;
+mod observation;
 mod synthetic;
 #[cfg(feature = "text")]
 pub mod text;
@@ -28,6 +31,7 @@ pub use dataset::DatasetEnv;
 pub use mappo_config::Rng;
 #[cfg(feature = "text")]
 pub use mappo_embed as embed;
+pub use observation::{Column, ObservationSpec, RowExtras};
 pub use synthetic::SyntheticEnv;
 #[cfg(feature = "text")]
 pub use text::{Prompt, load_corpus};

@@ -77,8 +77,8 @@ fn run() -> Result<bool, Error> {
         let ca = Checkpoint::load(Path::new(&args[1]), &device)?;
         let cb = Checkpoint::load(Path::new(&args[2]), &device)?;
         (
-            Candidate::from_checkpoint(&ca, dim, &device)?.with_min_prob(0.05),
-            Candidate::from_checkpoint(&cb, dim, &device)?,
+            Candidate::from_checkpoint(&ca, &device)?.with_min_prob(0.05),
+            Candidate::from_checkpoint(&cb, &device)?,
         )
     } else {
         let mut cent = vec![vec![0f32; dim]; k];

@@ -39,7 +39,4 @@ pub enum LearnError {
     /// The candidate does not fit the log (e.g. another number of agents or embedding width).
     #[error("the candidate does not fit the log: {0}")]
     Mismatch(String),
-    /// A setting is out of range (e.g. `learn.gate_estimator`).
-    #[error("{0}")]
-    Config(String),
 }

@@ -5,6 +5,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use mappo_env::{ObservationSpec, RowExtras};
 use mappo_log::{DecisionKind, JoinedEvent};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -63,10 +64,11 @@ impl LoggedEvent {
         self.propensity.or_else(|| self.probabilities.get(self.action).map(|&p| f64::from(p)))
     }
 
-    /// The policy input of width `dim`: the embedding, or for a cost-aware policy (one input
-    /// wider) the embedding followed by the logged cost weight λ. `None` when neither fits.
-    pub fn context(&self, dim: usize) -> Option<std::borrow::Cow<'_, [f32]>> {
-        policy_input(self.embedding.as_deref()?, self.cost_weight, dim)
+    /// The policy input for a policy with input layout `spec`, built from the logged embedding
+    /// and cost weight λ (see [`ObservationSpec::row`]); `None` when the embedding is missing or
+    /// of another width, or the layout needs a λ the event does not carry.
+    pub fn context(&self, spec: &ObservationSpec) -> Option<Vec<f32>> {
+        spec.row(self.embedding.as_deref()?, RowExtras { cost_weight: self.cost_weight })
     }
 }
 
@@ -106,24 +108,6 @@ impl From<JoinedEvent> for LoggedEvent {
             cost_weight: d.cost_weight,
         }
     }
-}
-
-/// The policy input of width `dim` for a logged `embedding`: the embedding itself, or, for a
-/// cost-aware policy (which takes λ as one more input), the embedding followed by `cost_weight`.
-pub fn policy_input(
-    embedding: &[f32],
-    cost_weight: Option<f32>,
-    dim: usize,
-) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if embedding.len() == dim {
-        return Some(std::borrow::Cow::Borrowed(embedding));
-    }
-    let w = cost_weight?;
-    (embedding.len() + 1 == dim).then(|| {
-        let mut v = embedding.to_vec();
-        v.push(w);
-        std::borrow::Cow::Owned(v)
-    })
 }
 
 /// One line of an exported log as read: the fields of [`mappo_log::ExportLine`], all but

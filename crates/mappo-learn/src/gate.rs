@@ -7,43 +7,13 @@
 //! acting as it would be served (floored at `serve.min_prob`).
 
 use mappo_log::{DecisionLog, GateRecord, PublishMeta, Published, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::Digest;
 
 use crate::ope::{Candidate, OpeOptions, OpeReport, cross_fit_reward_model, evaluate_prepared, prepare};
 use crate::{LearnError, LoggedEvent};
 
-/// Which estimate the gate compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GateEstimator {
-    /// Doubly robust (default).
-    #[default]
-    Dr,
-    /// Self-normalised IPS.
-    Snips,
-}
-
-impl GateEstimator {
-    /// `dr` or `snips`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GateEstimator::Dr => "dr",
-            GateEstimator::Snips => "snips",
-        }
-    }
-
-    /// Parses `dr` or `snips` (the `learn.gate_estimator` values).
-    pub fn parse(s: &str) -> Result<Self, LearnError> {
-        match s {
-            "dr" => Ok(GateEstimator::Dr),
-            "snips" => Ok(GateEstimator::Snips),
-            other => {
-                Err(LearnError::Config(format!("learn.gate_estimator = `{other}`: expected `dr` or `snips`")))
-            }
-        }
-    }
-}
+pub use mappo_config::GateEstimator;
 
 /// The gate's settings (`learn.gate_margin`, `learn.gate_estimator`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,12 +28,8 @@ pub struct GateConfig {
 
 impl GateConfig {
     /// The gate settings of a config's `[learn]` section.
-    pub fn from_config(learn: &mappo_config::LearnConfig) -> Result<Self, LearnError> {
-        Ok(GateConfig {
-            margin: learn.gate_margin,
-            estimator: GateEstimator::parse(&learn.gate_estimator)?,
-            ope: OpeOptions::default(),
-        })
+    pub fn from_config(learn: &mappo_config::LearnConfig) -> Self {
+        GateConfig { margin: learn.gate_margin, estimator: learn.gate_estimator, ope: OpeOptions::default() }
     }
 }
 
@@ -115,7 +81,18 @@ pub fn gate(
             current.num_actions()
         )));
     }
-    let p = prepare(events, candidate.num_actions(), candidate.context_dim().or(current.context_dim()))?;
+    if let (Some(a), Some(b)) = (candidate.layout(), current.layout())
+        && a != b
+    {
+        return Err(LearnError::Mismatch(format!(
+            "the candidate takes inputs {} wide ({:?}), the current version {} ({:?})",
+            a.width(),
+            a.columns(),
+            b.width(),
+            b.columns()
+        )));
+    }
+    let p = prepare(events, candidate.num_actions(), candidate.layout().or(current.layout()))?;
     let rhat = cross_fit_reward_model(&p, &cfg.ope);
     let cand = evaluate_prepared(&p, candidate, &rhat)?;
     let cur = evaluate_prepared(&p, current, &rhat)?;
@@ -324,15 +301,16 @@ mod tests {
 
     #[test]
     fn gate_settings_come_from_the_config() {
-        let c = mappo_config::LearnConfig {
-            gate_margin: 0.05,
-            gate_estimator: "snips".into(),
-            ..Default::default()
-        };
-        let g = GateConfig::from_config(&c).expect("valid");
+        let c = mappo_config::Config::from_toml_str(
+            "[learn]\ngate_margin = 0.05\ngate_estimator = \"snips\"\n",
+            "gate.toml",
+        )
+        .expect("valid");
+        let g = GateConfig::from_config(&c.learn);
         assert_eq!((g.margin, g.estimator), (0.05, GateEstimator::Snips));
-        let c = mappo_config::LearnConfig { gate_estimator: "ips".into(), ..c };
-        assert!(GateConfig::from_config(&c).is_err());
+        let e = mappo_config::Config::from_toml_str("[learn]\ngate_estimator = \"ips\"\n", "gate.toml")
+            .expect_err("ips is not a gate estimator");
+        assert!(e.to_string().contains("learn.gate_estimator"), "{e}");
     }
 
     #[tokio::test]

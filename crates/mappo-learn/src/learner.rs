@@ -18,13 +18,13 @@
 
 use candle_core::{Device, Tensor};
 use mappo_config::{Config, MissingReward, Rng};
-use mappo_env::{Env, EnvError, EnvSpec, Step};
+use mappo_env::{Env, EnvError, EnvSpec, ObservationSpec, RowExtras, Step};
 use mappo_log::{
     DecisionKind, DecisionLog, EventQuery, JoinedEvent, LearnerState, PublishMeta, Published, Timestamp,
     Watermark,
 };
 use mappo_nn::{ActorCritic, Policy};
-use mappo_train::{Checkpoint, LoggedBatch, Trainer, UpdateMetrics};
+use mappo_train::{Checkpoint, LoggedBatch, RoutingPolicy, Trainer, UpdateMetrics};
 use serde::Serialize;
 
 use crate::LearnError;
@@ -147,7 +147,7 @@ pub fn take_batch(
     events: &[LearnEvent],
     start: usize,
     batch: usize,
-    obs_dim: usize,
+    layout: &ObservationSpec,
     num_agents: usize,
     cfg: &Config,
 ) -> (PreparedBatch, usize) {
@@ -169,7 +169,7 @@ pub fn take_batch(
             b.counts.not_sampled += 1;
             continue;
         }
-        let input = crate::events::policy_input(&e.embedding, e.cost_weight, obs_dim);
+        let input = layout.row(&e.embedding, RowExtras { cost_weight: e.cost_weight });
         let Some(input) = input.filter(|x| x.iter().all(|v| v.is_finite())) else {
             b.counts.skipped_bad += 1;
             continue;
@@ -249,10 +249,9 @@ pub fn trainer_from_checkpoint(
     settings: &Config,
     device: &Device,
 ) -> Result<LogTrainer, LearnError> {
-    // The network's input width (λ included for a cost-aware router); `Checkpoint::policy`
-    // takes the embedding width and adds λ's column itself.
-    let obs_dim = ckpt.obs_dim()?;
-    let policy = ckpt.policy(obs_dim.saturating_sub(usize::from(ckpt.config.env.cost_input())), device)?;
+    let policy = RoutingPolicy::from_checkpoint(ckpt, device)?;
+    let obs_dim = policy.spec().width();
+    let policy = policy.into_network();
     let mut cfg = ckpt.config.clone();
     cfg.ppo = settings.ppo.clone();
     cfg.learn = settings.learn.clone();
@@ -346,7 +345,8 @@ pub struct Learner {
     /// Updates and events since the last commit.
     pending: Option<(Option<Watermark>, EventCounts)>,
     base_version: Option<i64>,
-    obs_dim: usize,
+    /// The layout of the policy's input (set when a checkpoint is loaded).
+    layout: Option<ObservationSpec>,
 }
 
 impl std::fmt::Debug for Learner {
@@ -369,7 +369,7 @@ impl Learner {
             saved: None,
             pending: None,
             base_version: None,
-            obs_dim: 0,
+            layout: None,
         })
     }
 
@@ -403,7 +403,7 @@ impl Learner {
         {
             let ckpt = Checkpoint::from_bytes(&st.checkpoint, &self.device)?;
             self.trainer = Some(trainer_from_checkpoint(&ckpt, &self.settings, &self.device)?);
-            self.obs_dim = ckpt.obs_dim()?;
+            self.layout = Some(ckpt.observation_spec()?);
             self.base_version = st.base_version;
             st.checkpoint = Vec::new();
             tracing::info!(
@@ -449,7 +449,7 @@ impl Learner {
                 tracing::info!(learner = %self.name, version = v, "starting from the published version");
             }
             self.trainer = Some(trainer);
-            self.obs_dim = ckpt.obs_dim()?;
+            self.layout = Some(ckpt.observation_spec()?);
             self.base_version = Some(v);
         }
         Ok(adopt)
@@ -465,8 +465,9 @@ impl Learner {
     ) -> Result<Vec<PreparedBatch>, LearnError> {
         let trainer =
             self.trainer.as_ref().ok_or_else(|| LearnError::BadLog("the learner is not loaded".into()))?;
-        let spec = trainer.policy().num_actions();
-        let obs_dim = self.obs_dim;
+        let agents = trainer.policy().num_actions();
+        let layout =
+            self.layout.clone().ok_or_else(|| LearnError::BadLog("the learner is not loaded".into()))?;
         let l = &self.settings.learn;
         let before = Timestamp(now.0.saturating_sub((l.reward_wait_s * 1e6) as i64));
         let batch = self.settings.train.batch_size;
@@ -487,7 +488,7 @@ impl Learner {
                 }
                 events.extend(page.iter().map(|e| LearnEvent::from_joined(e, l.reward_wait_s)));
             }
-            let (b, next) = take_batch(&events, start, batch, obs_dim, spec, &self.settings);
+            let (b, next) = take_batch(&events, start, batch, &layout, agents, &self.settings);
             if b.actions.len() < batch && (b.actions.len() < l.min_events || b.actions.is_empty()) {
                 break;
             }

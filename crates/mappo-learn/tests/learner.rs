@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use mappo_config::{Config, Rng};
+use mappo_env::ObservationSpec;
 use mappo_learn::learner::{AlwaysPublish, DEFAULT_LEARNER, Learner};
 use mappo_log::{Decision, DecisionKind, DecisionLog, PublishMeta, Timestamp};
 use mappo_nn::{ActorCritic, Policy};
-use mappo_train::Checkpoint;
+use mappo_train::{Checkpoint, RoutingPolicy};
 
 const DIM: usize = 8;
 const AGENTS: usize = 3;
@@ -33,6 +34,21 @@ fn settings() -> Config {
         ],
     )
     .unwrap()
+}
+
+/// [`settings`] for a cost-aware router: agents with costs (the corpus is never read: the
+/// learner learns from the log).
+fn cost_aware_settings() -> Config {
+    let mut cfg = settings();
+    cfg.env.kind = mappo_config::EnvKind::Text;
+    cfg.env.corpus = "logged-only.jsonl".into();
+    cfg.env.agents = [0.0, 0.5, 1.0]
+        .iter()
+        .enumerate()
+        .map(|(i, &cost)| mappo_config::AgentSpec { name: format!("agent-{i}"), cost, ..Default::default() })
+        .collect();
+    cfg.validate().unwrap();
+    cfg
 }
 
 /// A freshly initialised policy's checkpoint bytes (weights only, like `mappo serve --config`).
@@ -121,7 +137,7 @@ async fn log_with(
 /// Greedy accuracy of a checkpoint on fresh contexts.
 fn accuracy(bytes: &[u8]) -> f64 {
     let c = Checkpoint::from_bytes(bytes, &Device::Cpu).unwrap();
-    let net = c.policy(DIM, &Device::Cpu).unwrap();
+    let net = RoutingPolicy::from_checkpoint(&c, &Device::Cpu).unwrap().into_network();
     let mut rng = Rng::new(99);
     let n = 2000;
     let xs = rng.normal_vec(n * DIM);
@@ -275,7 +291,7 @@ async fn killed_and_restarted_learner_ends_bit_identical() {
 async fn a_cost_aware_policy_learns_from_the_logged_cost_weight() {
     let target = |x: &[f32], w: f32| if w > 0.5 { 0 } else { best(x) };
     let dir = tempfile::tempdir().unwrap();
-    let cfg = settings();
+    let cfg = cost_aware_settings();
     let ckpt = fresh_checkpoint_of_width(&cfg, DIM + 1);
     let (mut ds, _) = traffic(6000, 4);
     let mut rng = Rng::new(11);
@@ -291,10 +307,9 @@ async fn a_cost_aware_policy_learns_from_the_logged_cost_weight() {
     assert_eq!(r.counts.skipped_bad, 0, "every sampled decision has its λ: {r:?}");
     assert!(r.counts.learned > 5000, "{r:?}");
     let state = log.learner_state(DEFAULT_LEARNER).await.unwrap().unwrap();
-    let net = Checkpoint::from_bytes(&state.checkpoint, &Device::Cpu)
-        .unwrap()
-        .policy(DIM + 1, &Device::Cpu)
-        .unwrap();
+    let learned = Checkpoint::from_bytes(&state.checkpoint, &Device::Cpu).unwrap();
+    assert_eq!(learned.observation_spec().unwrap().width(), DIM + 1, "the embedding, then λ");
+    let net = RoutingPolicy::from_checkpoint(&learned, &Device::Cpu).unwrap().into_network();
     let mut rng = Rng::new(99);
     let n = 2000;
     let mut rows = Vec::with_capacity(n * (DIM + 1));
@@ -328,7 +343,9 @@ async fn a_cost_aware_policy_learns_from_the_logged_cost_weight() {
     let page =
         log.joined_events(&mappo_log::EventQuery { after: None, before: None, limit: 500 }).await.unwrap();
     let events: Vec<_> = page.iter().map(|e| mappo_learn::learner::LearnEvent::from_joined(e, 1e6)).collect();
-    let (b, _) = mappo_learn::learner::take_batch(&events, 0, 64, DIM + 1, AGENTS, &settings());
+    let layout = Checkpoint::from_bytes(&ckpt, &Device::Cpu).unwrap().observation_spec().unwrap();
+    assert_eq!(layout, ObservationSpec::embedding(DIM).with_cost_weight());
+    let (b, _) = mappo_learn::learner::take_batch(&events, 0, 64, &layout, AGENTS, &settings());
     assert_eq!(b.counts.learned, 0);
     assert!(b.counts.skipped_bad > 400, "{:?}", b.counts);
 }

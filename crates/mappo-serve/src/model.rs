@@ -6,10 +6,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use mappo_config::{Config, EnvKind, Rng};
-use mappo_nn::{ActorCritic, Policy};
-use mappo_train::{Checkpoint, TrainError};
+use candle_core::Device;
+use mappo_config::{Config, EnvKind};
+use mappo_train::{Checkpoint, RoutingPolicy, TrainError};
 
 /// A failure of model code: loading files, a checkpoint that does not fit, a forward pass.
 #[derive(Debug, thiserror::Error)]
@@ -128,16 +127,15 @@ impl TextEmbedder for MiniLm {
     }
 }
 
+/// A checkpoint's [`RoutingPolicy`]: its input layout, softmax and agents are the ones every
+/// other part of mappo (route, eval, learn, ope) uses.
 struct MlpPolicy {
-    net: ActorCritic,
-    agents: Vec<String>,
-    device: Device,
-    cost_input: bool,
+    policy: RoutingPolicy,
 }
 
 impl PolicyModel for MlpPolicy {
     fn agents(&self) -> &[String] {
-        &self.agents
+        self.policy.agents()
     }
 
     fn probabilities(&self, embeddings: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -153,21 +151,19 @@ impl PolicyModel for MlpPolicy {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let dim = embeddings.len() / rows;
-        let mut x = Tensor::from_slice(embeddings, (rows, dim), &self.device)?;
-        if self.cost_input {
-            if cost_weights.len() != rows {
-                return Err(ModelError(format!("{} cost weights for {rows} rows", cost_weights.len())));
-            }
-            let col = Tensor::from_slice(cost_weights, (rows, 1), &self.device)?;
-            x = Tensor::cat(&[&x, &col], 1)?;
+        if embeddings.len() != rows * self.policy.spec().embed_dim() {
+            return Err(ModelError(format!(
+                "{} embedding values for {rows} rows of width {}",
+                embeddings.len(),
+                self.policy.spec().embed_dim()
+            )));
         }
-        let logits = self.net.forward(&x).map_err(|e| ModelError(e.to_string()))?.logits;
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?)
+        let obs = self.policy.observe_rows(embeddings, cost_weights)?;
+        Ok(self.policy.probabilities(&obs)?)
     }
 
     fn cost_aware(&self) -> bool {
-        self.cost_input
+        self.policy.cost_aware()
     }
 }
 
@@ -183,10 +179,14 @@ impl ModelLoader for CandleLoader {
 
     fn policy(&self, checkpoint: &[u8], embed_dim: usize) -> Result<Box<dyn PolicyModel>, ModelError> {
         let (ckpt, _f) = self.parse(checkpoint)?;
-        let net = ckpt.policy(embed_dim, &self.device)?;
-        let agents = ckpt.config.env.agents.iter().map(|a| a.name.clone()).collect();
-        let cost_input = ckpt.config.env.cost_input();
-        Ok(Box::new(MlpPolicy { net, agents, device: self.device.clone(), cost_input }))
+        let policy = RoutingPolicy::from_checkpoint(&ckpt, &self.device)?;
+        if policy.spec().embed_dim() != embed_dim {
+            return Err(ModelError(format!(
+                "the policy takes embeddings {} wide, the embedder gives {embed_dim}",
+                policy.spec().embed_dim()
+            )));
+        }
+        Ok(Box::new(MlpPolicy { policy }))
     }
 
     fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {
@@ -195,29 +195,12 @@ impl ModelLoader for CandleLoader {
                 "a fresh policy needs a text config (env.kind = \"text\" with [[env.agents]])".into(),
             ));
         }
-        // The observation width is the embedder's: read it from the model's config.json, which
+        // The embedding width is the embedder's: read it from the model's config.json, which
         // the embedder itself checks when it loads.
         let dim = embedding_dim(&self.model_dir_for(cfg))?;
-        let mut rng = Rng::derived(cfg.train.seed, "init");
-        let dim = dim + usize::from(cfg.env.cost_input());
-        let net = ActorCritic::new(dim, cfg.env.agents.len(), &cfg.model, &mut rng, &self.device)
-            .map_err(|e| ModelError(e.to_string()))?;
-        let mut tensors = std::collections::HashMap::new();
-        for nv in net.all_vars() {
-            tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
-        }
-        let ckpt = Checkpoint {
-            config: cfg.clone(),
-            env_kind: EnvKind::Text.as_str().into(),
-            update: 0,
-            rng_state: Rng::derived(cfg.train.seed, "train").state(),
-            adam_steps: (0, 0),
-            env_state: Vec::new(),
-            tensors,
-            path: None,
-        };
+        let policy = RoutingPolicy::init(cfg, dim, &self.device)?;
         // The same config always gives the same bytes: publishing it twice is one version.
-        Ok(ckpt.to_bytes()?)
+        Ok(Checkpoint::weights_only(cfg, EnvKind::Text.as_str(), policy.network())?.to_bytes()?)
     }
 }
 

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use mappo_config::{Config, Rng};
-use mappo_nn::{ActorCritic, Policy};
+use mappo_env::ObservationSpec;
+use mappo_nn::Policy;
 
 use crate::TrainError;
 
@@ -151,7 +152,7 @@ impl Checkpoint {
     /// (as `--resume RUN_DIR` takes it).
     pub fn open(path_or_run_dir: &Path, device: &Device) -> Result<Self, TrainError> {
         if path_or_run_dir.is_dir() {
-            latest_valid_checkpoint(path_or_run_dir, device)
+            Self::latest(path_or_run_dir, device)
         } else {
             Self::load(path_or_run_dir, device)
         }
@@ -181,16 +182,50 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The observation width the stored policy expects (the input width of its first layer:
-    /// the projection when it has one, else the first encoder layer).
-    pub fn obs_dim(&self) -> Result<usize, TrainError> {
+    /// The input width of the stored network (its first layer's: the projection when it has
+    /// one, else the first encoder layer): [`Checkpoint::observation_spec`]'s width.
+    pub fn input_width(&self) -> Result<usize, TrainError> {
         ["policy.encoder.projection.weight", "policy.encoder.0.weight"]
             .iter()
             .find_map(|n| self.tensors.get(*n))
             .and_then(|t| t.dims().get(1).copied())
             .ok_or_else(|| {
-                ckpt_err(&self.where_(), "no first-layer weight to read the observation width from")
+                ckpt_err(
+                    &self.where_(),
+                    "missing tensor `policy.encoder.0.weight` (the first layer, whose width is the observation's)",
+                )
             })
+    }
+
+    /// The layout of the stored policy's input (the embedding, then λ for a cost-aware
+    /// router), from its config and its [`input width`](Checkpoint::input_width).
+    pub fn observation_spec(&self) -> Result<ObservationSpec, TrainError> {
+        ObservationSpec::for_input_width(&self.config.env, self.input_width()?)
+            .map_err(|e| ckpt_err(&self.where_(), e))
+    }
+
+    /// A checkpoint holding only `policy`'s weights (no optimizer moments; update 0; the RNG of
+    /// stream `train` of `cfg.train.seed`), as `mappo serve --config` publishes a fresh policy:
+    /// the same config and weights always give the same bytes.
+    pub fn weights_only<P: Policy + ?Sized>(
+        cfg: &Config,
+        env_kind: &str,
+        policy: &P,
+    ) -> Result<Self, TrainError> {
+        let mut tensors = HashMap::new();
+        for nv in policy.all_vars() {
+            tensors.insert(format!("policy.{}", nv.name), nv.var.as_tensor().copy()?);
+        }
+        Ok(Checkpoint {
+            config: cfg.clone(),
+            env_kind: env_kind.to_string(),
+            update: 0,
+            rng_state: Rng::derived(cfg.train.seed, "train").state(),
+            adam_steps: (0, 0),
+            env_state: Vec::new(),
+            tensors,
+            path: None,
+        })
     }
 
     /// Whether it holds both optimizers' moments (a freshly initialised policy published by
@@ -198,18 +233,6 @@ impl Checkpoint {
     pub fn has_optimizer_state(&self) -> bool {
         self.tensors.keys().any(|k| k.starts_with("adam.actor."))
             && self.tensors.keys().any(|k| k.starts_with("adam.critic."))
-    }
-
-    /// Rebuilds the [`ActorCritic`] stored in the checkpoint (its shape comes
-    /// from the checkpoint's own config) for observations of width `obs_dim`. A cost-aware
-    /// text router ([`mappo_config::EnvConfig::cost_input`]) takes one more input, the cost
-    /// weight λ after the `obs_dim` embedding columns: its network is built `obs_dim + 1` wide.
-    pub fn policy(&self, obs_dim: usize, device: &Device) -> Result<ActorCritic, TrainError> {
-        let cfg = &self.config;
-        let obs_dim = obs_dim + usize::from(cfg.env.cost_input());
-        let policy = ActorCritic::new(obs_dim, cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
-        self.load_weights_into(&policy)?;
-        Ok(policy)
     }
 }
 
@@ -239,51 +262,53 @@ fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// The checkpoint file name for an update count.
-pub fn checkpoint_name(update: u64) -> String {
-    format!("update-{update:07}.safetensors")
-}
+impl Checkpoint {
+    /// The checkpoint file name for an update count.
+    pub fn file_name(update: u64) -> String {
+        format!("update-{update:07}.safetensors")
+    }
 
-/// The checkpoints of a run directory, newest (highest update) first.
-pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    let dir = run_dir.join("checkpoints");
-    let rd = std::fs::read_dir(&dir).map_err(|e| TrainError::Io {
-        path: dir.display().to_string(),
-        message: format!("cannot list checkpoints: {e}"),
-    })?;
-    let mut found: Vec<(u64, PathBuf)> = rd
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix("update-")?.strip_suffix(".safetensors")?.parse::<u64>().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    found.sort_by_key(|f| std::cmp::Reverse(f.0));
-    Ok(found.into_iter().map(|(_, p)| p).collect())
-}
+    /// The checkpoints of a run directory, newest (highest update) first.
+    pub fn list(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+        let dir = run_dir.join("checkpoints");
+        let rd = std::fs::read_dir(&dir).map_err(|e| TrainError::Io {
+            path: dir.display().to_string(),
+            message: format!("cannot list checkpoints: {e}"),
+        })?;
+        let mut found: Vec<(u64, PathBuf)> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n = name.strip_prefix("update-")?.strip_suffix(".safetensors")?.parse::<u64>().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        Ok(found.into_iter().map(|(_, p)| p).collect())
+    }
 
-/// The newest checkpoint of a run directory that loads; unreadable ones are
-/// skipped with a warning. Errors when none is usable.
-pub fn latest_valid_checkpoint(run_dir: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
-    let mut problems = Vec::new();
-    for path in list_checkpoints(run_dir)? {
-        match Checkpoint::load(&path, device) {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!("skipping unusable checkpoint: {e}");
-                problems.push(e.to_string());
+    /// The newest checkpoint of a run directory that loads; unreadable ones are
+    /// skipped with a warning. Errors when none is usable.
+    pub fn latest(run_dir: &Path, device: &Device) -> Result<Checkpoint, TrainError> {
+        let mut problems = Vec::new();
+        for path in Self::list(run_dir)? {
+            match Checkpoint::load(&path, device) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!("skipping unusable checkpoint: {e}");
+                    problems.push(e.to_string());
+                }
             }
         }
+        Err(TrainError::Checkpoint {
+            path: run_dir.join("checkpoints").display().to_string(),
+            problem: if problems.is_empty() {
+                "no checkpoint in this run directory".into()
+            } else {
+                format!("no usable checkpoint: {}", problems.join("; "))
+            },
+        })
     }
-    Err(TrainError::Checkpoint {
-        path: run_dir.join("checkpoints").display().to_string(),
-        problem: if problems.is_empty() {
-            "no checkpoint in this run directory".into()
-        } else {
-            format!("no usable checkpoint: {}", problems.join("; "))
-        },
-    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,12 @@
 //! Greedy (argmax) evaluation against an environment that knows every
 //! action's expected reward.
 
-use std::path::Path;
-
-use candle_core::{Device, Tensor};
-use mappo_config::EnvKind;
-use mappo_env::{KnownRewards, Rng, SyntheticEnv};
+use candle_core::Tensor;
+use mappo_env::{KnownRewards, Rng};
 use mappo_nn::{Policy, sample_actions};
 use serde::Serialize;
 
-use crate::{Checkpoint, TrainError};
+use crate::TrainError;
 
 /// The greedy (most probable) action of every row of `obs`: what a trained
 /// router does (Stable-Baselines3's `predict(obs, deterministic=True)`).
@@ -52,10 +49,9 @@ impl GreedyEvaluator {
         Ok(Self { obs, expected: env.expected_rewards(), num_actions: env.spec().num_actions })
     }
 
-    #[cfg_attr(not(feature = "text"), allow(dead_code))]
     /// An evaluator over given observations (`[n, obs_dim]`) and their
     /// row-major `[n, num_actions]` expected rewards.
-    pub(crate) fn from_parts(obs: Tensor, expected: Vec<f32>, num_actions: usize) -> Self {
+    pub fn from_parts(obs: Tensor, expected: Vec<f32>, num_actions: usize) -> Self {
         Self { obs, expected, num_actions }
     }
 
@@ -95,33 +91,4 @@ impl GreedyEvaluator {
             oracle_agreement: agree as f64 / nf,
         })
     }
-}
-
-/// Greedy evaluation of a synthetic-env checkpoint on `episodes` fresh
-/// prompts (drawn from `eval_seed`; the agents come from the run's seed).
-pub fn evaluate_checkpoint_synthetic(
-    ckpt: &Checkpoint,
-    episodes: usize,
-    eval_seed: u64,
-    device: &Device,
-) -> Result<EvalReport, TrainError> {
-    if ckpt.env_kind != EnvKind::Synthetic.as_str() {
-        let path = ckpt.path.as_deref().unwrap_or(Path::new("<checkpoint>")).display().to_string();
-        let problem = if ckpt.env_kind == EnvKind::Text.as_str() {
-            "it was trained on the text environment: evaluate it on prompts with `--corpus FILE.jsonl` \
-             (e.g. the run's env.eval_corpus)"
-                .to_string()
-        } else {
-            format!(
-                "it was trained on a custom `{}` environment, which only its own program can rebuild",
-                ckpt.env_kind
-            )
-        };
-        return Err(TrainError::Checkpoint { path, problem });
-    }
-    let cfg = &ckpt.config;
-    let mut env = SyntheticEnv::new(&cfg.env, episodes.max(1), cfg.train.seed, device);
-    let policy = ckpt.policy(cfg.env.embed_dim, device)?;
-    let evaluator = GreedyEvaluator::new(&mut env, &mut Rng::derived(eval_seed, "fresh-eval"))?;
-    evaluator.evaluate(&policy)
 }

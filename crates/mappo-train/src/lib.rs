@@ -1,9 +1,13 @@
 //! mappo-train: PPO for prompt routing, as a library.
 //!
 //! The [`Trainer`] is generic over an environment ([`mappo_env::Env`]) and a
-//! policy ([`mappo_nn::Policy`]); [`run`] drives it with logging, periodic
+//! policy ([`mappo_nn::Policy`]); [`Trainer::run`] drives it with logging, periodic
 //! greedy evaluation and checkpoints in a run directory; [`Checkpoint`] is
-//! the self-describing file that `mappo eval` and `mappo route` read.
+//! the self-describing file that `mappo eval` and `mappo route` read, and
+//! [`RoutingPolicy`] the policy in it together with the layout of its input —
+//! what every other crate runs. Evaluating and routing with a checkpoint
+//! (corpus evaluation, quality–cost curves, calibration, the `Router`) is the
+//! `mappo-eval` crate's.
 //!
 //! ```no_run
 //! use mappo_config::Config;
@@ -21,11 +25,13 @@
 //! `examples/csv-bandit` in the repository. With `default-features = false`
 //! this crate compiles no tokenizer and no BERT.
 
+#![warn(missing_docs)]
+
 mod checkpoint;
 mod error;
 mod eval;
 mod loss;
-mod routing;
+mod policy;
 mod run;
 mod setup;
 #[cfg(feature = "text")]
@@ -38,21 +44,12 @@ pub use mappo_config as config;
 pub use mappo_env as env;
 pub use mappo_nn as nn;
 
-pub use checkpoint::{Checkpoint, FORMAT, checkpoint_name, latest_valid_checkpoint, list_checkpoints};
+pub use checkpoint::{Checkpoint, FORMAT};
 pub use error::TrainError;
-pub use eval::{EvalReport, GreedyEvaluator, evaluate_checkpoint_synthetic, greedy_actions};
-pub use loss::LossStats;
-#[cfg(feature = "text")]
-pub use mappo_env::text::EmbedProgress;
-pub use routing::{
-    CurvePoint, CurveSummary, OutcomeTable, RIDGE_ALPHAS, RidgeRouter, SingleAgent, area, choose_by_scores,
-    cpt, pgr_curve, score_sweep,
-};
+pub use eval::{EvalReport, GreedyEvaluator, greedy_actions};
+pub use policy::RoutingPolicy;
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{SyntheticSetup, select_device};
 #[cfg(feature = "text")]
-pub use text::{
-    AgentScore, BaselineReport, Budget, Calibration, CorpusEvalOptions, CorpusReport, Routed, Router,
-    RoutingReport, TextSetup, calibrate, evaluate_corpus, evaluate_corpus_with,
-};
-pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics, explained_variance};
+pub use text::TextSetup;
+pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics};

@@ -17,7 +17,7 @@ use mappo_env::Env;
 use mappo_nn::Policy;
 use serde::Serialize;
 
-use crate::{EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics, checkpoint_name};
+use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics};
 
 /// Where and how to run: the run directory and what watches the run. The
 /// cadences (`log_interval`, `eval_interval`, `save_interval`) come from the
@@ -193,7 +193,7 @@ fn claim_run_dir(dir: &Path, ckpt_dir: &Path, force: bool) -> Result<(), TrainEr
         )));
     }
     tracing::warn!("--force: replacing the run in {}", dir.display());
-    for p in crate::list_checkpoints(dir)? {
+    for p in Checkpoint::list(dir)? {
         std::fs::remove_file(&p).map_err(|e| io_err(&p, format!("cannot remove: {e}")))?;
     }
     for name in ["metrics.jsonl", "summary.json"] {
@@ -233,7 +233,7 @@ fn run_loop<E: Env, P: Policy>(
     if start_update == 0 {
         claim_run_dir(dir, &ckpt_dir, force)?;
     } else {
-        let resumed = ckpt_dir.join(checkpoint_name(start_update));
+        let resumed = ckpt_dir.join(Checkpoint::file_name(start_update));
         *last_saved = resumed.exists().then_some(resumed);
     }
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| io_err(&ckpt_dir, format!("cannot create: {e}")))?;
@@ -303,7 +303,7 @@ fn run_loop<E: Env, P: Policy>(
         let stop_now = stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         if u % t.save_interval == 0 || u == t.total_updates || stop_now {
             log.flush().map_err(|e| io_err(&metrics_path, e))?;
-            let path = ckpt_dir.join(checkpoint_name(u));
+            let path = ckpt_dir.join(Checkpoint::file_name(u));
             trainer.checkpoint()?.save(&path)?;
             tracing::info!(path = %path.display(), "checkpoint written");
             observer.on_checkpoint(&path);
@@ -320,7 +320,7 @@ fn run_loop<E: Env, P: Policy>(
         Some(p) => p,
         None => {
             // Resumed from a checkpoint file outside this directory, with nothing left to train.
-            let path = ckpt_dir.join(checkpoint_name(trainer.update_count()));
+            let path = ckpt_dir.join(Checkpoint::file_name(trainer.update_count()));
             trainer.checkpoint()?.save(&path)?;
             path
         }

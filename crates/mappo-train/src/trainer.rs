@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use mappo_buffer::{Batch, Gae, Rollout, Transition};
 use mappo_config::{Config, PpoConfig, Rng, TrainConfig};
-use mappo_env::Env;
+use mappo_env::{Env, ObservationSpec};
 use mappo_nn::{Adam, AdamSettings, Policy, global_grad_norm, sample_actions};
 use serde::Serialize;
 
@@ -378,8 +378,9 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let drop = self.cfg.ppo.input_dropout;
         let obs = if drop > 0.0 {
             let (n, d) = mb.obs.dims2()?;
-            let kept = d.saturating_sub(usize::from(self.cfg.env.cost_input()));
-            let mask = dropout_mask(&mut self.rng, n, d, kept, drop);
+            // Only the embedding's columns are dropped (never λ): the layout says which they are.
+            let droppable = ObservationSpec::for_input_width(&self.cfg.env, d)?.embedding_columns();
+            let mask = dropout_mask(&mut self.rng, n, d, droppable, drop);
             (&mb.obs * Tensor::from_vec(mask, (n, d), mb.obs.device())?)?
         } else {
             mb.obs.clone()
@@ -487,14 +488,20 @@ pub fn explained_variance(pred: &[f32], y: &[f32]) -> f64 {
     1.0 - vr / vy
 }
 
-/// An inverted-dropout mask for `n` rows of `d` features, row-major: each of the first
-/// `droppable` features of a row is 0 with probability `p` and `1/(1 − p)` otherwise (one
-/// uniform draw from `rng` each, row by row); the features after them are always 1.
-pub(crate) fn dropout_mask(rng: &mut Rng, n: usize, d: usize, droppable: usize, p: f64) -> Vec<f32> {
+/// An inverted-dropout mask for `n` rows of `d` features, row-major: each feature of a row in
+/// the column range `droppable` is 0 with probability `p` and `1/(1 − p)` otherwise (one
+/// uniform draw from `rng` each, row by row); the other features are always 1.
+pub(crate) fn dropout_mask(
+    rng: &mut Rng,
+    n: usize,
+    d: usize,
+    droppable: std::ops::Range<usize>,
+    p: f64,
+) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     let mut mask = vec![1f32; n * d];
     for row in mask.chunks_mut(d.max(1)) {
-        for m in row.iter_mut().take(droppable) {
+        for m in row.iter_mut().take(droppable.end).skip(droppable.start) {
             *m = if rng.uniform() >= p { keep } else { 0.0 };
         }
     }
@@ -509,7 +516,7 @@ mod tests {
     fn dropout_mask_drops_about_p_of_the_droppable_features_and_keeps_the_rest() {
         let mut rng = Rng::new(3);
         let (n, d, droppable, p) = (400, 10, 9, 0.25);
-        let m = dropout_mask(&mut rng, n, d, droppable, p);
+        let m = dropout_mask(&mut rng, n, d, 0..droppable, p);
         assert_eq!(m.len(), n * d);
         let keep = (1.0 / (1.0 - p)) as f32;
         let mut zeros = 0;
@@ -526,9 +533,9 @@ mod tests {
         let mean = m.iter().map(|&v| f64::from(v)).sum::<f64>() / m.len() as f64;
         assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
         // The same stream gives the same mask; no droppable feature draws nothing.
-        assert_eq!(m, dropout_mask(&mut Rng::new(3), n, d, droppable, p));
+        assert_eq!(m, dropout_mask(&mut Rng::new(3), n, d, 0..droppable, p));
         let mut r = Rng::new(3);
-        assert!(dropout_mask(&mut r, n, d, 0, p).iter().all(|&v| v == 1.0));
+        assert!(dropout_mask(&mut r, n, d, 0..0, p).iter().all(|&v| v == 1.0));
         assert_eq!(r.state(), Rng::new(3).state());
     }
 }

@@ -1,5 +1,5 @@
 //! Quality–cost metrics of LLM routers (RouteLLM, arXiv 2406.18665), generalised to N agents
-//! with real costs, and a full-information ridge-regression router to compare against.
+//! with real costs.
 //!
 //! A router is measured on a corpus whose rows carry every agent's quality (an *outcome
 //! corpus*). The *weak* agent is the cheapest, the *strong* one the best single agent (highest
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::TrainError;
+use crate::EvalError;
 
 /// One routing of a corpus: at a cost weight λ, what it earned and what it cost.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -74,10 +74,10 @@ pub struct OutcomeTable {
 
 impl OutcomeTable {
     /// Checks the sizes.
-    pub fn new(agents: Vec<String>, costs: Vec<f64>, quality: Vec<f32>) -> Result<Self, TrainError> {
+    pub fn new(agents: Vec<String>, costs: Vec<f64>, quality: Vec<f32>) -> Result<Self, EvalError> {
         let na = agents.len();
         if na < 2 || costs.len() != na || quality.is_empty() || quality.len() % na != 0 {
-            return Err(TrainError::Setup(format!(
+            return Err(EvalError::Setup(format!(
                 "an outcome table needs >= 2 agents, one cost each and [n, agents] qualities; got {na} agents, {} costs, {} qualities",
                 costs.len(),
                 quality.len()
@@ -225,238 +225,6 @@ pub fn cpt(curve: &[(f64, f64)], target: f64) -> Option<f64> {
     })
 }
 
-/// A ridge regression of every agent's quality on the embeddings (plus a bias): the
-/// full-information router that sees every agent's outcome for every training prompt.
-/// The penalties [`RidgeRouter::fit_cv`] chooses from when none is given.
-pub const RIDGE_ALPHAS: &[f64] = &[0.1, 1.0, 10.0, 100.0, 1000.0];
-
-#[derive(Debug, Clone)]
-pub struct RidgeRouter {
-    dim: usize,
-    /// `[dim + 1, agents]` weights, the bias row last.
-    weights: Vec<f64>,
-    agents: usize,
-}
-
-impl RidgeRouter {
-    /// Fits `quality [n, agents]` on `x [n, dim]` with L2 penalty `alpha` (the bias is not
-    /// penalised). Solves the normal equations by Cholesky (a 385 × 385 system for MiniLM:
-    /// small enough that a linear-algebra dependency would buy nothing).
-    pub fn fit(
-        x: &[f32],
-        dim: usize,
-        quality: &[f32],
-        agents: usize,
-        alpha: f64,
-    ) -> Result<Self, TrainError> {
-        let g = Gram::of(x, dim, quality, agents, |_| true)?;
-        g.solve(alpha)
-    }
-
-    /// Chooses the penalty from `alphas` by `folds`-fold cross-validation on the rows (row `i`
-    /// is held out in fold `i mod folds`), maximising the mean APGR of the held-out folds as
-    /// [`OutcomeTable::summarize`] computes it, then fits every row with it. Returns the router,
-    /// the α chosen and its cross-validated APGR. The Gram matrix of each fold is accumulated
-    /// once; each α only changes the diagonal.
-    #[allow(clippy::too_many_arguments)]
-    pub fn fit_cv(
-        x: &[f32],
-        dim: usize,
-        quality: &[f32],
-        names: &[String],
-        costs: &[f64],
-        alphas: &[f64],
-        folds: usize,
-    ) -> Result<(Self, f64, f64), TrainError> {
-        let agents = names.len();
-        let n = x.len() / dim.max(1);
-        if folds < 2 || n < folds || alphas.is_empty() {
-            return Err(TrainError::Setup(format!("ridge: {folds}-fold cross-validation over {n} rows")));
-        }
-        let grams: Vec<Gram> = (0..folds)
-            .map(|k| Gram::of(x, dim, quality, agents, |i| i % folds == k))
-            .collect::<Result<_, _>>()?;
-        let max_cost = costs.iter().cloned().fold(0.0, f64::max);
-        let norm: Vec<f64> = costs.iter().map(|c| if max_cost > 0.0 { c / max_cost } else { 0.0 }).collect();
-        let mut best: Option<(f64, f64)> = None;
-        for &alpha in alphas {
-            let mut total = 0.0;
-            let mut counted = 0;
-            for k in 0..folds {
-                let mut g = Gram::zero(dim, agents);
-                for (j, gj) in grams.iter().enumerate() {
-                    if j != k {
-                        g.add(gj);
-                    }
-                }
-                let r = g.solve(alpha)?;
-                let rows: Vec<usize> = (0..n).filter(|i| i % folds == k).collect();
-                let xs: Vec<f32> =
-                    rows.iter().flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied()).collect();
-                let qs: Vec<f32> = rows
-                    .iter()
-                    .flat_map(|&i| quality[i * agents..(i + 1) * agents].iter().copied())
-                    .collect();
-                let table = OutcomeTable::new(names.to_vec(), costs.to_vec(), qs)?;
-                let (weak, _) = table.weak_strong();
-                let pred = r.predict(&xs);
-                let curve = score_sweep(&pred, &norm, weak)
-                    .into_iter()
-                    .map(|l| table.point(l, &choose_by_scores(&pred, &norm, l)))
-                    .collect();
-                if let Some(a) = table.summarize(curve).apgr {
-                    total += a;
-                    counted += 1;
-                }
-            }
-            if counted > 0 {
-                let mean = total / f64::from(counted);
-                if best.is_none_or(|(_, b)| mean > b) {
-                    best = Some((alpha, mean));
-                }
-            }
-        }
-        let (alpha, cv) = best.ok_or_else(|| {
-            TrainError::Setup(
-                "ridge: no fold has an APGR (does every fold hold both agents' outcomes?)".into(),
-            )
-        })?;
-        let mut g = Gram::zero(dim, agents);
-        for gk in &grams {
-            g.add(gk);
-        }
-        Ok((g.solve(alpha)?, alpha, cv))
-    }
-
-    /// Predicted quality `[n, agents]` of every agent for rows `x [n, dim]`.
-    pub fn predict(&self, x: &[f32]) -> Vec<f64> {
-        let mut out = Vec::with_capacity(x.len() / self.dim.max(1) * self.agents);
-        for r in x.chunks(self.dim) {
-            for t in 0..self.agents {
-                let mut s = self.weights[self.dim * self.agents + t];
-                for (j, v) in r.iter().enumerate() {
-                    s += f64::from(*v) * self.weights[j * self.agents + t];
-                }
-                out.push(s);
-            }
-        }
-        out
-    }
-}
-
-/// Solves `A X = B` for symmetric positive definite `A [d, d]`, `B [d, m]` (row-major).
-/// The normal equations `[x 1]ᵀ[x 1]` and `[x 1]ᵀ quality` of some rows.
-struct Gram {
-    dim: usize,
-    agents: usize,
-    /// `[dim + 1, dim + 1]`, lower triangle filled.
-    a: Vec<f64>,
-    /// `[dim + 1, agents]`.
-    b: Vec<f64>,
-}
-
-impl Gram {
-    fn zero(dim: usize, agents: usize) -> Self {
-        let d = dim + 1;
-        Gram { dim, agents, a: vec![0.0; d * d], b: vec![0.0; d * agents] }
-    }
-
-    /// Accumulates the rows `i` with `keep(i)`.
-    fn of(
-        x: &[f32],
-        dim: usize,
-        quality: &[f32],
-        agents: usize,
-        keep: impl Fn(usize) -> bool,
-    ) -> Result<Self, TrainError> {
-        let n = x.len() / dim.max(1);
-        if n == 0 || quality.len() != n * agents || x.len() != n * dim {
-            return Err(TrainError::Setup("ridge: rows of embeddings and qualities differ".into()));
-        }
-        let mut g = Gram::zero(dim, agents);
-        let d = dim + 1;
-        let mut row = vec![0f64; d];
-        for i in (0..n).filter(|&i| keep(i)) {
-            for j in 0..dim {
-                row[j] = f64::from(x[i * dim + j]);
-            }
-            row[dim] = 1.0;
-            for j in 0..d {
-                let rj = row[j];
-                for k in 0..=j {
-                    g.a[j * d + k] += rj * row[k];
-                }
-                for t in 0..agents {
-                    g.b[j * agents + t] += rj * f64::from(quality[i * agents + t]);
-                }
-            }
-        }
-        Ok(g)
-    }
-
-    fn add(&mut self, o: &Gram) {
-        self.a.iter_mut().zip(&o.a).for_each(|(x, y)| *x += y);
-        self.b.iter_mut().zip(&o.b).for_each(|(x, y)| *x += y);
-    }
-
-    /// Solves with L2 penalty `alpha` on every weight but the bias.
-    fn solve(&self, alpha: f64) -> Result<RidgeRouter, TrainError> {
-        let (dim, d) = (self.dim, self.dim + 1);
-        let mut a = self.a.clone();
-        for j in 0..d {
-            for k in 0..j {
-                a[k * d + j] = a[j * d + k];
-            }
-            if j < dim {
-                a[j * d + j] += alpha;
-            }
-        }
-        let weights = cholesky_solve(&mut a, d, &self.b, self.agents)
-            .ok_or_else(|| TrainError::Setup("ridge: the normal equations are singular".into()))?;
-        Ok(RidgeRouter { dim, weights, agents: self.agents })
-    }
-}
-
-fn cholesky_solve(a: &mut [f64], d: usize, b: &[f64], m: usize) -> Option<Vec<f64>> {
-    // In place: the lower triangle of `a` becomes L with A = L Lᵀ.
-    for j in 0..d {
-        let mut s = a[j * d + j];
-        for k in 0..j {
-            s -= a[j * d + k] * a[j * d + k];
-        }
-        if !(s > 0.0) {
-            return None;
-        }
-        let l = s.sqrt();
-        a[j * d + j] = l;
-        for i in j + 1..d {
-            let mut s = a[i * d + j];
-            for k in 0..j {
-                s -= a[i * d + k] * a[j * d + k];
-            }
-            a[i * d + j] = s / l;
-        }
-    }
-    let mut x = b.to_vec();
-    for c in 0..m {
-        for i in 0..d {
-            let mut s = x[i * m + c];
-            for k in 0..i {
-                s -= a[i * d + k] * x[k * m + c];
-            }
-            x[i * m + c] = s / a[i * d + i];
-        }
-        for i in (0..d).rev() {
-            let mut s = x[i * m + c];
-            for k in i + 1..d {
-                s -= a[k * d + i] * x[k * m + c];
-            }
-            x[i * m + c] = s / a[i * d + i];
-        }
-    }
-    Some(x)
-}
-
 /// Routes by predicted quality minus `λ ·` normalised cost: the choices of each row.
 pub fn choose_by_scores(pred: &[f64], norm_costs: &[f64], lambda: f64) -> Vec<usize> {
     let na = norm_costs.len();
@@ -569,57 +337,5 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!((c[0], c[2]), ((0.0, 0.0), (1.0, 1.0)));
         assert!((c[1].0 - 0.5).abs() < 1e-12 && (c[1].1 - 0.6).abs() < 1e-12, "{c:?}");
-    }
-
-    #[test]
-    fn cross_validation_picks_the_penalty_that_routes_best_and_matches_a_plain_fit() {
-        // The strong agent (cost 1) is right exactly when x0 > 0.5, the weak one (cost 0) when
-        // x0 <= 0.5; x1..x3 are noise. A tiny penalty routes well; a huge one routes at random.
-        let mut rng = mappo_config::Rng::new(3);
-        let (mut x, mut q) = (Vec::new(), Vec::new());
-        for _ in 0..400 {
-            let v: Vec<f32> = (0..4).map(|_| rng.uniform() as f32).collect();
-            let strong_right = v[0] > 0.5;
-            q.extend([if strong_right { 0.0 } else { 1.0 }, if strong_right { 1.0 } else { 0.5 }]);
-            x.extend(v);
-        }
-        let names = vec!["weak".to_string(), "strong".to_string()];
-        let (r, alpha, cv) =
-            RidgeRouter::fit_cv(&x, 4, &q, &names, &[0.0, 1.0], &[1e6, 1e-3], 5).expect("fit_cv");
-        assert_eq!(alpha, 1e-3, "cv APGR {cv}");
-        assert!(cv > 0.8, "{cv}");
-        // The router returned is the plain fit of every row with the chosen penalty.
-        let plain = RidgeRouter::fit(&x, 4, &q, 2, 1e-3).expect("fit");
-        let (a, b) = (r.predict(&x[..8]), plain.predict(&x[..8]));
-        assert!(a.iter().zip(&b).all(|(u, v)| (u - v).abs() < 1e-9), "{a:?} vs {b:?}");
-        assert!(
-            RidgeRouter::fit_cv(&x[..8], 4, &q[..4], &names, &[0.0, 1.0], &[1.0], 5).is_err(),
-            "2 rows, 5 folds"
-        );
-    }
-
-    #[test]
-    fn ridge_recovers_a_linear_model_and_its_sweep_spans_the_shares() {
-        // quality_0 = 0.2 + x0, quality_1 = 0.5 - x1 on a grid; tiny alpha.
-        let mut x = Vec::new();
-        let mut q = Vec::new();
-        for i in 0..20 {
-            for j in 0..20 {
-                let (a, b) = (i as f32 / 20.0, j as f32 / 20.0);
-                x.extend([a, b]);
-                q.extend([0.2 + a, 0.5 - b]);
-            }
-        }
-        let r = RidgeRouter::fit(&x, 2, &q, 2, 1e-9).expect("fit");
-        let p = r.predict(&[0.5, 0.25]);
-        assert!((p[0] - 0.7).abs() < 1e-5 && (p[1] - 0.25).abs() < 1e-5, "{p:?}");
-        let t = OutcomeTable::new(vec!["w".into(), "s".into()], vec![0.0, 1.0], q.clone()).expect("t");
-        let pred = r.predict(&x);
-        let shares: Vec<f64> = score_sweep(&pred, &[0.0, 1.0], 0)
-            .into_iter()
-            .map(|l| t.point(l, &choose_by_scores(&pred, &[0.0, 1.0], l)).share["s"])
-            .collect();
-        assert!((shares[0] - 1.0).abs() < 0.01 && *shares.last().expect("last") == 0.0, "{shares:?}");
-        assert!(shares.windows(2).all(|w| w[1] <= w[0] + 1e-12), "non-increasing: {shares:?}");
     }
 }

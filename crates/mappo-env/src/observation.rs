@@ -1,0 +1,267 @@
+//! The observation layout: what one row of a routing policy's input holds, and in which order.
+//!
+//! An [`ObservationSpec`] is the one place that knows the columns of the policy's input. Today a
+//! row is the prompt's embedding, followed by the cost weight λ when the router is cost-aware
+//! (some agent has a `cost`: [`ObservationSpec::for_env`]). Everything that builds a policy input —
+//! the text env, evaluation, `mappo route`, `mappo serve`, the learner and off-policy evaluation —
+//! assembles it here ([`ObservationSpec::observe`], [`ObservationSpec::row`]), and everything that
+//! needs a width asks it ([`ObservationSpec::width`]); no other code appends λ or adds one to a
+//! width. New columns (an episode's step, the previous agent, ...) are new [`Column`]s.
+
+use std::ops::Range;
+
+use candle_core::{Device, Tensor};
+use mappo_config::EnvConfig;
+
+use crate::EnvError;
+
+/// A block of columns of an observation row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// The prompt's embedding: `dim` columns.
+    Embedding {
+        /// Its width (384 for all-MiniLM-L6-v2).
+        dim: usize,
+    },
+    /// The cost weight λ of a cost-aware router: one column.
+    CostWeight,
+}
+
+impl Column {
+    /// How many columns the block spans.
+    pub fn width(&self) -> usize {
+        match self {
+            Column::Embedding { dim } => *dim,
+            Column::CostWeight => 1,
+        }
+    }
+}
+
+/// The layout of a policy's input row: its [`Column`] blocks, in order (the embedding first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservationSpec {
+    columns: Vec<Column>,
+}
+
+/// What a row holds besides its embedding; a field is used only when the layout has its column.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowExtras {
+    /// The cost weight λ (a cost-aware router's input).
+    pub cost_weight: Option<f32>,
+}
+
+impl ObservationSpec {
+    /// Rows holding only an embedding of width `dim`.
+    pub fn embedding(dim: usize) -> Self {
+        Self { columns: vec![Column::Embedding { dim }] }
+    }
+
+    /// The same layout with the cost weight λ as the last column.
+    pub fn with_cost_weight(mut self) -> Self {
+        if !self.has_cost_weight() {
+            self.columns.push(Column::CostWeight);
+        }
+        self
+    }
+
+    /// The layout of an environment's policy for embeddings of width `embed_dim`: the embedding,
+    /// then λ when the router is cost-aware ([`EnvConfig::cost_input`]).
+    pub fn for_env(env: &EnvConfig, embed_dim: usize) -> Self {
+        let spec = Self::embedding(embed_dim);
+        if env.cost_input() { spec.with_cost_weight() } else { spec }
+    }
+
+    /// The layout of a stored network whose first layer takes `width` inputs (a checkpoint's
+    /// [`input width`](Self::width)): [`for_env`](Self::for_env) with the embedding width that
+    /// makes it `width` wide. Errors when `width` is too small for the env's extra columns.
+    pub fn for_input_width(env: &EnvConfig, width: usize) -> Result<Self, EnvError> {
+        let extra = Self::for_env(env, 0).width();
+        if width <= extra {
+            return Err(EnvError::Setup(format!(
+                "a policy input {width} wide has no room for an embedding beside its {extra} other column(s)"
+            )));
+        }
+        Ok(Self::for_env(env, width - extra))
+    }
+
+    /// The blocks, in column order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+
+    /// Width of one row: the network's input width.
+    pub fn width(&self) -> usize {
+        self.columns.iter().map(Column::width).sum()
+    }
+
+    /// Width of the embedding block.
+    pub fn embed_dim(&self) -> usize {
+        self.columns
+            .iter()
+            .find_map(|c| match c {
+                Column::Embedding { dim } => Some(*dim),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether a row carries the cost weight λ.
+    pub fn has_cost_weight(&self) -> bool {
+        self.columns.contains(&Column::CostWeight)
+    }
+
+    /// The columns of the embedding block (what input dropout may zero; λ is never dropped).
+    pub fn embedding_columns(&self) -> Range<usize> {
+        let mut start = 0;
+        for c in &self.columns {
+            if let Column::Embedding { dim } = c {
+                return start..start + dim;
+            }
+            start += c.width();
+        }
+        0..0
+    }
+
+    /// One row for `embedding` with `extras`; `None` when the embedding has another width or a
+    /// column the layout needs is missing (a cost-aware row without λ).
+    pub fn row(&self, embedding: &[f32], extras: RowExtras) -> Option<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.width());
+        for c in &self.columns {
+            match c {
+                Column::Embedding { dim } => {
+                    if embedding.len() != *dim {
+                        return None;
+                    }
+                    out.extend_from_slice(embedding);
+                }
+                Column::CostWeight => out.push(extras.cost_weight?),
+            }
+        }
+        Some(out)
+    }
+
+    /// Row-major rows for row-major `embeddings` (`rows` of them, the layout's embedding width)
+    /// and one cost weight per row (`cost_weights`, read only when the layout has λ), on the
+    /// host.
+    pub fn rows(&self, embeddings: &[f32], cost_weights: &[f32]) -> Result<Vec<f32>, EnvError> {
+        let n = self.check(embeddings.len(), cost_weights.len())?;
+        if self.columns.len() == 1 {
+            return Ok(embeddings.to_vec());
+        }
+        let dim = self.embed_dim();
+        let mut out = Vec::with_capacity(n * self.width());
+        for i in 0..n {
+            for c in &self.columns {
+                match c {
+                    Column::Embedding { .. } => out.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]),
+                    Column::CostWeight => out.push(cost_weights[i]),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The policy input `[rows, width]` on the embeddings' device, from an embedding tensor
+    /// `[rows, embed_dim]` and one cost weight per row (read only when the layout has λ).
+    pub fn observe(&self, embeddings: &Tensor, cost_weights: &[f32]) -> Result<Tensor, EnvError> {
+        let (n, d) = embeddings.dims2()?;
+        self.check(n * d, cost_weights.len())?;
+        if d != self.embed_dim() {
+            return Err(EnvError::Setup(format!(
+                "embeddings {d} wide for a policy that takes {}",
+                self.embed_dim()
+            )));
+        }
+        if self.columns.len() == 1 {
+            return Ok(embeddings.clone());
+        }
+        let device = embeddings.device();
+        let mut parts = Vec::with_capacity(self.columns.len());
+        for c in &self.columns {
+            parts.push(match c {
+                Column::Embedding { .. } => embeddings.clone(),
+                Column::CostWeight => Tensor::from_slice(&cost_weights[..n], (n, 1), device)?,
+            });
+        }
+        Ok(Tensor::cat(&parts, 1)?)
+    }
+
+    /// [`observe`](Self::observe) from row-major host embeddings.
+    pub fn observe_rows(
+        &self,
+        embeddings: &[f32],
+        cost_weights: &[f32],
+        device: &Device,
+    ) -> Result<Tensor, EnvError> {
+        let n = self.check(embeddings.len(), cost_weights.len())?;
+        let emb = Tensor::from_slice(embeddings, (n, self.embed_dim()), device)?;
+        self.observe(&emb, cost_weights)
+    }
+
+    /// The number of rows of `floats` embedding values, checking the cost weights' count.
+    fn check(&self, floats: usize, cost_weights: usize) -> Result<usize, EnvError> {
+        let dim = self.embed_dim();
+        if dim == 0 || floats % dim != 0 {
+            return Err(EnvError::Setup(format!(
+                "{floats} embedding values are not whole rows of the policy's {dim}"
+            )));
+        }
+        let n = floats / dim;
+        if self.has_cost_weight() && cost_weights < n {
+            return Err(EnvError::Setup(format!(
+                "{cost_weights} cost weights for {n} rows of a cost-aware policy"
+            )));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mappo_config::{AgentSpec, EnvKind};
+
+    use super::*;
+
+    fn env(costs: &[f64]) -> EnvConfig {
+        let mut e = EnvConfig { kind: EnvKind::Text, ..EnvConfig::default() };
+        e.agents = costs
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| AgentSpec { name: format!("a{i}"), cost: c, ..AgentSpec::default() })
+            .collect();
+        e
+    }
+
+    #[test]
+    fn a_cost_aware_layout_ends_with_lambda_and_inverts_from_its_width() {
+        let plain = ObservationSpec::for_env(&env(&[0.0, 0.0]), 4);
+        assert_eq!((plain.width(), plain.has_cost_weight()), (4, false));
+        let costly = ObservationSpec::for_env(&env(&[0.0, 2.0]), 4);
+        assert_eq!((costly.width(), costly.embed_dim(), costly.has_cost_weight()), (5, 4, true));
+        assert_eq!(costly.embedding_columns(), 0..4);
+        assert_eq!(ObservationSpec::for_input_width(&env(&[0.0, 2.0]), 5).expect("fits"), costly);
+        assert_eq!(ObservationSpec::for_input_width(&env(&[0.0, 0.0]), 4).expect("fits"), plain);
+        assert!(ObservationSpec::for_input_width(&env(&[0.0, 2.0]), 1).is_err());
+    }
+
+    #[test]
+    fn rows_tensors_and_single_rows_agree() {
+        let spec = ObservationSpec::embedding(2).with_cost_weight();
+        let emb = [1.0, 2.0, 3.0, 4.0];
+        let host = spec.rows(&emb, &[0.5, 0.25]).expect("rows");
+        assert_eq!(host, vec![1.0, 2.0, 0.5, 3.0, 4.0, 0.25]);
+        let t = spec.observe_rows(&emb, &[0.5, 0.25], &Device::Cpu).expect("tensor");
+        assert_eq!(t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values"), host);
+        let one = spec.row(&emb[2..], RowExtras { cost_weight: Some(0.25) }).expect("row");
+        assert_eq!(one, host[3..].to_vec());
+        // A cost-aware row without λ, or an embedding of another width, has no row.
+        assert!(spec.row(&emb[2..], RowExtras::default()).is_none());
+        assert!(spec.row(&emb, RowExtras { cost_weight: Some(0.0) }).is_none());
+        assert!(spec.rows(&emb, &[0.5]).is_err());
+        assert!(spec.rows(&emb[..3], &[0.5, 0.5]).is_err());
+        // Without λ the cost weights are ignored.
+        let plain = ObservationSpec::embedding(2);
+        assert_eq!(plain.rows(&emb, &[]).expect("rows"), emb.to_vec());
+        assert_eq!(plain.row(&emb[..2], RowExtras { cost_weight: Some(9.0) }), Some(vec![1.0, 2.0]));
+    }
+}

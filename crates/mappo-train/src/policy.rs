@@ -1,0 +1,132 @@
+//! [`RoutingPolicy`]: a router's network together with its observation layout — the one way
+//! every part of mappo runs a trained (or freshly initialised) policy.
+//!
+//! Evaluation, calibration, `mappo route`, `mappo serve`, the learner and off-policy evaluation
+//! all load a policy here ([`RoutingPolicy::from_checkpoint`]), build its input with its
+//! [`ObservationSpec`] ([`RoutingPolicy::observe`]) and read the same three things from it: the
+//! softmax probabilities ([`RoutingPolicy::probabilities`]), the probabilities floored as served
+//! ([`RoutingPolicy::floored`]) and the greedy choices ([`RoutingPolicy::greedy`]). So the
+//! candidate that off-policy evaluation scores acts exactly as the service would serve it.
+
+use candle_core::{Device, Tensor};
+use mappo_config::{Config, Rng};
+use mappo_env::ObservationSpec;
+use mappo_nn::{ActorCritic, Policy, floor_probabilities};
+
+use crate::{Checkpoint, TrainError, greedy_actions};
+
+/// A routing policy: the actor-critic network, the layout of its input, its agents and the
+/// exploration floor its config serves with.
+#[derive(Debug)]
+pub struct RoutingPolicy {
+    network: ActorCritic,
+    spec: ObservationSpec,
+    agents: Vec<String>,
+    min_prob: f64,
+    device: Device,
+}
+
+impl RoutingPolicy {
+    /// The policy stored in `ckpt`, on `device`: the network is rebuilt from the checkpoint's
+    /// config and the width of its first layer, and its weights loaded.
+    pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self, TrainError> {
+        let spec = ckpt.observation_spec()?;
+        let cfg = &ckpt.config;
+        let network =
+            ActorCritic::new(spec.width(), cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
+        ckpt.load_weights_into(&network)?;
+        Ok(Self::assemble(cfg, spec, network, device))
+    }
+
+    /// A freshly initialised policy for `cfg` over embeddings `embed_dim` wide: the weights
+    /// training starts from (orthogonal init from the `init` stream of `train.seed`).
+    pub fn init(cfg: &Config, embed_dim: usize, device: &Device) -> Result<Self, TrainError> {
+        let spec = ObservationSpec::for_env(&cfg.env, embed_dim);
+        let mut rng = Rng::derived(cfg.train.seed, "init");
+        let network = ActorCritic::new(spec.width(), cfg.env.action_count(), &cfg.model, &mut rng, device)?;
+        Ok(Self::assemble(cfg, spec, network, device))
+    }
+
+    fn assemble(cfg: &Config, spec: ObservationSpec, network: ActorCritic, device: &Device) -> Self {
+        let agents = if cfg.env.agents.is_empty() {
+            (0..network.num_actions()).map(|i| format!("agent-{i}")).collect()
+        } else {
+            cfg.env.agents.iter().map(|a| a.name.clone()).collect()
+        };
+        Self { network, spec, agents, min_prob: cfg.serve.min_prob, device: device.clone() }
+    }
+
+    /// The layout of its input.
+    pub fn spec(&self) -> &ObservationSpec {
+        &self.spec
+    }
+
+    /// The agents' names in action order (`agent-<i>` for an environment without names).
+    pub fn agents(&self) -> &[String] {
+        &self.agents
+    }
+
+    /// Number of actions (agents).
+    pub fn num_actions(&self) -> usize {
+        self.network.num_actions()
+    }
+
+    /// Whether it takes the cost weight λ as an input (a cost-aware router).
+    pub fn cost_aware(&self) -> bool {
+        self.spec.has_cost_weight()
+    }
+
+    /// The exploration floor its config serves with (`serve.min_prob`).
+    pub fn min_prob(&self) -> f64 {
+        self.min_prob
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The network.
+    pub fn network(&self) -> &ActorCritic {
+        &self.network
+    }
+
+    /// The network, for training it further.
+    pub fn into_network(self) -> ActorCritic {
+        self.network
+    }
+
+    /// Its input for an embedding tensor `[rows, embed_dim]` (moved to its device) and one cost
+    /// weight per row (read only by a cost-aware policy; may be empty otherwise).
+    pub fn observe(&self, embeddings: &Tensor, cost_weights: &[f32]) -> Result<Tensor, TrainError> {
+        Ok(self.spec.observe(&embeddings.to_device(&self.device)?, cost_weights)?)
+    }
+
+    /// Its input for row-major host embeddings and one cost weight per row.
+    pub fn observe_rows(&self, embeddings: &[f32], cost_weights: &[f32]) -> Result<Tensor, TrainError> {
+        Ok(self.spec.observe_rows(embeddings, cost_weights, &self.device)?)
+    }
+
+    /// π(agent | row) for every row of `obs` (built by [`observe`](Self::observe)): the softmax
+    /// of the logits, one `Vec` per row.
+    pub fn probabilities(&self, obs: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+        let logits = self.network.forward(obs)?.logits;
+        Ok(candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?)
+    }
+
+    /// The probabilities as served: floored at `min_prob` by water-filling
+    /// ([`floor_probabilities`]); the softmax itself when `min_prob` is 0.
+    pub fn floored(&self, obs: &Tensor, min_prob: f64) -> Result<Vec<Vec<f32>>, TrainError> {
+        let p = self.probabilities(obs)?;
+        if min_prob <= 0.0 {
+            return Ok(p);
+        }
+        Ok(p.iter().map(|row| floor_probabilities(row, min_prob)).collect())
+    }
+
+    /// The greedy (most probable) agent of every row: the argmax of the logits, the first on
+    /// ties — what evaluation scores and a greedy route takes.
+    pub fn greedy(&self, obs: &Tensor) -> Result<Vec<usize>, TrainError> {
+        Ok(greedy_actions(&self.network, obs)?.into_iter().map(|a| a as usize).collect())
+    }
+}
