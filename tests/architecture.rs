@@ -56,6 +56,27 @@ fn crates_depend_only_downwards() {
     for k in ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log"] {
         assert!(!internal(k).contains(&"mappo-serve".to_string()), "{k} must not depend on the service");
     }
+    // Evaluation sits on mappo-train, between it and its users (the CLI, the learner's OPE);
+    // nothing below it, and not the service, knows it.
+    let mut eval = internal("mappo-eval");
+    eval.sort();
+    assert_eq!(eval, ["mappo-config", "mappo-env", "mappo-train"]);
+    for k in [
+        "mappo-config",
+        "mappo-embed",
+        "mappo-env",
+        "mappo-nn",
+        "mappo-buffer",
+        "mappo-train",
+        "mappo-log",
+        "mappo-serve",
+    ] {
+        assert!(!internal(k).contains(&"mappo-eval".to_string()), "{k} must not depend on mappo-eval");
+    }
+    assert!(
+        internal("mappo-cli").contains(&"mappo-eval".to_string()),
+        "the CLI evaluates through mappo-eval"
+    );
     // The learner sits above mappo-train and the log, beside the service (it knows no HTTP).
     let learn = internal("mappo-learn");
     for k in ["mappo-log", "mappo-train"] {
@@ -75,6 +96,7 @@ fn crates_depend_only_downwards() {
         "mappo-nn",
         "mappo-buffer",
         "mappo-train",
+        "mappo-eval",
         "mappo-log",
         "mappo-serve",
         "mappo-learn",
