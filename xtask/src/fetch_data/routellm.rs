@@ -28,9 +28,9 @@ use super::download::{download, public_url};
 
 /// The converted files.
 pub const FILES: &[&str] = &["mmlu_train.jsonl", "mmlu_val.jsonl", "gsm8k_train.jsonl", "gsm8k_val.jsonl"];
-/// The agents every row gives an outcome for, with their CSV columns.
+/// The agents every row gives an outcome for, with their CSV columns (RouteLLM's model names).
 const AGENTS: &[(&str, &str)] =
-    &[("mixtral-8x7b", "mixtral-8x7b-instruct-v0.1"), ("gpt-4-1106", "gpt-4-1106-preview")];
+    &[("mixtral-8x7b", "mistralai/Mixtral-8x7B-Instruct-v0.1"), ("gpt-4-1106", "gpt-4-1106-preview")];
 /// The public repository's `routellm/evals` directory.
 const PUBLIC_URL: &str = "https://raw.githubusercontent.com/lm-sys/RouteLLM/main/routellm/evals";
 /// Environment variable that overrides [`PUBLIC_URL`] (a mirror).
@@ -317,7 +317,7 @@ mod tests {
         fs::create_dir_all(dir.join("mmlu/responses")).unwrap();
         fs::create_dir_all(dir.join("gsm8k")).unwrap();
         let csv_of = |rows: &[String], extra: &str| {
-            let mut s = format!("prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview{extra}\n");
+            let mut s = format!("prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview{extra}\n");
             for (i, t) in rows.iter().enumerate() {
                 let q = t.replace('"', "\"\"");
                 let resp =
@@ -334,7 +334,10 @@ mod tests {
         fs::write(dir.join("mmlu/responses/mmlu_anatomy.csv"), csv_of(&texts[20..30], "")).unwrap();
         fs::write(
             dir.join("gsm8k/gsm8k_responses.csv"),
-            csv_of(&texts[30..], ",mixtral-8x7b-instruct-v0.1_response,gpt-4-1106-preview_response"),
+            csv_of(
+                &texts[30..],
+                ",mistralai/Mixtral-8x7B-Instruct-v0.1_response,gpt-4-1106-preview_response",
+            ),
         )
         .unwrap();
         let contaminated = format!("{}\n", serde_json::json!({ "eval_prompt": texts[21] }));
@@ -399,7 +402,7 @@ mod tests {
         fixture(&evals);
         fs::write(
             evals.join("mmlu/responses/mmlu_anatomy.csv"),
-            "prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview\nq,True,maybe\n",
+            "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\nq,True,maybe\n",
         )
         .unwrap();
         let e = convert_evals(&evals, &tmp.path().join("out")).unwrap_err().to_string();
