@@ -76,12 +76,13 @@ fn read_csv(file: &str) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), CsvError> {
     for (n, line) in lines {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() != columns.len() {
-            let problem = format!("{} fields, expected {} ({})", fields.len(), columns.len(), columns.join(", "));
-            return Err(err(Some(n), problem));
+            let (got, want) = (fields.len(), columns.len());
+            return Err(err(Some(n), format!("{got} fields, expected {want} ({})", columns.join(", "))));
         }
         let mut row = Vec::with_capacity(fields.len());
         for (field, column) in fields.iter().zip(&columns) {
-            let value: f32 = field.parse().map_err(|_| err(Some(n), format!("{column}: {field:?} is not a number")))?;
+            let not_a_number = |_| err(Some(n), format!("{column}: {field:?} is not a number"));
+            let value: f32 = field.parse().map_err(not_a_number)?;
             if !value.is_finite() {
                 return Err(err(Some(n), format!("{column}: {field:?} is not a finite number")));
             }
@@ -104,8 +105,8 @@ fn run() -> Result<(), Box<dyn Error>> {
     let evaluator = GreedyEvaluator::new(&mut eval_env, &mut Rng::new(7))?;
     let settings = TrainSettings { total_updates: 300, ..TrainSettings::default() };
     let EnvSpec { obs_dim, num_actions, .. } = env.spec();
-    let policy =
-        ActorCritic::new(obs_dim, num_actions, &ModelConfig::default(), &mut Rng::new(settings.seed), &Device::Cpu)?;
+    let mut rng = Rng::new(settings.seed);
+    let policy = ActorCritic::new(obs_dim, num_actions, &ModelConfig::default(), &mut rng, &Device::Cpu)?;
     let mut trainer = Trainer::new(PpoConfig { lr_actor: 3e-3, ..PpoConfig::default() }, settings, env, policy)?;
     let run_dir = std::env::args().nth(2).unwrap_or_else(|| "runs/csv-bandit".into());
     let summary = trainer.run(RunOptions::new(run_dir).evaluator(&evaluator).force(true))?;
