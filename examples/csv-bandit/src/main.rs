@@ -48,9 +48,12 @@ impl fmt::Display for CsvError {
 
 impl Error for CsvError {}
 
+/// Numbers per CSV row, one `Vec` a row.
+type Rows = Vec<Vec<f32>>;
+
 /// Reads `file`: a header, then at least one row of finite numbers, one per column.
 /// Returns each row's features and each row's rewards (one per arm).
-fn read_csv(file: &str) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), CsvError> {
+fn read_csv(file: &str) -> Result<(Rows, Rows), CsvError> {
     let err = |line: Option<usize>, problem: String| {
         CsvError { at: line.map_or_else(|| file.to_string(), |n| format!("{file}, line {n}")), problem }
     };
