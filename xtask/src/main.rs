@@ -10,7 +10,6 @@ mod build_cuda;
 mod fetch_data;
 mod fetch_model;
 mod postgres;
-mod routellm;
 mod test;
 
 #[derive(Parser)]

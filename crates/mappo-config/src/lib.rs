@@ -87,8 +87,9 @@ pub struct EnvConfig {
     /// Their number replaces `num_agents`.
     pub agents: Vec<AgentSpec>,
     /// Text env reward: `label` (1 if the chosen agent is the prompt's label,
-    /// else 0) or `cosine` (cosine between the prompt's and the agent
-    /// description's embeddings). Plus `reward_noise`. Default `label`.
+    /// else 0), `cosine` (cosine between the prompt's and the agent
+    /// description's embeddings) or `outcome` (the chosen agent's known reward
+    /// from the row's `outcomes`). Plus `reward_noise`. Default `label`.
     pub reward: RewardModel,
     /// Directory of all-MiniLM-L6-v2 ("" = `$MAPPO_MODEL_DIR`, else the user
     /// cache; `cargo xtask fetch-model` fills it).

@@ -224,7 +224,8 @@ macro_rules! publish_in_tx {
     }};
 }
 
-/// Rows per multi-row INSERT (12 parameters each: under SQLite's 32,766 and PostgreSQL's 65,535).
+/// Rows per multi-row INSERT (16 parameters each, 16,000 a statement: under SQLite's 32,766 and
+/// PostgreSQL's 65,535).
 const INSERT_CHUNK: usize = 1000;
 
 /// A reward to record inside a write transaction.

@@ -1,32 +1,27 @@
-//! `cargo xtask fetch-data <DATASET>`: convert a public data set into
-//! `data/<name>/{train,val,test}.jsonl`, one `{"text": ..., "label": ...}` object per line.
+//! `cargo xtask fetch-data clinc150`: CLINC150 (Larson et al. 2019, CC BY 3.0) as
+//! `data/clinc150/{train,val,test}.jsonl`, one `{"text": ..., "label": ...}` object per line.
 //!
-//! Supported: `clinc150` (Larson et al. 2019, CC BY 3.0). Each utterance is labelled with the
-//! *domain* of its intent (10 domains of 15 intents each, from `domains.json`), so every domain
-//! is one specialist agent; out-of-scope (`oos`) rows are dropped. The source is either the
-//! original repository's `data_full.json` (splits train, val, test and their `oos_` twins) or
-//! `clinc150_train_val.json` (train and val only); both hold rows `[utterance, intent]`.
+//! Each utterance is labelled with the *domain* of its intent (10 domains of 15 intents each,
+//! from `domains.json`), so every domain is one specialist agent; out-of-scope (`oos`) rows are
+//! dropped. The source is either the original repository's `data_full.json` (splits train, val,
+//! test and their `oos_` twins) or `clinc150_train_val.json` (train and val only); both hold rows
+//! `[utterance, intent]`.
 //!
 //! Sources, in order: the public repository clinc/oos-eval (`data/data_full.json` and
 //! `data/domains.json`, downloaded after a 5 s reachability probe; `--url` or
 //! `$MAPPO_CLINC150_URL` points at a mirror), then `--from DIR`, a local directory holding the
 //! source files. The log says which one was used. (The Hugging Face copy of the data set is
 //! Parquet with integer intent ids and has no intent → domain map, so it is not a source.)
-//! Output files are written under temporary names and renamed, and a file whose content would
-//! not change is left untouched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Read;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// Data sets this command knows how to convert.
-const SUPPORTED: &[&str] = &["clinc150", "routellm"];
+use super::common::{Options, write_if_changed};
+use super::download::{download, public_url};
 
 /// Source files accepted for CLINC150, in order of preference.
 const CLINC_SOURCES: &[&str] = &["data_full.json", "clinc150_train_val.json"];
@@ -41,46 +36,11 @@ const CLINC_PUBLIC_URL: &str = "https://raw.githubusercontent.com/clinc/oos-eval
 /// Environment variable that overrides [`CLINC_PUBLIC_URL`] (a mirror).
 const CLINC_URL_ENV: &str = "MAPPO_CLINC150_URL";
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Data set to convert (supported: clinc150, routellm).
-    #[arg(value_name = "DATASET")]
-    pub dataset: String,
-    /// Local directory holding the source files (for clinc150: data_full.json or
-    /// clinc150_train_val.json, plus domains.json; a `data/` subdirectory is also searched; for
-    /// routellm: a copy of RouteLLM's routellm/evals directory, or the four converted files).
-    #[arg(long, value_name = "DIR")]
-    pub from: Option<PathBuf>,
-    /// Output directory [default: <workspace>/data/<DATASET>].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Base URL of the public files [default: for clinc150 $MAPPO_CLINC150_URL, else the
-    /// clinc/oos-eval repository's data/ directory; for routellm $MAPPO_ROUTELLM_URL, else the
-    /// lm-sys/RouteLLM repository's routellm/evals directory].
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// Seconds to wait for a connection to the public source before falling back to --from.
-    #[arg(long, value_name = "SECS", default_value_t = 5)]
-    pub timeout: u64,
-}
-
-pub fn run(a: Args) -> Result<()> {
-    match a.dataset.as_str() {
-        "clinc150" => clinc150(&a),
-        "routellm" => crate::routellm::run(&a),
-        other => bail!("unknown data set {other:?}; supported: {}", SUPPORTED.join(", ")),
-    }
-}
-
-fn clinc150(a: &Args) -> Result<()> {
-    let url = a
-        .url
-        .clone()
-        .or_else(|| std::env::var(CLINC_URL_ENV).ok().filter(|u| !u.trim().is_empty()))
-        .unwrap_or_else(|| CLINC_PUBLIC_URL.to_string());
-    let download =
-        tempfile::Builder::new().prefix("mappo-clinc150-").tempdir().context("temporary directory")?;
-    let public = match download_public(&url, download.path(), Duration::from_secs(a.timeout.max(1))) {
+/// Converts CLINC150 from the public source, else from `--from`, into `opts.out`.
+pub fn run(opts: &Options) -> Result<()> {
+    let url = public_url(opts.url.as_deref(), CLINC_URL_ENV, CLINC_PUBLIC_URL);
+    let dl = tempfile::Builder::new().prefix("mappo-clinc150-").tempdir().context("temporary directory")?;
+    let public = match download(&url, &[CLINC_SOURCES[0], CLINC_DOMAINS], dl.path(), opts.timeout) {
         Ok(()) => {
             eprintln!("using the public source {url}");
             true
@@ -91,8 +51,8 @@ fn clinc150(a: &Args) -> Result<()> {
         }
     };
     let from = if public {
-        download.path().to_path_buf()
-    } else if let Some(from) = &a.from {
+        dl.path().to_path_buf()
+    } else if let Some(from) = &opts.from {
         eprintln!("falling back to --from {}", from.display());
         from.clone()
     } else {
@@ -102,37 +62,14 @@ fn clinc150(a: &Args) -> Result<()> {
              `--from DIR` (a directory with clinc150_train_val.json and domains.json works too)"
         );
     };
-    convert_from(a, &from)
+    convert_from(&from, &opts.out)
 }
 
-/// Downloads `<url>/data_full.json` and `<url>/domains.json` into `dir` (a reachability probe
-/// first, bounded by `timeout`).
-fn download_public(url: &str, dir: &Path, timeout: Duration) -> Result<()> {
-    let url = url.trim_end_matches('/');
-    let proxy = crate::fetch_model::proxy_for(url);
-    crate::fetch_model::probe(proxy.as_deref().unwrap_or(url), timeout)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout * 12)).build().into();
-    for name in [CLINC_SOURCES[0], CLINC_DOMAINS] {
-        let mut body = Vec::new();
-        agent
-            .get(&format!("{url}/{name}"))
-            .call()
-            .with_context(|| format!("GET {url}/{name}"))?
-            .into_body()
-            .into_reader()
-            .read_to_end(&mut body)
-            .with_context(|| format!("reading {url}/{name}"))?;
-        fs::write(dir.join(name), body).with_context(|| format!("writing {}", dir.join(name).display()))?;
-    }
-    Ok(())
-}
-
-/// Converts the source files found in `from` into the output directory.
-fn convert_from(a: &Args, from: &Path) -> Result<()> {
+/// Converts the source files found in `from` into `out`.
+fn convert_from(from: &Path, out: &Path) -> Result<()> {
     if !from.is_dir() {
         bail!("--from {}: not a directory", from.display());
     }
-    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("clinc150"));
 
     let bases = [from.to_path_buf(), from.join("data")];
     let source = bases
@@ -161,7 +98,7 @@ fn convert_from(a: &Args, from: &Path) -> Result<()> {
     let splits = convert(&read_json(&source)?, &domains)
         .with_context(|| format!("{}: cannot convert", source.display()))?;
 
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for s in &splits {
         let path = out.join(format!("{}.jsonl", s.name));
         let status = write_if_changed(&path, &to_jsonl(&s.rows))?;
@@ -303,22 +240,6 @@ fn to_jsonl(rows: &[(String, String)]) -> String {
     s
 }
 
-/// Write `content` to `path` via a temporary file in the same directory and a rename, unless
-/// the file already holds exactly that content. Returns what happened, for the log.
-pub(crate) fn write_if_changed(path: &Path, content: &str) -> Result<&'static str> {
-    if fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
-        return Ok("unchanged");
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(content.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok("written")
-}
-
 fn print_counts(splits: &[Split], domains: &Domains) {
     let mut counts: Vec<BTreeMap<&str, usize>> = Vec::new();
     for s in splits {
@@ -433,74 +354,5 @@ mod tests {
         assert_eq!(s, "{\"text\": \"say \\\"hi\\\"\\n\", \"label\": \"small_talk\"}\n");
         let v: Value = serde_json::from_str(s.trim_end()).unwrap();
         assert_eq!(v["text"], "say \"hi\"\n");
-    }
-
-    #[test]
-    fn unknown_dataset_lists_supported_names() {
-        let err = run(args("mnist", None, None)).unwrap_err();
-        assert!(err.to_string().contains("supported: clinc150, routellm"), "{err}");
-    }
-
-    #[test]
-    fn routellm_copies_checked_outcome_files_from_a_directory() {
-        let src = tempfile::tempdir().unwrap();
-        let row = "{\"text\": \"2+2?\", \"outcomes\": {\"mixtral-8x7b\": 1, \"gpt-4-1106\": 1}}\n";
-        for name in crate::routellm::FILES {
-            fs::write(src.path().join(name), row).unwrap();
-        }
-        let out = tempfile::tempdir().unwrap();
-        run(args("routellm", Some(src.path().to_path_buf()), Some(out.path().to_path_buf()))).unwrap();
-        assert_eq!(fs::read_to_string(out.path().join("gsm8k_val.jsonl")).unwrap(), row);
-        fs::write(
-            src.path().join("mmlu_val.jsonl"),
-            "{\"text\": \"a\", \"outcomes\": {\"gpt-4-1106\": 1}}\n",
-        )
-        .unwrap();
-        let err = run(args("routellm", Some(src.path().to_path_buf()), Some(out.path().to_path_buf())))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("mmlu_val.jsonl") && err.contains("mixtral-8x7b"), "{err}");
-        let err = run(args("routellm", None, Some(out.path().to_path_buf()))).unwrap_err().to_string();
-        assert!(err.contains("cannot be reached") && err.contains("--from DIR"), "{err}");
-    }
-
-    fn args(dataset: &str, from: Option<PathBuf>, out: Option<PathBuf>) -> Args {
-        // Port 9 (discard) on the loopback: refused at once, like an unreachable source.
-        Args { dataset: dataset.into(), from, out, url: Some("http://127.0.0.1:9/data".into()), timeout: 1 }
-    }
-
-    #[test]
-    fn an_unreachable_public_source_falls_back_to_from() {
-        let src = tempfile::tempdir().unwrap();
-        fs::write(
-            src.path().join("clinc150_train_val.json"),
-            json!({"train": [["how much money do i have", "balance"]], "val": [["fly me", "book_flight"]]})
-                .to_string(),
-        )
-        .unwrap();
-        fs::write(
-            src.path().join("domains.json"),
-            json!({"banking": ["balance"], "travel": ["book_flight"]}).to_string(),
-        )
-        .unwrap();
-        let out = tempfile::tempdir().unwrap();
-        run(args("clinc150", Some(src.path().to_path_buf()), Some(out.path().to_path_buf()))).unwrap();
-        let train = fs::read_to_string(out.path().join("train.jsonl")).unwrap();
-        assert_eq!(train, "{\"text\": \"how much money do i have\", \"label\": \"banking\"}\n");
-        assert!(out.path().join("val.jsonl").is_file());
-
-        let err = run(args("clinc150", None, Some(out.path().to_path_buf()))).unwrap_err().to_string();
-        assert!(err.contains("cannot be reached") && err.contains("--from DIR"), "{err}");
-    }
-
-    #[test]
-    fn writes_atomically_and_skips_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("train.jsonl");
-        assert_eq!(write_if_changed(&p, "a\n").unwrap(), "written");
-        assert_eq!(write_if_changed(&p, "a\n").unwrap(), "unchanged");
-        assert_eq!(write_if_changed(&p, "b\n").unwrap(), "written");
-        assert_eq!(fs::read_to_string(&p).unwrap(), "b\n");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }
 }

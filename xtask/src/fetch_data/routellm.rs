@@ -17,21 +17,20 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::fetch_data::{Args, write_if_changed};
+use super::common::{Options, write_if_changed};
+use super::download::{download, public_url};
 
 /// The converted files.
 pub const FILES: &[&str] = &["mmlu_train.jsonl", "mmlu_val.jsonl", "gsm8k_train.jsonl", "gsm8k_val.jsonl"];
-/// The agents every row gives an outcome for, with their CSV columns.
+/// The agents every row gives an outcome for, with their CSV columns (RouteLLM's model names).
 const AGENTS: &[(&str, &str)] =
-    &[("mixtral-8x7b", "mixtral-8x7b-instruct-v0.1"), ("gpt-4-1106", "gpt-4-1106-preview")];
+    &[("mixtral-8x7b", "mistralai/Mixtral-8x7B-Instruct-v0.1"), ("gpt-4-1106", "gpt-4-1106-preview")];
 /// The public repository's `routellm/evals` directory.
 const PUBLIC_URL: &str = "https://raw.githubusercontent.com/lm-sys/RouteLLM/main/routellm/evals";
 /// Environment variable that overrides [`PUBLIC_URL`] (a mirror).
@@ -97,23 +96,20 @@ const MMLU_SUBJECTS: &[&str] = &[
     "world_religions",
 ];
 
-pub fn run(a: &Args) -> Result<()> {
-    let out = a.out.clone().unwrap_or_else(|| crate::workspace_root().join("data").join("routellm"));
-    let url = a
-        .url
-        .clone()
-        .or_else(|| std::env::var(URL_ENV).ok().filter(|u| !u.trim().is_empty()))
-        .unwrap_or_else(|| PUBLIC_URL.to_string());
-    let download =
-        tempfile::Builder::new().prefix("mappo-routellm-").tempdir().context("temporary directory")?;
-    match download_public(&url, download.path(), Duration::from_secs(a.timeout.max(1))) {
+/// Converts RouteLLM's outcomes from the public source, else from `--from` (RouteLLM's files
+/// or the converted ones), into `opts.out`.
+pub fn run(opts: &Options) -> Result<()> {
+    let out = &opts.out;
+    let url = public_url(opts.url.as_deref(), URL_ENV, PUBLIC_URL);
+    let dl = tempfile::Builder::new().prefix("mappo-routellm-").tempdir().context("temporary directory")?;
+    match download(&url, &public_files(), dl.path(), opts.timeout) {
         Ok(()) => {
             eprintln!("routellm: using the public source {url}");
-            return convert_evals(download.path(), &out);
+            return convert_evals(dl.path(), out);
         }
         Err(e) => eprintln!("routellm: public source {url}: {e:#}"),
     }
-    let Some(from) = &a.from else {
+    let Some(from) = &opts.from else {
         bail!(
             "routellm: the public source cannot be reached; pass `--from DIR`: a copy of the \
              lm-sys/RouteLLM repository's routellm/evals directory, or a directory with the \
@@ -123,48 +119,22 @@ pub fn run(a: &Args) -> Result<()> {
     };
     if from.join("mmlu").join("responses").is_dir() {
         eprintln!("routellm: converting the RouteLLM files in --from {}", from.display());
-        convert_evals(from, &out)
+        convert_evals(from, out)
     } else {
         eprintln!("routellm: using the converted files in --from {}", from.display());
-        copy_converted(from, &out)
+        copy_converted(from, out)
     }
 }
 
-/// Downloads the files [`convert_evals`] reads from `<url>/...` into `dir` (a reachability
-/// probe first, bounded by `timeout`).
-fn download_public(url: &str, dir: &Path, timeout: Duration) -> Result<()> {
-    let url = url.trim_end_matches('/');
-    let proxy = crate::fetch_model::proxy_for(url);
-    crate::fetch_model::probe(proxy.as_deref().unwrap_or(url), timeout)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout * 12)).build().into();
+/// The files [`convert_evals`] reads, relative to the `evals` directory.
+fn public_files() -> Vec<String> {
     let mut files: Vec<String> =
         MMLU_SUBJECTS.iter().map(|s| format!("mmlu/responses/mmlu_{s}.csv")).collect();
     files.extend(
         ["mmlu/contaminated_prompts.jsonl", "gsm8k/gsm8k_responses.csv", "gsm8k/contaminated_prompts.jsonl"]
             .map(String::from),
     );
-    let bar = indicatif::ProgressBar::new(files.len() as u64);
-    for rel in &files {
-        let mut body = Vec::new();
-        agent
-            .get(&format!("{url}/{rel}"))
-            .call()
-            .with_context(|| format!("GET {url}/{rel}"))?
-            .into_body()
-            .with_config()
-            .limit(64 << 20)
-            .reader()
-            .read_to_end(&mut body)
-            .with_context(|| format!("reading {url}/{rel}"))?;
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(())
+    files
 }
 
 /// Checks and copies already converted files from `from` to `out`.
@@ -347,7 +317,7 @@ mod tests {
         fs::create_dir_all(dir.join("mmlu/responses")).unwrap();
         fs::create_dir_all(dir.join("gsm8k")).unwrap();
         let csv_of = |rows: &[String], extra: &str| {
-            let mut s = format!("prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview{extra}\n");
+            let mut s = format!("prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview{extra}\n");
             for (i, t) in rows.iter().enumerate() {
                 let q = t.replace('"', "\"\"");
                 let resp =
@@ -364,7 +334,10 @@ mod tests {
         fs::write(dir.join("mmlu/responses/mmlu_anatomy.csv"), csv_of(&texts[20..30], "")).unwrap();
         fs::write(
             dir.join("gsm8k/gsm8k_responses.csv"),
-            csv_of(&texts[30..], ",mixtral-8x7b-instruct-v0.1_response,gpt-4-1106-preview_response"),
+            csv_of(
+                &texts[30..],
+                ",mistralai/Mixtral-8x7B-Instruct-v0.1_response,gpt-4-1106-preview_response",
+            ),
         )
         .unwrap();
         let contaminated = format!("{}\n", serde_json::json!({ "eval_prompt": texts[21] }));
@@ -394,7 +367,7 @@ mod tests {
         // Every row in its bucket's file, the held-back buckets and the contaminated one nowhere.
         for (i, t) in texts.iter().enumerate() {
             let (train, val) = if i < 30 { (&mt, &mv) } else { (&gt, &gv) };
-            let found = |rows: &Vec<Value>| rows.iter().any(|r| r["text"] == Value::from(t.as_str()));
+            let found = |rows: &Vec<Value>| rows.iter().any(|r| r["text"] == t.as_str());
             let want = if i == 21 { None } else { split_of(t) };
             assert_eq!(found(train), want == Some("train"), "row {i}");
             assert_eq!(found(val), want == Some("val"), "row {i}");
@@ -403,7 +376,7 @@ mod tests {
         // Subjects in file-name order (anatomy before zoology), outcomes from True/False.
         let first = &mt[0];
         assert_eq!(first["subject"], "anatomy");
-        let i = texts.iter().position(|t| first["text"] == Value::from(t.as_str())).unwrap() - 20;
+        let i = texts.iter().position(|t| first["text"] == t.as_str()).unwrap() - 20;
         assert_eq!(first["outcomes"]["mixtral-8x7b"], if i % 2 == 0 { 1 } else { 0 });
         assert_eq!(first["outcomes"]["gpt-4-1106"], if i % 3 == 0 { 0 } else { 1 });
         assert!(gt.iter().all(|r| r.get("subject").is_none()), "GSM8K rows have no subject");
@@ -429,7 +402,7 @@ mod tests {
         fixture(&evals);
         fs::write(
             evals.join("mmlu/responses/mmlu_anatomy.csv"),
-            "prompt,mixtral-8x7b-instruct-v0.1,gpt-4-1106-preview\nq,True,maybe\n",
+            "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\nq,True,maybe\n",
         )
         .unwrap();
         let e = convert_evals(&evals, &tmp.path().join("out")).unwrap_err().to_string();
