@@ -25,16 +25,15 @@
 //! # }
 //! ```
 //!
-//! The crate's only contact with model code is the [`model`] module.
+//! The crate's only contact with model code is the [`model`] module. HTTP clients of the
+//! service (the load generator, simulated users) are in `mappo-client`.
 
 mod api;
 mod auth;
 mod engine;
-pub mod loadgen;
 mod metrics;
 pub mod model;
 mod proxy;
-pub mod simulate;
 
 use std::future::Future;
 use std::net::SocketAddr;
