@@ -89,7 +89,16 @@ fn crates_depend_only_downwards() {
     {
         assert!(!internal(k).contains(&"mappo-learn".to_string()), "{k} must not depend on the learner");
     }
+    // The HTTP clients (load generator, simulated users) know neither the service nor model code.
+    let client = internal("mappo-client");
+    assert_eq!(client, ["mappo-config"], "mappo-client uses only mappo-config");
+    for k in
+        ["mappo-train", "mappo-env", "mappo-nn", "mappo-embed", "mappo-log", "mappo-serve", "mappo-learn"]
+    {
+        assert!(!internal(k).contains(&"mappo-client".to_string()), "{k} must not depend on the clients");
+    }
     for k in [
+        "mappo-client",
         "mappo-config",
         "mappo-embed",
         "mappo-env",
@@ -152,4 +161,23 @@ fn train_without_default_features_has_no_text_stack() {
     versions.sort();
     versions.dedup_by(|a, b| a.split(' ').nth(1) == b.split(' ').nth(1));
     assert_eq!(versions.len(), 1, "one tokenizers version: {versions:?}");
+}
+
+/// The client crate compiles no model code and no server: HTTP, JSON and mappo-config only.
+#[test]
+fn client_has_no_model_code() {
+    let tree = cargo_tree("mappo-client", &[]);
+    assert!(tree.lines().any(|l| l.starts_with("reqwest ")), "{tree}");
+    for banned in [
+        "candle-core ",
+        "candle-nn ",
+        "tokenizers ",
+        "mappo-nn ",
+        "mappo-serve ",
+        "mappo-log ",
+        "axum ",
+        "sqlx ",
+    ] {
+        assert!(!tree.lines().any(|l| l.starts_with(banned)), "{banned}in:\n{tree}");
+    }
 }

@@ -1,8 +1,8 @@
 //! `cargo xtask bench-serve`: routing throughput and latency of `mappo serve`, side by side in
 //! one run with the Python service a user would write instead (`xtask/bench/ref_router_server.py`:
 //! FastAPI + uvicorn, sentence-transformers, the same MLP from the checkpoint's safetensors,
-//! SQLite inserts), both loaded by the same client (`mappo-serve`'s `loadgen` example): the
-//! corpus's texts sent one per request at concurrency 32 (throughput) and 4 (p50/p99 latency).
+//! SQLite inserts), both loaded by the same client (`mappo_client::run_levels`, in this process):
+//! the corpus's texts sent one per request at concurrency 32 (throughput) and 4 (p50/p99 latency).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -58,7 +58,7 @@ pub struct Args {
 }
 
 /// One server under one concurrency.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct Point {
     concurrency: usize,
     requests: usize,
@@ -79,20 +79,19 @@ pub fn run(a: Args) -> Result<()> {
             corpus.display()
         );
     }
-    let texts = work.join("texts.jsonl");
-    let n = take_texts(&corpus, a.texts, &texts)?;
+    let texts = take_texts(&corpus, a.texts)?;
+    let n = texts.len();
     eprintln!("bench-serve: {n} texts from {}", corpus.display());
 
-    eprintln!("bench-serve: building the release binaries (mappo, loadgen)");
+    eprintln!("bench-serve: building the release binary (mappo)");
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["build", "--release", "-p", "mappo-cli", "-p", "mappo-serve", "--example", "loadgen"])
+        .args(["build", "--release", "-p", "mappo-cli"])
         .status()?;
     if !st.success() {
         bail!("cargo build failed");
     }
     let mappo = root.join("target/release/mappo");
-    let loadgen = root.join("target/release/examples/loadgen");
     let model_dir = match &a.model_dir {
         Some(d) => d.clone(),
         None => mappo_embed::default_model_dir(),
@@ -121,7 +120,7 @@ pub fn run(a: Args) -> Result<()> {
         cmd.args(["--set", s]);
     }
     let server = Server::start(cmd, port, "mappo serve")?;
-    let mappo_points = load(&loadgen, &texts, port, &a.concurrency);
+    let mappo_points = load(&texts, port, &a.concurrency);
     drop(server);
     let mappo_points = mappo_points?;
     print_points("mappo serve", &mappo_points);
@@ -141,7 +140,7 @@ pub fn run(a: Args) -> Result<()> {
         let mut cmd = Command::new(&py);
         cmd.arg(&script).arg(&model_dir).arg(&checkpoint).arg(&db).arg(port.to_string());
         let server = Server::start(cmd, port, "the Python reference server")?;
-        let points = load(&loadgen, &texts, port, &a.concurrency);
+        let points = load(&texts, port, &a.concurrency);
         drop(server);
         let points = points?;
         print_points("Python (FastAPI + sentence-transformers)", &points);
@@ -177,10 +176,10 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Writes the first `n` texts of `corpus` (as `{"text": ...}` lines) to `out`; returns how many.
-fn take_texts(corpus: &Path, n: usize, out: &Path) -> Result<usize> {
+/// The first `n` texts of `corpus` (JSON lines with a `text`).
+fn take_texts(corpus: &Path, n: usize) -> Result<Vec<String>> {
     let f = std::fs::File::open(corpus).with_context(|| format!("cannot open {}", corpus.display()))?;
-    let mut lines = Vec::new();
+    let mut texts = Vec::new();
     for line in BufReader::new(f).lines() {
         let line = line?;
         if line.trim().is_empty() {
@@ -189,16 +188,15 @@ fn take_texts(corpus: &Path, n: usize, out: &Path) -> Result<usize> {
         let v: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("{}: not JSON", corpus.display()))?;
         let t = v["text"].as_str().with_context(|| format!("{}: a line without text", corpus.display()))?;
-        lines.push(serde_json::json!({ "text": t }).to_string());
-        if lines.len() == n {
+        texts.push(t.to_string());
+        if texts.len() == n {
             break;
         }
     }
-    if lines.is_empty() {
+    if texts.is_empty() {
         bail!("{} has no texts", corpus.display());
     }
-    std::fs::write(out, lines.join("\n") + "\n")?;
-    Ok(lines.len())
+    Ok(texts)
 }
 
 /// A checkpoint to route with: a short training run (the routing cost does not depend on how
@@ -317,29 +315,23 @@ fn healthz(port: u16) -> bool {
     s.read_to_string(&mut r).is_ok() && r.starts_with("HTTP/1.1 200")
 }
 
-/// Runs the load generator against `port` at each concurrency.
-fn load(loadgen: &Path, texts: &Path, port: u16, concurrency: &[usize]) -> Result<Vec<Point>> {
-    let conc: Vec<String> = concurrency.iter().map(usize::to_string).collect();
-    let o = Command::new(loadgen)
-        .args(["--url", &format!("http://127.0.0.1:{port}"), "--repeat", "1", "--json", "--corpus"])
-        .arg(texts)
-        .args(["--concurrency", &conc.join(",")])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running the load generator")?;
-    if !o.status.success() {
-        bail!("the load generator failed");
-    }
-    let points: Vec<Point> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("the load generator's JSON")?;
-    if points.len() != concurrency.len() {
-        bail!("the load generator reported {} runs, not {}", points.len(), concurrency.len());
-    }
-    Ok(points)
+/// Loads the server on `port` at each concurrency (after a warm-up).
+fn load(texts: &[String], port: u16, concurrency: &[usize]) -> Result<Vec<Point>> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("the async runtime")?;
+    let opts = mappo_client::LoadOptions::new(format!("http://127.0.0.1:{port}"), 1);
+    let reports =
+        rt.block_on(mappo_client::run_levels(texts, &opts, concurrency)).context("the load generator")?;
+    Ok(reports
+        .into_iter()
+        .map(|r| Point {
+            concurrency: r.concurrency,
+            requests: r.requests,
+            failed: r.failed,
+            texts_per_s: r.texts_per_s,
+            p50_ms: r.p50_ms,
+            p99_ms: r.p99_ms,
+        })
+        .collect())
 }
 
 fn print_points(what: &str, points: &[Point]) {

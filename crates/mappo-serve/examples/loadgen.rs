@@ -1,5 +1,5 @@
 //! Starts a server in-process on a throwaway SQLite log (a freshly initialised policy for
-//! configs/prompts.toml, or `--checkpoint FILE`) and loads it with `mappo_serve::loadgen`:
+//! configs/prompts.toml, or `--checkpoint FILE`) and loads it with `mappo_client::loadgen`:
 //! every text of a JSON-lines corpus sent once, one per request, at each concurrency.
 //!
 //! ```sh
@@ -7,12 +7,13 @@
 //!     [--repeat 4] [--concurrency 32,4] [--checkpoint FILE] [--set serve.batch_wait_ms=2]
 //! ```
 //! Or against a running server: `--url http://127.0.0.1:8080 [--key KEY]`. `--json` prints one
-//! JSON object per concurrency (what `cargo xtask bench-serve` reads).
+//! JSON object per concurrency. (`cargo xtask bench-serve` calls `mappo_client::run_levels`
+//! itself.) `--embed-only` times the model alone.
 
 use std::path::PathBuf;
 
+use mappo_client::{LoadOptions, run_levels};
 use mappo_config::Config;
-use mappo_serve::loadgen::{LoadOptions, run_load};
 use mappo_serve::{ServeOptions, Server};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -95,23 +96,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             url
         }
     };
-    // Warm up (first batches pay for allocation).
-    let mut warm = LoadOptions::new(url.clone(), 4);
-    warm.api_key = arg(&args, "--key");
-    run_load(&texts[..texts.len().min(64)], &warm).await?;
-    for c in conc {
-        let mut o = LoadOptions::new(url.clone(), c);
-        o.api_key = arg(&args, "--key");
-        let r = run_load(&texts, &o).await?;
+    let mut opts = LoadOptions::new(url, 4);
+    opts.api_key = arg(&args, "--key");
+    for r in run_levels(&texts, &opts, &conc).await? {
         if args.iter().any(|a| a == "--json") {
-            let mut v = serde_json::to_value(&r)?;
-            v["concurrency"] = c.into();
-            println!("{v}");
+            println!("{}", serde_json::to_string(&r)?);
             continue;
         }
         println!(
-            "concurrency {c:>3}: {} texts in {:.2} s = {:.1} texts/s, p50 {:.1} ms, p99 {:.1} ms, failed {} {:?}",
-            r.requests, r.seconds, r.texts_per_s, r.p50_ms, r.p99_ms, r.failed, r.statuses
+            "concurrency {:>3}: {} texts in {:.2} s = {:.1} texts/s, p50 {:.1} ms, p99 {:.1} ms, failed {} {:?}",
+            r.concurrency, r.requests, r.seconds, r.texts_per_s, r.p50_ms, r.p99_ms, r.failed, r.statuses
         );
     }
     if let Some((tx, task, _dir)) = running {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use mappo_config::Rng;
 use serde::Serialize;
 
-use crate::api::RouteDecision;
-use crate::loadgen::LoadError;
+use crate::client::{Client, ClientError};
 
 /// One simulated user's prompt and the agent that should answer it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,14 +90,11 @@ fn order(n: usize, requests: usize, rng: &mut Rng) -> Vec<usize> {
     out
 }
 
-/// Runs the simulation; see the module documentation.
-pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimReport, LoadError> {
-    let client = reqwest::Client::builder()
-        .timeout(opts.timeout)
-        .pool_max_idle_per_host(opts.concurrency.max(1) * 2)
-        .build()
-        .map_err(|e| LoadError::new(e.to_string()))?;
-    let base = opts.base_url.trim_end_matches('/').to_string();
+/// Runs the simulation; see the module documentation. Failed requests are counted, not
+/// errors; the error is an HTTP client that cannot be built.
+pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimReport, ClientError> {
+    let client =
+        Client::new(&opts.base_url, opts.api_key.clone(), opts.timeout, opts.concurrency.max(1) * 2)?;
     let mut rng = Rng::new(opts.seed);
     let order = Arc::new(order(corpus.len(), opts.requests, &mut rng));
     let missing: Arc<Vec<bool>> =
@@ -110,16 +106,14 @@ pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimRepo
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, base, order, missing, corpus, next, sent, ferr, key, delay) = (
+        let (client, order, missing, corpus, next, sent, ferr, delay) = (
             client.clone(),
-            base.clone(),
             order.clone(),
             missing.clone(),
             corpus.clone(),
             next.clone(),
             sent.clone(),
             feedback_errors.clone(),
-            opts.api_key.clone(),
             opts.feedback_delay,
         );
         workers.push(tokio::spawn(async move {
@@ -129,46 +123,27 @@ pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimRepo
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&j) = order.get(i) else { break };
                 let p = &corpus[j];
-                let mut req =
-                    client.post(format!("{base}/v1/route")).json(&serde_json::json!({"text": p.text}));
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
-                let decision = match req.send().await {
-                    Ok(r) if r.status().is_success() => r.json::<RouteDecision>().await.ok(),
-                    Ok(r) => {
-                        tracing::debug!(status = %r.status(), "route failed");
-                        None
-                    }
+                let d = match client.route(&p.text, false).await {
+                    Ok(d) => d,
                     Err(e) => {
                         tracing::debug!(error = %e, "route failed");
-                        None
+                        rewards.push((i, None));
+                        continue;
                     }
-                };
-                let Some(d) = decision else {
-                    rewards.push((i, None));
-                    continue;
                 };
                 let reward = if d.agent == p.label { 1.0 } else { 0.0 };
                 rewards.push((i, Some(reward)));
                 if missing[i] {
                     continue;
                 }
-                let (client, base, sent, ferr, key) =
-                    (client.clone(), base.clone(), sent.clone(), ferr.clone(), key.clone());
+                let (client, sent, ferr) = (client.clone(), sent.clone(), ferr.clone());
                 let post = async move {
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    let mut req = client.post(format!("{base}/v1/feedback")).json(
-                        &serde_json::json!({"decision_id": d.decision_id.to_string(), "reward": reward}),
-                    );
-                    if let Some(k) = &key {
-                        req = req.bearer_auth(k);
-                    }
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => sent.fetch_add(1, Ordering::Relaxed),
-                        _ => ferr.fetch_add(1, Ordering::Relaxed),
+                    match client.feedback(&d.decision_id, reward).await {
+                        Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => ferr.fetch_add(1, Ordering::Relaxed),
                     };
                 };
                 if delay.is_zero() {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::client::{Client, ClientError};
+
 /// How to load a server.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -38,6 +40,8 @@ impl LoadOptions {
 /// What a load run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
+    /// Requests in flight at once.
+    pub concurrency: usize,
     /// Requests sent (one text each).
     pub requests: usize,
     /// Requests that did not get a 200 (status or transport error).
@@ -54,17 +58,6 @@ pub struct LoadReport {
     pub statuses: BTreeMap<u16, usize>,
 }
 
-/// The load generator could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct LoadError(String);
-
-impl LoadError {
-    pub(crate) fn new(message: String) -> Self {
-        LoadError(message)
-    }
-}
-
 /// The `q`-quantile (0..=1) of sorted values, nearest rank; 0 when empty.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -75,13 +68,10 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Sends every text once, `opts.concurrency` at a time, to `POST /v1/route`.
-pub async fn run_load(texts: &[String], opts: &LoadOptions) -> Result<LoadReport, LoadError> {
-    let client = reqwest::Client::builder()
-        .timeout(opts.timeout)
-        .pool_max_idle_per_host(opts.concurrency.max(1))
-        .build()
-        .map_err(|e| LoadError(e.to_string()))?;
-    let url = format!("{}/v1/route", opts.base_url.trim_end_matches('/'));
+pub async fn run_load(texts: &[String], opts: &LoadOptions) -> Result<LoadReport, ClientError> {
+    let client = Client::new(&opts.base_url, opts.api_key.clone(), opts.timeout, opts.concurrency.max(1))?;
+    let url = client.url("/v1/route");
+    // The bodies are serialized before the clock starts.
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
         texts
             .iter()
@@ -94,20 +84,15 @@ pub async fn run_load(texts: &[String], opts: &LoadOptions) -> Result<LoadReport
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, url, bodies, next, key) =
-            (client.clone(), url.clone(), bodies.clone(), next.clone(), opts.api_key.clone());
+        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
-                let mut req = client.post(&url).header("content-type", "application/json").body(body.clone());
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
                 let s = Instant::now();
-                let status = match req.send().await {
+                let status = match client.post(&url, body.clone()).send().await {
                     Ok(r) => {
                         let code = r.status().as_u16();
                         // Read the body so the connection can be reused.
@@ -138,6 +123,7 @@ pub async fn run_load(texts: &[String], opts: &LoadOptions) -> Result<LoadReport
     lat.sort_by(f64::total_cmp);
     let ok = lat.len();
     Ok(LoadReport {
+        concurrency: opts.concurrency,
         requests: texts.len(),
         failed: texts.len() - ok,
         seconds,
@@ -146,6 +132,26 @@ pub async fn run_load(texts: &[String], opts: &LoadOptions) -> Result<LoadReport
         p99_ms: quantile(&lat, 0.99),
         statuses,
     })
+}
+
+/// Texts of the warm-up before [`run_levels`] measures (the first batches pay for allocation).
+pub const WARM_UP_TEXTS: usize = 64;
+
+/// Warms the server up (the first [`WARM_UP_TEXTS`] texts at concurrency 4, not reported),
+/// then sends every text once at each of `concurrencies` in turn; one report each, in order.
+/// `opts.concurrency` is ignored.
+pub async fn run_levels(
+    texts: &[String],
+    opts: &LoadOptions,
+    concurrencies: &[usize],
+) -> Result<Vec<LoadReport>, ClientError> {
+    let warm = LoadOptions { concurrency: 4, ..opts.clone() };
+    run_load(&texts[..texts.len().min(WARM_UP_TEXTS)], &warm).await?;
+    let mut out = Vec::with_capacity(concurrencies.len());
+    for &c in concurrencies {
+        out.push(run_load(texts, &LoadOptions { concurrency: c, ..opts.clone() }).await?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

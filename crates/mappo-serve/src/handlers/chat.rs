@@ -1,0 +1,336 @@
+//! The OpenAI-compatible proxy: `POST /v1/chat/completions` and `GET /v1/models`.
+//!
+//! With `"model": "mappo"` the conversation's last user message is routed like a `/v1/route`
+//! text (sampled, logged with its propensity), and the request goes to the chosen agent's
+//! upstream (`[serve.upstreams.<agent>]`) with `"model"` replaced by the upstream's; with
+//! `"model": "<agent>"` that agent is forced (logged as `forced`, never learned from). The
+//! decision is committed to the log ([`crate::decide`]) before the upstream is called
+//! ([`crate::upstream`]), and the answer carries `x-mappo-decision-id` and `x-mappo-agent`, so
+//! the client can send `/v1/feedback`. `"stream": true` answers are passed through chunk by
+//! chunk as they arrive. An upstream that cannot be reached, times out or answers non-2xx
+//! gives a 502 with a JSON error.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::parse_body;
+use crate::decide::{Ask, Choice, decide_and_log};
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+/// The model name that lets mappo choose the agent.
+pub const ROUTER_MODEL: &str = "mappo";
+
+/// Header naming the decision (send it back to `/v1/feedback`).
+pub const DECISION_HEADER: &str = "x-mappo-decision-id";
+/// Header naming the agent that answered.
+pub const AGENT_HEADER: &str = "x-mappo-agent";
+
+/// The OpenAPI tag of the proxy's operations (the module path they had when the document was
+/// first published; kept so that generated clients do not change).
+const PROXY_TAG: &str = "crate::proxy";
+
+/// The `mappo` extension object of a chat completion request (removed before forwarding).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MappoOptions {
+    /// Cost weight λ for a cost-aware policy (as `cost_weight` in `/v1/route`); default
+    /// `serve.cost_weight`. Ignored when an agent is forced.
+    pub cost_weight: Option<f64>,
+}
+
+/// One message of a conversation (only what the proxy reads; the whole message is forwarded).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`…; the last `user` message is routed on.
+    #[schema(example = "user")]
+    pub role: String,
+    /// A string, or an array of content parts of which the `{"type": "text", "text"}` ones are
+    /// routed on (joined by newlines).
+    #[schema(value_type = Object)]
+    pub content: Value,
+}
+
+/// `POST /v1/chat/completions`: an OpenAI chat completion request. Every field besides
+/// `model` and `mappo` is forwarded to the upstream unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    /// `mappo` (the router chooses the agent) or an agent's name (that agent is forced);
+    /// replaced by the upstream's `model` before forwarding. `GET /v1/models` lists them.
+    #[schema(example = "mappo")]
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events (passed through from the upstream).
+    pub stream: Option<bool>,
+    /// mappo's options (not forwarded).
+    pub mappo: Option<MappoOptions>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelEntry {
+    /// What to send as `"model"`.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Always 0.
+    pub created: i64,
+    /// Always `mappo`.
+    pub owned_by: String,
+}
+
+/// `GET /v1/models`: `mappo` and the served policy's agents.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// `mappo` first, then the agents in index order.
+    pub data: Vec<ModelEntry>,
+}
+
+/// The models a client may name: `mappo` and the agents.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = PROXY_TAG,
+    responses(
+        (status = 200, description = "`mappo` and the agents", body = ModelList),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
+    let agents = st.engine.agents();
+    let entry = |id: &str| ModelEntry {
+        id: id.to_string(),
+        object: "model".into(),
+        created: 0,
+        owned_by: "mappo".into(),
+    };
+    let data = std::iter::once(ROUTER_MODEL).chain(agents.iter().map(String::as_str)).map(entry).collect();
+    Json(ModelList { object: "list".into(), data })
+}
+
+/// The text the router decides on: the last `user` message's text (a string, or the text parts
+/// of an array joined by newlines).
+pub(crate) fn last_user_text(messages: &Value) -> Result<String, &'static str> {
+    let Some(messages) = messages.as_array() else {
+        return Err("`messages` must be an array of {\"role\", \"content\"} objects");
+    };
+    let Some(last) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    else {
+        return Err("`messages` has no message with role \"user\" to route on");
+    };
+    let text = match last.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            texts.join("\n")
+        }
+        _ => return Err("the last user message's `content` must be a string or an array of content parts"),
+    };
+    if text.trim().is_empty() {
+        return Err("the last user message has no text to route on");
+    }
+    Ok(text)
+}
+
+/// What was decided for one request.
+struct Chosen {
+    decision_id: Uuid,
+    agent: String,
+}
+
+impl Chosen {
+    /// Adds `x-mappo-decision-id` and `x-mappo-agent` to a response.
+    fn tag(&self, mut r: Response) -> Response {
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.decision_id.to_string()) {
+            h.insert(HeaderName::from_static(DECISION_HEADER), v);
+        }
+        // Agent names are UTF-8: from_bytes keeps non-ASCII ones (obs-text) rather than failing.
+        if let Ok(v) = HeaderValue::from_bytes(self.agent.as_bytes()) {
+            h.insert(HeaderName::from_static(AGENT_HEADER), v);
+        }
+        r
+    }
+
+    fn error(&self, status: StatusCode, message: impl Into<String>) -> Response {
+        self.tag(ApiError::new(status, message).into_response())
+    }
+}
+
+/// Forward a chat completion to the agent mappo chooses (`"model": "mappo"`) or to the agent
+/// named (forced). The answer is the upstream's, with `x-mappo-decision-id` and `x-mappo-agent`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = PROXY_TAG,
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The upstream's answer (a JSON chat completion, or with \
+            `\"stream\": true` its server-sent events as they arrive), with headers \
+            x-mappo-decision-id and x-mappo-agent",
+            content(("application/json"), ("text/event-stream")),
+            headers(
+                ("x-mappo-decision-id" = String, description = "The decision (UUID), for /v1/feedback"),
+                ("x-mappo-agent" = String, description = "The agent that answered")
+            )),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model (the message lists the allowed ones)", body = ErrorBody),
+        (status = 413, description = "Body or routed text over the limit", body = ErrorBody),
+        (status = 422, description = "No `model`, no user message with text, or a bad `mappo` object", body = ErrorBody),
+        (status = 502, description = "The upstream failed: unreachable, timed out (serve.upstreams.<agent>.timeout_s) or answered non-2xx (its error is quoted)", body = ErrorBody),
+        (status = 503, description = "The agent has no upstream, the service is overloaded, or the decision log is unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match proxy(st, body).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn proxy(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, Response> {
+    let e422 = |m: String| ApiError::unprocessable(m).into_response();
+    let mut req: Map<String, Value> = parse_body(body).map_err(IntoResponse::into_response)?;
+    let Some(model) = req.get("model").and_then(Value::as_str).map(str::to_string) else {
+        return Err(e422(format!("missing `model`: \"{ROUTER_MODEL}\" or an agent's name")));
+    };
+    let options: MappoOptions = match req.remove("mappo") {
+        None | Some(Value::Null) => MappoOptions::default(),
+        Some(v) => serde_json::from_value(v).map_err(|e| e422(format!("invalid `mappo` object: {e}")))?,
+    };
+    let stream = match req.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(e422("`stream` must be a boolean".into())),
+    };
+
+    // Which agent: the router's choice, or the one named.
+    let forced = model != ROUTER_MODEL;
+    if forced {
+        let agents = st.engine.agents();
+        if !agents.contains(&model) {
+            let allowed: Vec<String> = std::iter::once(ROUTER_MODEL)
+                .chain(agents.iter().map(String::as_str))
+                .map(|m| format!("{m:?}"))
+                .collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown model {model:?}: the models are {} (GET /v1/models)", allowed.join(", ")),
+            )
+            .into_response());
+        }
+        if st.upstreams.get(&model).is_none() {
+            st.metrics.observe_upstream(&model, "unconfigured");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("agent `{model}` has no upstream: add a [serve.upstreams.{model}] table"),
+            )
+            .into_response());
+        }
+    }
+    let text = last_user_text(req.get("messages").unwrap_or(&Value::Null)).map_err(|m| e422(m.into()))?;
+
+    // Decide, and commit the decision before anything goes upstream.
+    let decided = decide_and_log(
+        &st,
+        Ask {
+            texts: vec![text],
+            text_name: &|_| "the last user message".into(),
+            choice: if forced { Choice::Force(model) } else { Choice::Sample },
+            cost_weight: options.cost_weight,
+            cost_weight_field: "`mappo.cost_weight`",
+        },
+    )
+    .await
+    .map_err(IntoResponse::into_response)?;
+    let Some(d) = decided.into_iter().next() else {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision").into_response());
+    };
+    let chosen = Chosen { decision_id: d.decision.id, agent: d.decision.agent };
+
+    // Forward.
+    let Some(target) = st.upstreams.get(&chosen.agent) else {
+        st.metrics.observe_upstream(&chosen.agent, "unconfigured");
+        tracing::warn!(agent = %chosen.agent, decision = %chosen.decision_id, "the chosen agent has no upstream");
+        return Err(chosen.error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "mappo chose agent `{0}`, which has no upstream: add a [serve.upstreams.{0}] table",
+                chosen.agent
+            ),
+        ));
+    };
+    req.insert("model".into(), Value::String(target.model().to_string()));
+    let out = serde_json::to_vec(&req)
+        .map_err(|e| chosen.error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match target.forward(&chosen.agent, chosen.decision_id, out, stream, &st.metrics).await {
+        Ok(r) => Ok(chosen.tag(r)),
+        Err(e) => Err(chosen.tag(e.into_response())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_last_user_message_is_routed_on() {
+        let m = json!([
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "an answer"},
+            {"role": "user", "content": "my invoice is wrong"},
+        ]);
+        assert_eq!(last_user_text(&m), Ok("my invoice is wrong".into()));
+        let parts = json!([{"role": "user", "content": [
+            {"type": "text", "text": "what is in"},
+            {"type": "image_url", "image_url": {"url": "data:,"}},
+            {"type": "text", "text": "this picture?"},
+        ]}]);
+        assert_eq!(last_user_text(&parts), Ok("what is in\nthis picture?".into()));
+        assert_eq!(
+            last_user_text(&json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])),
+            Ok("x".into())
+        );
+    }
+
+    #[test]
+    fn conversations_without_a_routable_text_are_refused() {
+        for bad in [
+            json!(null),
+            json!("hello"),
+            json!([]),
+            json!([{"role": "system", "content": "only a system prompt"}]),
+            json!([{"role": "user", "content": 3}]),
+            json!([{"role": "user", "content": "   "}]),
+            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+            json!([{"role": "user"}]),
+        ] {
+            assert!(last_user_text(&bad).is_err(), "{bad}");
+        }
+    }
+}
