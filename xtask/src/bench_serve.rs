@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::workspace_root;
 
-/// The Python packages of the reference server, pinned (the versions measured in the README)
+/// The Python packages of the reference server, pinned (the versions of docs/results/speed.md)
 /// so that the figure means the same thing next time.
 const PY_PACKAGES: &[&str] = &[
     "torch==2.15.0",

@@ -74,7 +74,8 @@ pub const DEFAULT_DB: &str = "sqlite:runs/serve/mappo.db";
 #[derive(Subcommand)]
 pub enum LogCmd {
     /// Write every decision as one JSON line: decision_id, time (RFC 3339), policy_version,
-    /// action, agent, probabilities, propensity, reward (null when none), text (when logged), kind.
+    /// action, agent, probabilities, propensity, reward (null when none), text (when logged), kind,
+    /// replica, cost_weight (cost-aware policies), shadow (shadow mode).
     Export {
         /// Database: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB.
         #[arg(long, default_value = DEFAULT_DB)]
