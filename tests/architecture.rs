@@ -181,3 +181,67 @@ fn client_has_no_model_code() {
         assert!(!tree.lines().any(|l| l.starts_with(banned)), "{banned}in:\n{tree}");
     }
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// One observation layout: whether λ is a policy input (`EnvConfig::cost_input`) is read only
+/// where the layout (`ObservationSpec`) and the env's reward are defined, and no library code
+/// concatenates an extra column onto a policy input elsewhere.
+#[test]
+fn the_observation_layout_is_decided_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let allowed = [
+        "crates/mappo-config/src/lib.rs",      // the definition
+        "crates/mappo-env/src/observation.rs", // the layout
+        "crates/mappo-env/src/text/mod.rs",    // the text env's reward (cost term) and λ draws
+    ];
+    let mut files = Vec::new();
+    rust_files(&root.join("crates"), &mut files);
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let mut offenders = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        if !rel.contains("/src/") {
+            continue; // integration tests and examples may build what they check by hand
+        }
+        let text = std::fs::read_to_string(f).expect("read");
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("cost_input()") && !allowed.contains(&rel.as_str()) {
+                offenders.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "λ's presence decided outside the layout:\n{}", offenders.join("\n"));
+}
+
+/// ARCHITECTURE.md's codemap names every crate of the workspace, and only those.
+#[test]
+fn the_codemap_names_every_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let mut named: Vec<String> = doc
+        .split("**`crates/")
+        .skip(1)
+        .filter_map(|rest| rest.split('`').next().map(str::to_string))
+        .collect();
+    named.sort();
+    let mut crates: Vec<String> = std::fs::read_dir(root.join("crates"))
+        .expect("crates/")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    crates.sort();
+    assert_eq!(named, crates, "ARCHITECTURE.md's codemap vs crates/");
+}
