@@ -26,9 +26,35 @@ fn optional_deps(krate: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every library crate of the workspace (all but the binary, mappo-cli).
+const LIBRARIES: &[&str] = &[
+    "mappo-config",
+    "mappo-embed",
+    "mappo-env",
+    "mappo-nn",
+    "mappo-buffer",
+    "mappo-train",
+    "mappo-eval",
+    "mappo-log",
+    "mappo-serve",
+    "mappo-learn",
+    "mappo-client",
+];
+
+/// The mappo crates `krate` depends on.
+fn internal(krate: &str) -> Vec<String> {
+    deps(krate).into_iter().filter(|d| d.starts_with("mappo-")).collect()
+}
+
+/// None of `crates` depends on `target` (`what` names it in the message).
+fn none_depends_on(target: &str, crates: &[&str], what: &str) {
+    for k in crates.iter().filter(|k| **k != target) {
+        assert!(!internal(k).contains(&target.to_string()), "{k} must not depend on {what}");
+    }
+}
+
 #[test]
 fn crates_depend_only_downwards() {
-    let internal = |k: &str| deps(k).into_iter().filter(|d| d.starts_with("mappo-")).collect::<Vec<_>>();
     assert!(internal("mappo-config").is_empty());
     assert!(!deps("mappo-config").iter().any(|d| d.starts_with("candle")), "config has no candle");
     // The embedder is a leaf: model files, tokenizer and BERT, no mappo crate.
@@ -53,26 +79,15 @@ fn crates_depend_only_downwards() {
     for k in ["mappo-log", "mappo-train"] {
         assert!(serve.contains(&k.to_string()), "mappo-serve uses {k}: {serve:?}");
     }
-    for k in ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log"] {
-        assert!(!internal(k).contains(&"mappo-serve".to_string()), "{k} must not depend on the service");
-    }
+    none_depends_on("mappo-serve", LIBRARIES, "the service");
     // Evaluation sits on mappo-train, between it and its users (the CLI, the learner's OPE);
     // nothing below it, and not the service, knows it.
     let mut eval = internal("mappo-eval");
     eval.sort();
     assert_eq!(eval, ["mappo-config", "mappo-env", "mappo-train"]);
-    for k in [
-        "mappo-config",
-        "mappo-embed",
-        "mappo-env",
-        "mappo-nn",
-        "mappo-buffer",
-        "mappo-train",
-        "mappo-log",
-        "mappo-serve",
-    ] {
-        assert!(!internal(k).contains(&"mappo-eval".to_string()), "{k} must not depend on mappo-eval");
-    }
+    let below_eval = ["mappo-config", "mappo-embed", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-train"];
+    none_depends_on("mappo-eval", &below_eval, "mappo-eval");
+    none_depends_on("mappo-eval", &["mappo-log", "mappo-serve", "mappo-client"], "mappo-eval");
     assert!(
         internal("mappo-cli").contains(&"mappo-eval".to_string()),
         "the CLI evaluates through mappo-eval"
@@ -82,34 +97,12 @@ fn crates_depend_only_downwards() {
     for k in ["mappo-log", "mappo-train"] {
         assert!(learn.contains(&k.to_string()), "mappo-learn uses {k}: {learn:?}");
     }
-    assert!(!learn.contains(&"mappo-serve".to_string()), "the learner does not depend on the service");
     assert!(!deps("mappo-learn").iter().any(|d| ["axum", "reqwest", "tower-http"].contains(&d.as_str())));
-    for k in
-        ["mappo-train", "mappo-env", "mappo-nn", "mappo-buffer", "mappo-embed", "mappo-log", "mappo-serve"]
-    {
-        assert!(!internal(k).contains(&"mappo-learn".to_string()), "{k} must not depend on the learner");
-    }
+    none_depends_on("mappo-learn", LIBRARIES, "the learner");
     // The HTTP clients (load generator, simulated users) know neither the service nor model code.
-    let client = internal("mappo-client");
-    assert_eq!(client, ["mappo-config"], "mappo-client uses only mappo-config");
-    for k in
-        ["mappo-train", "mappo-env", "mappo-nn", "mappo-embed", "mappo-log", "mappo-serve", "mappo-learn"]
-    {
-        assert!(!internal(k).contains(&"mappo-client".to_string()), "{k} must not depend on the clients");
-    }
-    for k in [
-        "mappo-client",
-        "mappo-config",
-        "mappo-embed",
-        "mappo-env",
-        "mappo-nn",
-        "mappo-buffer",
-        "mappo-train",
-        "mappo-eval",
-        "mappo-log",
-        "mappo-serve",
-        "mappo-learn",
-    ] {
+    assert_eq!(internal("mappo-client"), ["mappo-config"], "mappo-client uses only mappo-config");
+    none_depends_on("mappo-client", LIBRARIES, "the clients");
+    for k in LIBRARIES {
         assert!(!deps(k).contains(&"anyhow".to_string()), "{k} is a library: typed errors, no anyhow");
     }
 }

@@ -1,5 +1,5 @@
-//! The typed values of string-valued keys: [`EnvKind`], [`RewardModel`] and
-//! [`Device`]. Each parses from (and prints and serialises as) exactly the
+//! The typed values of string-valued keys: [`EnvKind`], [`RewardModel`], [`MissingReward`],
+//! [`GateEstimator`] and [`Device`]. Each parses from (and prints and serialises as) exactly the
 //! strings the config files have always used, so saved configs and
 //! checkpoints read the same either way.
 
@@ -37,90 +37,103 @@ macro_rules! serde_via_str {
     };
 }
 
-/// Which environment a run trains on (`env.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum EnvKind {
-    /// `synthetic`: the seed's cosine-similarity env.
-    #[default]
-    Synthetic,
-    /// `text`: a corpus of prompts embedded with all-MiniLM-L6-v2.
-    Text,
-}
-
-impl EnvKind {
-    /// The config string: `synthetic` or `text`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Synthetic => "synthetic",
-            Self::Text => "text",
+/// A key whose value is one of a few strings: the enum (its first variant the default),
+/// `as_str`, `Display`, `FromStr` (the error lists the allowed strings) and serde through them.
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $(#[$vmeta0:meta])* $v0:ident = $s0:literal,
+            $( $(#[$vmeta:meta])* $v:ident = $s:literal, )*
         }
-    }
-}
-
-impl fmt::Display for EnvKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EnvKind {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "synthetic" => Ok(Self::Synthetic),
-            "text" => Ok(Self::Text),
-            _ => Err(ParseValueError { value: s.into(), expected: "`synthetic`, `text`" }),
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $(#[$vmeta0])*
+            #[default]
+            $v0,
+            $( $(#[$vmeta])* $v, )*
         }
-    }
-}
 
-serde_via_str!(EnvKind);
-
-/// How the text env rewards a routing decision (`env.reward`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum RewardModel {
-    /// `label`: 1 if the chosen agent is the prompt's label, else 0.
-    #[default]
-    Label,
-    /// `cosine`: cosine between the prompt's and the agent description's embeddings.
-    Cosine,
-    /// `outcome`: the chosen agent's known reward from the corpus row's `outcomes`
-    /// (`{"agent": reward, ...}`, every agent's, as benchmark tables give them).
-    Outcome,
-}
-
-impl RewardModel {
-    /// The config string: `label`, `cosine` or `outcome`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Label => "label",
-            Self::Cosine => "cosine",
-            Self::Outcome => "outcome",
+        impl $name {
+            /// The string the config files use.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    Self::$v0 => $s0,
+                    $( Self::$v => $s, )*
+                }
+            }
         }
-    }
-}
 
-impl fmt::Display for RewardModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RewardModel {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "label" => Ok(Self::Label),
-            "cosine" => Ok(Self::Cosine),
-            "outcome" => Ok(Self::Outcome),
-            _ => Err(ParseValueError { value: s.into(), expected: "`label`, `cosine`, `outcome`" }),
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
+
+        impl FromStr for $name {
+            type Err = ParseValueError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $s0 => Ok(Self::$v0),
+                    $( $s => Ok(Self::$v), )*
+                    _ => Err(ParseValueError {
+                        value: s.into(),
+                        expected: concat!("`", $s0, "`" $(, ", `", $s, "`")*),
+                    }),
+                }
+            }
+        }
+
+        serde_via_str!($name);
+    };
+}
+
+string_enum! {
+    /// Which environment a run trains on (`env.kind`).
+    pub enum EnvKind {
+        /// `synthetic` (default): the seed's cosine-similarity env.
+        Synthetic = "synthetic",
+        /// `text`: a corpus of prompts embedded with all-MiniLM-L6-v2.
+        Text = "text",
     }
 }
 
-serde_via_str!(RewardModel);
+string_enum! {
+    /// How the text env rewards a routing decision (`env.reward`).
+    pub enum RewardModel {
+        /// `label` (default): 1 if the chosen agent is the prompt's label, else 0.
+        Label = "label",
+        /// `cosine`: cosine between the prompt's and the agent description's embeddings.
+        Cosine = "cosine",
+        /// `outcome`: the chosen agent's known reward from the corpus row's `outcomes`
+        /// (`{"agent": reward, ...}`, every agent's, as benchmark tables give them).
+        Outcome = "outcome",
+    }
+}
+
+string_enum! {
+    /// What the learner does with a decision whose reward has not arrived within
+    /// `learn.reward_wait_s` (`learn.missing_reward`).
+    pub enum MissingReward {
+        /// `default` (default): learn from it with `learn.default_reward`.
+        Default = "default",
+        /// `skip`: consume it without learning from it.
+        Skip = "skip",
+    }
+}
+
+string_enum! {
+    /// The estimate the promotion gate compares (`learn.gate_estimator`).
+    pub enum GateEstimator {
+        /// `dr` (default): doubly robust.
+        Dr = "dr",
+        /// `snips`: self-normalised inverse propensity scoring.
+        Snips = "snips",
+    }
+}
 
 /// Where tensors live (`train.device`, the CLI's `--device`).
 ///
@@ -205,88 +218,16 @@ mod tests {
         assert_eq!("cosine".parse::<RewardModel>(), Ok(RewardModel::Cosine));
         assert_eq!(RewardModel::Label.to_string(), "label");
         let e = "cosin".parse::<RewardModel>().expect_err("typo").to_string();
-        assert!(e.contains("`cosin`") && e.contains("`label`, `cosine`"), "{e}");
+        assert!(e.contains("`cosin`") && e.ends_with("expected one of `label`, `cosine`, `outcome`"), "{e}");
         assert!("Text".parse::<EnvKind>().is_err());
+        assert_eq!("snips".parse::<GateEstimator>(), Ok(GateEstimator::Snips));
+        assert_eq!(GateEstimator::default(), GateEstimator::Dr);
+        let e = "ips".parse::<GateEstimator>().expect_err("not a gate estimator").to_string();
+        assert!(e.ends_with("expected one of `dr`, `snips`"), "{e}");
+        assert_eq!(
+            (MissingReward::default(), "skip".parse()),
+            (MissingReward::Default, Ok(MissingReward::Skip))
+        );
+        assert_eq!((EnvKind::default(), RewardModel::default()), (EnvKind::Synthetic, RewardModel::Label));
     }
 }
-
-/// What the learner does with a decision whose reward has not arrived within
-/// `learn.reward_wait_s` (`learn.missing_reward`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum MissingReward {
-    /// `default`: learn from it with `learn.default_reward`.
-    #[default]
-    Default,
-    /// `skip`: consume it without learning from it.
-    Skip,
-}
-
-impl MissingReward {
-    /// The config string: `default` or `skip`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::Skip => "skip",
-        }
-    }
-}
-
-impl fmt::Display for MissingReward {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MissingReward {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "default" => Ok(Self::Default),
-            "skip" => Ok(Self::Skip),
-            _ => Err(ParseValueError { value: s.into(), expected: "`default`, `skip`" }),
-        }
-    }
-}
-
-serde_via_str!(MissingReward);
-
-/// The estimate the promotion gate compares (`learn.gate_estimator`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum GateEstimator {
-    /// `dr`: doubly robust (default).
-    #[default]
-    Dr,
-    /// `snips`: self-normalised inverse propensity scoring.
-    Snips,
-}
-
-impl GateEstimator {
-    /// The config string: `dr` or `snips`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Dr => "dr",
-            Self::Snips => "snips",
-        }
-    }
-}
-
-impl fmt::Display for GateEstimator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for GateEstimator {
-    type Err = ParseValueError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "dr" => Ok(Self::Dr),
-            "snips" => Ok(Self::Snips),
-            _ => Err(ParseValueError { value: s.into(), expected: "`dr`, `snips`" }),
-        }
-    }
-}
-
-serde_via_str!(GateEstimator);
