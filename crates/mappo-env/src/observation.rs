@@ -201,7 +201,7 @@ impl ObservationSpec {
     /// The number of rows of `floats` embedding values, checking the cost weights' count.
     fn check(&self, floats: usize, cost_weights: usize) -> Result<usize, EnvError> {
         let dim = self.embed_dim();
-        if dim == 0 || floats % dim != 0 {
+        if dim == 0 || !floats.is_multiple_of(dim) {
             return Err(EnvError::Setup(format!(
                 "{floats} embedding values are not whole rows of the policy's {dim}"
             )));

@@ -131,12 +131,12 @@ impl<'a> Decider<'a> {
     /// The policy's input at cost weight `lambda` (the same λ for every row).
     pub(crate) fn obs(&self, lambda: f64) -> Result<Tensor, EvalError> {
         let n = self.emb.dims()[0];
-        Ok(self.policy.observe(&self.emb, &vec![lambda as f32; n])?)
+        self.policy.observe(&self.emb, &vec![lambda as f32; n])
     }
 
     /// The greedy choice of every row at `lambda`.
     pub(crate) fn choices(&self, lambda: f64) -> Result<Vec<usize>, EvalError> {
-        Ok(self.policy.greedy(&self.obs(lambda)?)?)
+        self.policy.greedy(&self.obs(lambda)?)
     }
 }
 
@@ -353,5 +353,5 @@ pub fn evaluate_synthetic(
     let mut env = SyntheticEnv::new(&cfg.env, episodes.max(1), cfg.train.seed, device);
     let policy = RoutingPolicy::from_checkpoint(ckpt, device)?;
     let evaluator = GreedyEvaluator::new(&mut env, &mut Rng::derived(eval_seed, "fresh-eval"))?;
-    Ok(evaluator.evaluate(policy.network())?)
+    evaluator.evaluate(policy.network())
 }

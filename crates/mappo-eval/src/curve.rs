@@ -76,7 +76,7 @@ impl OutcomeTable {
     /// Checks the sizes.
     pub fn new(agents: Vec<String>, costs: Vec<f64>, quality: Vec<f32>) -> Result<Self, EvalError> {
         let na = agents.len();
-        if na < 2 || costs.len() != na || quality.is_empty() || quality.len() % na != 0 {
+        if na < 2 || costs.len() != na || quality.is_empty() || !quality.len().is_multiple_of(na) {
             return Err(EvalError::Setup(format!(
                 "an outcome table needs >= 2 agents, one cost each and [n, agents] qualities; got {na} agents, {} costs, {} qualities",
                 costs.len(),

@@ -134,7 +134,7 @@ pub fn decision(i: u32) -> Decision {
         model_hash: "0123456789abcdef".into(),
         text: i.is_multiple_of(2).then(|| format!("prompt number {i} — ünïcödé")),
         replica: format!("replica-{}", i % 2),
-        cost_weight: i.is_multiple_of(3).then(|| 0.25 * i as f32),
+        cost_weight: i.is_multiple_of(3).then_some(0.25 * i as f32),
         shadow: i.is_multiple_of(2).then(|| ShadowChoice {
             version: 9,
             action: (action + 1) % k as u32,
