@@ -56,7 +56,7 @@ pub fn train_in<E: mappo_env::Env, P: mappo_nn::Policy>(
     dir: &Path,
 ) -> mappo_train::RunSummary {
     let mut opts = mappo_train::RunOptions::new(dir);
-    opts.evaluator = evaluator;
+    opts.evaluator = evaluator.map(|e| e as &dyn mappo_train::Evaluate);
     trainer.run(opts).expect("run")
 }
 

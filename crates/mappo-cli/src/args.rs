@@ -166,11 +166,13 @@ pub struct EvalArgs {
     /// Checkpoint file written by `mappo train`, or a run directory (its newest checkpoint that loads).
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub checkpoint: PathBuf,
-    /// Number of fresh prompts (synthetic checkpoints; default 10000).
-    #[arg(long, conflicts_with = "corpus")]
+    /// Number of fresh prompts (synthetic checkpoints), pipeline episodes or conversations
+    /// (default 10000; not for text-env checkpoints, which are evaluated on every --corpus row).
+    #[arg(long)]
     pub episodes: Option<usize>,
-    /// Seed of the fresh prompts (synthetic checkpoints; default 2024; the agents come from the run).
-    #[arg(long, conflicts_with = "corpus")]
+    /// Seed of the fresh prompts, pipeline episodes or conversations (default 2024; the agents,
+    /// stages and tables come from the run).
+    #[arg(long)]
     pub seed: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -179,7 +181,9 @@ pub struct EvalArgs {
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Corpus (JSON lines) for a text-env checkpoint: mean reward under the checkpoint's reward
+    /// Corpus (JSON lines) for a text-env checkpoint, or the labelled corpus a conversation
+    /// checkpoint's conversations are assembled from (default: its run's eval corpus). Text env:
+    /// mean reward under the checkpoint's reward
     /// model and, for labelled prompts, accuracy, per-agent precision/recall and the confusion matrix.
     /// On an outcome corpus (every row with "outcomes") also the quality–cost curve over a sweep
     /// of the cost weight λ, APGR, CPT(50%), CPT(80%), the oracle and each agent alone.

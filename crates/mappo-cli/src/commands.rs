@@ -28,7 +28,42 @@ pub(crate) fn checkpoint_file(path: &std::path::Path) -> Result<PathBuf> {
 pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
+    let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+    if ckpt.env_kind == mappo_config::EnvKind::Conversation.as_str() {
+        // Conversations assembled from --corpus (else the run's eval corpus, else its corpus).
+        let env = &ckpt.config.env;
+        let corpus = match &a.corpus {
+            Some(c) => c.clone(),
+            None if !env.eval_corpus.is_empty() => PathBuf::from(&env.eval_corpus),
+            None => PathBuf::from(&env.corpus),
+        };
+        if a.episodes == Some(0) {
+            bail!("--episodes must be at least 1");
+        }
+        let mut bar = EmbedProgress::new(mode);
+        let r = mappo_eval::evaluate_conversation(
+            &ckpt,
+            &corpus,
+            a.episodes.unwrap_or(10_000),
+            a.seed.unwrap_or(2024),
+            &device,
+            &mut |w, d, t| bar.update(w, d, t),
+        )?;
+        bar.finish();
+        if a.json {
+            outln!("{}", serde_json::to_string(&r)?);
+        } else {
+            outln!("{:<22} {}", "conversations from", corpus.display());
+            print_episodes(&r)?;
+        }
+        return Ok(());
+    }
     if let Some(corpus) = &a.corpus {
+        if a.episodes.is_some() || a.seed.is_some() {
+            bail!(
+                "--episodes and --seed are for synthetic, pipeline and conversation checkpoints: a text-env checkpoint is evaluated on every row of --corpus"
+            );
+        }
         if let Some(w) = a.cost_weight
             && !w.is_finite()
         {
@@ -125,7 +160,20 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     if a.episodes == Some(0) {
         bail!("--episodes must be at least 1");
     }
-    let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+    if ckpt.env_kind == mappo_config::EnvKind::Pipeline.as_str() {
+        let r = mappo_eval::evaluate_pipeline(
+            &ckpt,
+            a.episodes.unwrap_or(10_000),
+            a.seed.unwrap_or(2024),
+            &device,
+        )?;
+        if a.json {
+            outln!("{}", serde_json::to_string(&r)?);
+        } else {
+            print_episodes(&r)?;
+        }
+        return Ok(());
+    }
     let r = evaluate_synthetic(&ckpt, a.episodes.unwrap_or(10_000), a.seed.unwrap_or(2024), &device)?;
     if a.json {
         outln!("{}", serde_json::to_string(&r)?);
@@ -136,6 +184,26 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         outln!("random reward      {:.4}", r.random_reward);
         outln!("normalized reward  {:.4}", r.normalized_reward);
         outln!("oracle agreement   {:.4}", r.oracle_agreement);
+    }
+    Ok(())
+}
+
+/// The text form of an episode evaluation.
+fn print_episodes(r: &mappo_train::EpisodeReport) -> Result<()> {
+    outln!("{:<22} {}", "episodes", r.episodes);
+    outln!("{:<22} {:.2}", "steps per episode", r.mean_steps);
+    outln!("{:<22} {:.4}", "mean return", r.mean_return);
+    outln!("{:<22} {:.4}", "optimal return", r.optimal_return);
+    outln!("{:<22} {:.4}", "random return", r.random_return);
+    if let Some(m) = r.myopic_return {
+        outln!("{:<22} {m:.4}", "myopic return");
+    }
+    outln!("{:<22} {:.4}", "normalized return", r.normalized_return);
+    if let Some(s) = r.optimal_share {
+        outln!("{:<22} {s:.4}", "optimal share");
+    }
+    if let Some(s) = r.stagewise_not_optimal {
+        outln!("{:<22} {s:.4}", "stagewise not optimal");
     }
     Ok(())
 }

@@ -70,7 +70,13 @@ impl Observer for TrainProgress {
         self.bar.set_position(m.update);
         if m.update.is_multiple_of(10) {
             let agree = self.last_agreement.map(|a| format!(" agree {a:.3}")).unwrap_or_default();
-            self.bar.set_message(format!("reward {:.3}{agree}", m.mean_reward));
+            // Multi-step episodes: the mean episode return; one-step ones: the mean reward (equal).
+            let message = if m.episodes > 0 && m.episodes < usize::MAX && m.mean_return != m.mean_reward {
+                format!("return {:.3}{agree}", m.mean_return)
+            } else {
+                format!("reward {:.3}{agree}", m.mean_reward)
+            };
+            self.bar.set_message(message);
         }
     }
     fn on_eval(&mut self, _u: u64, r: &EvalReport) {

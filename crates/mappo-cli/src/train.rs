@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_config::Config;
-use mappo_train::{Checkpoint, GreedyEvaluator, RunOptions, RunSummary, SyntheticSetup, TextSetup, Trainer};
+use mappo_train::{
+    Checkpoint, ConversationSetup, Evaluate, PipelineSetup, RunOptions, RunSummary, SyntheticSetup,
+    TextSetup, Trainer,
+};
 
 use crate::args::TrainArgs;
 use crate::outln;
@@ -53,6 +56,19 @@ pub fn train(a: TrainArgs, mode: Mode) -> Result<Option<i32>> {
         let mut setup = TextSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
         embed_bar.finish();
         tracing::info!(prompts = setup.corpus_rows, agents = cfg.env.agents.len(), "text environment ready");
+        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+    } else if cfg.env.kind == mappo_config::EnvKind::Conversation {
+        let mut embed_bar = EmbedProgress::new(mode);
+        let mut setup = ConversationSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
+        embed_bar.finish();
+        tracing::info!(
+            prompts = setup.corpus_rows,
+            agents = cfg.env.agents.len(),
+            "conversation environment ready"
+        );
+        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+    } else if cfg.env.kind == mappo_config::EnvKind::Pipeline {
+        let mut setup = PipelineSetup::on(&cfg, &device)?;
         train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
     } else {
         let mut setup = SyntheticSetup::on(&cfg, &device)?;
@@ -147,7 +163,7 @@ struct Outcome {
 fn train_loop<E: mappo_env::Env, P: mappo_nn::Policy>(
     ctx: &RunCtx<'_>,
     trainer: &mut Trainer<E, P>,
-    evaluator: &GreedyEvaluator,
+    evaluator: &dyn Evaluate,
 ) -> Result<(Outcome, f64)> {
     if let Some(ckpt) = ctx.resume_from {
         trainer.restore(ckpt)?;

@@ -31,7 +31,9 @@ pub use fsutil::write_atomic;
 pub use learn::LearnConfig;
 pub use rng::Rng;
 pub use serve::{ServeConfig, Upstream};
-pub use types::{Device, EnvKind, GateEstimator, MissingReward, ParseValueError, RewardModel};
+pub use types::{
+    CriticKind, Device, EnvKind, GateEstimator, MissingReward, ParseValueError, RewardAt, RewardModel,
+};
 
 /// The whole resolved configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +107,36 @@ pub struct EnvConfig {
     /// agent when qualities tie (with binary outcomes, "both right" is common), which is how
     /// shares of the expensive agent above the λ = 0 share are reached. Default `[0, 1]`.
     pub cost_weight_range: [f64; 2],
+    /// Pipeline env: its stages, in order (`[[env.stages]]` tables with a `name` and their own
+    /// `[[env.stages.agents]]`). Every other env is one stage: its `agents` (or `num_agents`).
+    pub stages: Vec<StageSpec>,
+    /// Pipeline env: the scale β of the interaction tables between consecutive stages (entries
+    /// uniform in [−β, β]; 0 turns them off). Default 0.
+    pub interaction: f64,
+    /// Pipeline env: the cost weight λ of the team reward `Σ quality − λ·Σ cost / max cost`.
+    /// Default 0.
+    pub cost_weight: f64,
+    /// Conversation env: turns per conversation. Default 8.
+    pub turns: usize,
+    /// Conversation env: probability that the next turn keeps the topic (label). Default 0.8.
+    pub p_stay: f64,
+    /// Conversation env: reward for keeping the previous turn's agent (it keeps the context).
+    /// Default 0.
+    pub continuity_bonus: f64,
+    /// Multi-step envs: `turn` pays each step's reward at that step, `end` pays the whole
+    /// episode's at its last step. Default `turn` (the pipeline always pays at the end).
+    pub reward_at: RewardAt,
+}
+
+/// One stage of a pipeline: its name and its agents (options).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Its name (e.g. `retrieval`).
+    pub name: String,
+    /// Its options, each with a name and a cost.
+    #[serde(default)]
+    pub agents: Vec<AgentSpec>,
 }
 
 impl Default for EnvConfig {
@@ -121,20 +153,55 @@ impl Default for EnvConfig {
             model_dir: String::new(),
             cache_dir: String::new(),
             cost_weight_range: [0.0, 1.0],
+            stages: Vec::new(),
+            interaction: 0.0,
+            cost_weight: 0.0,
+            turns: 8,
+            p_stay: 0.8,
+            continuity_bonus: 0.0,
+            reward_at: RewardAt::Turn,
         }
     }
 }
 
 impl EnvConfig {
-    /// Number of actions: the agents listed for the text env, else `num_agents`.
+    /// Number of actions: the agents listed for the text env, else `num_agents`; for a
+    /// multi-stage env the largest stage's (the policy's logits are that wide, each stage's rows
+    /// use the first `n_k`).
     pub fn action_count(&self) -> usize {
-        if self.kind == EnvKind::Text { self.agents.len() } else { self.num_agents }
+        self.stage_sizes().into_iter().max().unwrap_or(0)
+    }
+
+    /// The number of options of each stage, in order: the `[[env.stages]]` of a pipeline, else
+    /// one stage (the agents of the text and conversation envs, `num_agents` of the synthetic).
+    pub fn stage_sizes(&self) -> Vec<usize> {
+        match self.kind {
+            EnvKind::Pipeline => self.stages.iter().map(|s| s.agents.len()).collect(),
+            EnvKind::Text | EnvKind::Conversation => vec![self.agents.len()],
+            EnvKind::Synthetic => vec![self.num_agents],
+        }
+    }
+
+    /// The names of each stage's options, in order (`agent-i` where none are configured).
+    pub fn stage_agents(&self) -> Vec<Vec<String>> {
+        let names = |agents: &[AgentSpec]| agents.iter().map(|a| a.name.clone()).collect::<Vec<_>>();
+        match self.kind {
+            EnvKind::Pipeline => self.stages.iter().map(|s| names(&s.agents)).collect(),
+            EnvKind::Text | EnvKind::Conversation => vec![names(&self.agents)],
+            EnvKind::Synthetic => vec![(0..self.num_agents).map(|i| format!("agent-{i}")).collect()],
+        }
     }
 
     /// True when the router is cost-aware: a text env where some agent has a `cost` > 0. Its
     /// policy takes the cost weight λ as one extra input after the embedding.
     pub fn cost_input(&self) -> bool {
         self.kind == EnvKind::Text && self.agents.iter().any(|a| a.cost > 0.0)
+    }
+
+    /// Number of decisions (stages) per episode of a staged env: the pipeline's stages; 1 for
+    /// every other env (a conversation's turns are the same stage repeated).
+    pub fn num_stages(&self) -> usize {
+        if self.kind == EnvKind::Pipeline { self.stages.len() } else { 1 }
     }
 
     /// Each agent's cost divided by the largest (all 0 when no agent has a cost): the cost
@@ -176,6 +243,11 @@ pub struct ModelConfig {
     pub init_gain_policy: f64,
     /// Orthogonal-init gain of the value head. Default 1.0 (CleanRL); the seed used √2.
     pub init_gain_value: f64,
+    /// The value function: `shared` (a value head on the actor's encoder, the one-step
+    /// routers'), `centralized` (MAPPO: its own network over the whole observation: the prompt,
+    /// every earlier choice, the step) or `local` (IPPO: its own network over the prompt and the
+    /// stage id only). Default `shared`.
+    pub critic: CriticKind,
 }
 
 impl Default for ModelConfig {
@@ -186,6 +258,7 @@ impl Default for ModelConfig {
             init_gain_hidden: std::f64::consts::SQRT_2,
             init_gain_policy: 0.01,
             init_gain_value: 1.0,
+            critic: CriticKind::Shared,
         }
     }
 }
@@ -377,9 +450,28 @@ impl Config {
         };
         match self.env.kind {
             EnvKind::Synthetic => {}
-            EnvKind::Text => {
+            EnvKind::Pipeline => self.validate_pipeline()?,
+            EnvKind::Text | EnvKind::Conversation => {
                 if self.env.corpus.is_empty() {
-                    return Err(bad("env.corpus", "\"\"", "the text env needs a corpus file (JSON lines)"));
+                    return Err(bad(
+                        "env.corpus",
+                        "\"\"",
+                        &format!("the {} env needs a corpus file (JSON lines)", self.env.kind),
+                    ));
+                }
+                if self.env.kind == EnvKind::Conversation {
+                    let e = &self.env;
+                    if !(1..=1024).contains(&e.turns) {
+                        return Err(bad("env.turns", e.turns, "must be an integer in [1, 1024]"));
+                    }
+                    unit("env.p_stay", e.p_stay)?;
+                    if !e.continuity_bonus.is_finite() {
+                        return Err(bad(
+                            "env.continuity_bonus",
+                            e.continuity_bonus,
+                            "must be a finite number",
+                        ));
+                    }
                 }
                 if self.env.agents.len() < 2 {
                     return Err(bad(
@@ -503,6 +595,72 @@ impl Config {
         }
         self.serve.validate()?;
         self.learn.validate()
+    }
+
+    /// The pipeline env's checks: at least one stage, each with a unique name and at least two
+    /// uniquely named options with costs >= 0, at most 4,096 joint actions (the optimum is found
+    /// by enumerating them), a finite β >= 0 and λ.
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| ConfigError::Invalid { key, message };
+        let e = &self.env;
+        if e.stages.is_empty() {
+            return Err(bad(
+                "env.stages".into(),
+                "the pipeline env needs at least one [[env.stages]] table with a name and its agents".into(),
+            ));
+        }
+        let mut stage_names = std::collections::HashSet::new();
+        let mut joint = 1usize;
+        for (k, st) in e.stages.iter().enumerate() {
+            if st.name.trim().is_empty() || !stage_names.insert(st.name.as_str()) {
+                return Err(bad(
+                    format!("env.stages[{k}].name"),
+                    format!("{:?}: stage names must be non-empty and unique", st.name),
+                ));
+            }
+            if st.agents.len() < 2 {
+                return Err(bad(
+                    format!("env.stages[{k}].agents"),
+                    format!(
+                        "stage `{}` has {} option(s); a stage needs at least 2",
+                        st.name,
+                        st.agents.len()
+                    ),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, a) in st.agents.iter().enumerate() {
+                if a.name.trim().is_empty() || !seen.insert(a.name.as_str()) {
+                    return Err(bad(
+                        format!("env.stages[{k}].agents[{i}].name"),
+                        format!("{:?}: option names must be non-empty and unique within a stage", a.name),
+                    ));
+                }
+                if !(a.cost.is_finite() && a.cost >= 0.0) {
+                    return Err(bad(
+                        format!("env.stages[{k}].agents[{i}].cost"),
+                        format!("{} is not allowed: must be a finite number >= 0", a.cost),
+                    ));
+                }
+            }
+            joint = joint.saturating_mul(st.agents.len());
+        }
+        if joint > 4096 {
+            return Err(bad(
+                "env.stages".into(),
+                format!("{joint} joint actions: at most 4096 (the optimum enumerates them)"),
+            ));
+        }
+        if !(e.interaction.is_finite() && e.interaction >= 0.0) {
+            return Err(bad(
+                "env.interaction".into(),
+                format!("{} is not allowed: must be >= 0", e.interaction),
+            ));
+        }
+        if !e.cost_weight.is_finite() {
+            return Err(bad("env.cost_weight".into(), format!("{} is not a finite number", e.cost_weight)));
+        }
+        Ok(())
     }
 
     /// Every dotted key this config knows, sorted (for help texts and errors).

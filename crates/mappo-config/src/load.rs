@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use crate::{AgentSpec, Config, ConfigError};
+use crate::{AgentSpec, Config, ConfigError, StageSpec};
 
 /// The `env` keys that hold paths (see [`crate::EnvConfig`] for the rule).
 pub(crate) const PATH_KEYS: [&str; 4] = ["corpus", "eval_corpus", "model_dir", "cache_dir"];
@@ -97,6 +97,10 @@ pub(crate) fn default_table() -> toml::Table {
 fn element_schema(key: &str) -> Option<toml::Table> {
     match key {
         "env.agents" => toml::Table::try_from(AgentSpec::default()).ok(),
+        "env.stages" => toml::Table::try_from(StageSpec::default()).ok(),
+        k if k.starts_with("env.stages[") && k.ends_with("].agents") => {
+            toml::Table::try_from(AgentSpec::default()).ok()
+        }
         _ => None,
     }
 }

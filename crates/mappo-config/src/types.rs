@@ -98,6 +98,44 @@ string_enum! {
         Synthetic = "synthetic",
         /// `text`: a corpus of prompts embedded with all-MiniLM-L6-v2.
         Text = "text",
+        /// `pipeline`: the synthetic env grown to K stages (`[[env.stages]]`), one team reward.
+        Pipeline = "pipeline",
+        /// `conversation`: multi-turn conversations assembled from a labelled corpus.
+        Conversation = "conversation",
+    }
+}
+
+impl EnvKind {
+    /// Whether an episode of this env has more than one decision (a multi-step env).
+    pub fn episodic(self) -> bool {
+        matches!(self, Self::Pipeline | Self::Conversation)
+    }
+
+    /// Whether its prompts are texts embedded with all-MiniLM-L6-v2 (`text`, `conversation`).
+    pub fn uses_text(self) -> bool {
+        matches!(self, Self::Text | Self::Conversation)
+    }
+}
+
+string_enum! {
+    /// When an episode's reward is paid (`env.reward_at`).
+    pub enum RewardAt {
+        /// `turn` (default): each step's reward at that step.
+        Turn = "turn",
+        /// `end`: nothing until the last step, then the episode's whole reward.
+        End = "end",
+    }
+}
+
+string_enum! {
+    /// The value function of the actor-critic (`model.critic`).
+    pub enum CriticKind {
+        /// `shared` (default): a value head on the actor's encoder (one-step routers).
+        Shared = "shared",
+        /// `centralized`: its own network over the whole state (MAPPO).
+        Centralized = "centralized",
+        /// `local`: its own network over the prompt and the stage id only (IPPO).
+        Local = "local",
     }
 }
 

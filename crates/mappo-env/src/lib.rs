@@ -12,14 +12,21 @@
 //!   expose it, so evaluation can report oracle and random baselines.
 //! * [`SyntheticEnv`] — the seed's cosine-similarity router, batched.
 //! * [`DatasetEnv`] — a bandit over fixed observation rows with known rewards.
+//! * [`ConversationEnv`] — multi-turn conversations over a labelled corpus (episodes of T
+//!   turns, a sticky chain of topics, a bonus for keeping the agent).
+//! * [`PipelineEnv`] — the synthetic env grown to K stages with one team reward (episodes of
+//!   K decisions); [`EpisodeReference`] — multi-step envs that know their optimal and random
+//!   returns, so that evaluation reports a normalized return.
 //! * [`ObservationSpec`] — the layout of a routing policy's input row (the embedding, then λ
 //!   for a cost-aware router): the one place that assembles policy inputs.
 //! * `text` (cargo feature `text`, default) — the real-text env: a corpus embedded with
 //!   all-MiniLM-L6-v2 ([`mappo_embed`], re-exported as `embed`), cached, with its reward
 //!   models. Without the feature this crate compiles no tokenizer and no BERT.
 
+mod conversation;
 mod dataset;
 mod observation;
+mod pipeline;
 mod synthetic;
 #[cfg(feature = "text")]
 pub mod text;
@@ -27,11 +34,13 @@ pub mod text;
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
+pub use conversation::{ConversationEnv, Dynamics};
 pub use dataset::DatasetEnv;
 pub use mappo_config::Rng;
 #[cfg(feature = "text")]
 pub use mappo_embed as embed;
 pub use observation::{Column, ObservationSpec, RowExtras};
+pub use pipeline::{PipelineEnv, PipelineMode};
 pub use synthetic::SyntheticEnv;
 #[cfg(feature = "text")]
 pub use text::{Prompt, load_corpus};
@@ -116,6 +125,30 @@ pub trait KnownRewards: Env {
         let a = self.spec().num_actions.max(1);
         r.chunks(a).map(|row| argmax(row) as u32).collect()
     }
+}
+
+/// The reference returns of the episodes begun by the last [`Env::reset`], noise-free: what a
+/// multi-step env's evaluation compares a policy's return with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReferenceReturns {
+    /// Mean return of the best policy that knows what the env knows (the optimum).
+    pub optimal: f64,
+    /// Mean return of choosing uniformly at random at every step.
+    pub random: f64,
+    /// Mean return of the myopic oracle (best immediate reward with the true state), where the
+    /// env defines one.
+    pub myopic: Option<f64>,
+    /// Each episode's own optimum, where one is defined per episode (the pipeline's).
+    pub row_optimal: Option<Vec<f64>>,
+    /// The pipeline's share of prompts whose per-stage best choice (blind to interactions) is
+    /// not the joint optimum.
+    pub stagewise_not_optimal: Option<f64>,
+}
+
+/// Multi-step environments that know their reference returns (optimal, random, ...).
+pub trait EpisodeReference: Env {
+    /// The reference returns of the episodes begun by the last reset.
+    fn reference_returns(&self) -> ReferenceReturns;
 }
 
 /// The checks every bandit step makes: the env was reset (`ready`), one action per row, every

@@ -30,6 +30,7 @@ mod baseline;
 mod calibrate;
 mod corpus;
 pub mod curve;
+mod episodes;
 mod error;
 pub mod ridge;
 mod router;
@@ -41,6 +42,7 @@ pub use corpus::{
     evaluate_corpus_with, evaluate_synthetic,
 };
 pub use curve::{CurvePoint, CurveSummary, OutcomeTable, SingleAgent};
+pub use episodes::{evaluate_conversation, evaluate_pipeline};
 pub use error::EvalError;
 pub use mappo_env::text::EmbedProgress;
 pub use router::{Routed, Router};

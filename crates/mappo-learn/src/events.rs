@@ -68,7 +68,10 @@ impl LoggedEvent {
     /// and cost weight λ (see [`ObservationSpec::row`]); `None` when the embedding is missing or
     /// of another width, or the layout needs a λ the event does not carry.
     pub fn context(&self, spec: &ObservationSpec) -> Option<Vec<f32>> {
-        spec.row(self.embedding.as_deref()?, RowExtras { cost_weight: self.cost_weight })
+        spec.row(
+            self.embedding.as_deref()?,
+            RowExtras { cost_weight: self.cost_weight, ..RowExtras::default() },
+        )
     }
 }
 

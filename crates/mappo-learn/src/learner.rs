@@ -169,7 +169,8 @@ pub fn take_batch(
             b.counts.not_sampled += 1;
             continue;
         }
-        let input = layout.row(&e.embedding, RowExtras { cost_weight: e.cost_weight });
+        let input =
+            layout.row(&e.embedding, RowExtras { cost_weight: e.cost_weight, ..RowExtras::default() });
         let Some(input) = input.filter(|x| x.iter().all(|v| v.is_finite())) else {
             b.counts.skipped_bad += 1;
             continue;

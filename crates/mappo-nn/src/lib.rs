@@ -21,7 +21,8 @@ pub use adam::{Adam, AdamSettings, global_grad_norm};
 pub use floor::floor_probabilities;
 pub use init::orthogonal;
 pub use policy::{
-    ActorCritic, Linear, NamedVar, Policy, PolicyOutput, Sampled, log_softmax_row, relu, sample_actions,
+    ActorCritic, Linear, MASKED_LOGIT, NamedVar, NetworkLayout, Policy, PolicyOutput, Sampled,
+    log_softmax_row, relu, sample_actions,
 };
 
 use thiserror::Error;
@@ -35,4 +36,7 @@ pub enum NnError {
     /// Saved state does not fit the network or optimizer.
     #[error("state does not match: {0}")]
     StateMismatch(String),
+    /// The network's shape cannot be built as asked.
+    #[error("network shape: {0}")]
+    Shape(String),
 }

@@ -46,10 +46,12 @@ pub use mappo_nn as nn;
 
 pub use checkpoint::{Checkpoint, FORMAT};
 pub use error::TrainError;
-pub use eval::{EvalReport, GreedyEvaluator, greedy_actions};
-pub use policy::RoutingPolicy;
+pub use eval::{
+    EpisodeEvaluator, EpisodeReport, EvalReport, Evaluate, GreedyEvaluator, evaluate_episodes, greedy_actions,
+};
+pub use policy::{RoutingPolicy, network_layout};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
-pub use setup::{SyntheticSetup, select_device};
+pub use setup::{PipelineSetup, SyntheticSetup, select_device};
 #[cfg(feature = "text")]
-pub use text::TextSetup;
+pub use text::{ConversationSetup, TextSetup, conversation_env};
 pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics};

@@ -11,7 +11,7 @@
 use candle_core::{Device, Tensor};
 use mappo_config::{Config, Rng};
 use mappo_env::ObservationSpec;
-use mappo_nn::{ActorCritic, Policy, floor_probabilities};
+use mappo_nn::{ActorCritic, NetworkLayout, Policy, floor_probabilities};
 
 use crate::{Checkpoint, TrainError, greedy_actions};
 
@@ -22,6 +22,8 @@ pub struct RoutingPolicy {
     network: ActorCritic,
     spec: ObservationSpec,
     agents: Vec<String>,
+    stage_agents: Vec<Vec<String>>,
+    stage_names: Vec<String>,
     min_prob: f64,
     device: Device,
 }
@@ -32,8 +34,7 @@ impl RoutingPolicy {
     pub fn from_checkpoint(ckpt: &Checkpoint, device: &Device) -> Result<Self, TrainError> {
         let spec = ckpt.observation_spec()?;
         let cfg = &ckpt.config;
-        let network =
-            ActorCritic::new(spec.width(), cfg.env.action_count(), &cfg.model, &mut Rng::new(0), device)?;
+        let network = build_network(cfg, &spec, &mut Rng::new(0), device)?;
         ckpt.load_weights_into(&network)?;
         Ok(Self::assemble(cfg, spec, network, device))
     }
@@ -43,17 +44,41 @@ impl RoutingPolicy {
     pub fn init(cfg: &Config, embed_dim: usize, device: &Device) -> Result<Self, TrainError> {
         let spec = ObservationSpec::for_env(&cfg.env, embed_dim);
         let mut rng = Rng::derived(cfg.train.seed, "init");
-        let network = ActorCritic::new(spec.width(), cfg.env.action_count(), &cfg.model, &mut rng, device)?;
+        let network = build_network(cfg, &spec, &mut rng, device)?;
         Ok(Self::assemble(cfg, spec, network, device))
     }
 
     fn assemble(cfg: &Config, spec: ObservationSpec, network: ActorCritic, device: &Device) -> Self {
+        let stage_agents = cfg.env.stage_agents();
         let agents = if cfg.env.agents.is_empty() {
             (0..network.num_actions()).map(|i| format!("agent-{i}")).collect()
         } else {
             cfg.env.agents.iter().map(|a| a.name.clone()).collect()
         };
-        Self { network, spec, agents, min_prob: cfg.serve.min_prob, device: device.clone() }
+        let stage_names = if cfg.env.kind == mappo_config::EnvKind::Pipeline {
+            cfg.env.stages.iter().map(|s| s.name.clone()).collect()
+        } else {
+            vec!["route".to_string()]
+        };
+        Self {
+            network,
+            spec,
+            agents,
+            stage_agents,
+            stage_names,
+            min_prob: cfg.serve.min_prob,
+            device: device.clone(),
+        }
+    }
+
+    /// The names of the stages, in order (`route` for a one-stage router).
+    pub fn stage_names(&self) -> &[String] {
+        &self.stage_names
+    }
+
+    /// Each stage's options, in order (one stage: [`agents`](Self::agents)).
+    pub fn stage_agents(&self) -> &[Vec<String>] {
+        &self.stage_agents
     }
 
     /// The layout of its input.
@@ -129,4 +154,27 @@ impl RoutingPolicy {
     pub fn greedy(&self, obs: &Tensor) -> Result<Vec<usize>, TrainError> {
         Ok(greedy_actions(&self.network, obs)?.into_iter().map(|a| a as usize).collect())
     }
+}
+
+/// The network layout `cfg` asks for over observations laid out as `spec`: one policy head per
+/// stage, the critic of `model.critic` (a one-stage config with the default critic is today's
+/// router, weight for weight).
+pub fn network_layout(cfg: &Config, spec: &ObservationSpec) -> NetworkLayout {
+    let sizes = cfg.env.stage_sizes();
+    NetworkLayout {
+        stage_sizes: if sizes.len() > 1 { sizes } else { vec![cfg.env.action_count()] },
+        stage_columns: spec.stage_columns(),
+        critic: cfg.model.critic,
+        local_columns: spec.local_columns(),
+    }
+}
+
+/// The network of `cfg` over `spec`'s observations, its weights drawn from `rng`.
+pub(crate) fn build_network(
+    cfg: &Config,
+    spec: &ObservationSpec,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<ActorCritic, TrainError> {
+    Ok(ActorCritic::with_layout(spec.width(), &network_layout(cfg, spec), &cfg.model, rng, device)?)
 }

@@ -17,7 +17,7 @@ use mappo_env::Env;
 use mappo_nn::Policy;
 use serde::Serialize;
 
-use crate::{Checkpoint, EvalReport, GreedyEvaluator, TrainError, Trainer, UpdateMetrics};
+use crate::{Checkpoint, EvalReport, Evaluate, TrainError, Trainer, UpdateMetrics};
 
 /// Where and how to run: the run directory and what watches the run. The
 /// cadences (`log_interval`, `eval_interval`, `save_interval`) come from the
@@ -31,7 +31,7 @@ pub struct RunOptions<'a> {
     /// Greedy oracle agreement whose first crossing is recorded. Default 0.95.
     pub agreement_target: f64,
     /// Periodic greedy evaluation (every `train.eval_interval` updates). Default none.
-    pub evaluator: Option<&'a GreedyEvaluator>,
+    pub evaluator: Option<&'a dyn Evaluate>,
     /// Progress callbacks. Default none.
     pub observer: Option<&'a mut dyn Observer>,
     /// Replace a run already in `out_dir` (its checkpoints, metrics and
@@ -64,7 +64,7 @@ impl<'a> RunOptions<'a> {
     }
 
     /// Evaluates greedily with `evaluator` every `train.eval_interval` updates.
-    pub fn evaluator(mut self, evaluator: &'a GreedyEvaluator) -> Self {
+    pub fn evaluator(mut self, evaluator: &'a dyn Evaluate) -> Self {
         self.evaluator = Some(evaluator);
         self
     }
@@ -211,7 +211,7 @@ fn run_loop<E: Env, P: Policy>(
     dir: &Path,
     stop: Option<Arc<AtomicBool>>,
     agreement_target: f64,
-    evaluator: Option<&GreedyEvaluator>,
+    evaluator: Option<&dyn Evaluate>,
     observer: &mut dyn Observer,
     force: bool,
     last_saved: &mut Option<PathBuf>,
@@ -276,6 +276,7 @@ fn run_loop<E: Env, P: Policy>(
             tracing::info!(
                 update = u,
                 mean_reward = format!("{:.4}", m.mean_reward),
+                mean_return = format!("{:.4}", m.mean_return),
                 entropy = format!("{:.4}", m.entropy),
                 policy_loss = format!("{:.4}", m.policy_loss),
                 value_loss = format!("{:.4}", m.value_loss),
@@ -292,7 +293,7 @@ fn run_loop<E: Env, P: Policy>(
             && t.eval_interval > 0
             && (u % t.eval_interval == 0 || u == t.total_updates)
         {
-            let r = ev.evaluate(trainer.policy())?;
+            let r = ev.evaluate_policy(trainer.policy())?;
             if reached.is_none() && r.oracle_agreement >= agreement_target {
                 reached = Some((u, train_seconds));
             }

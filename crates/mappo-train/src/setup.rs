@@ -3,10 +3,10 @@
 
 use candle_core::Device;
 use mappo_config::{Config, Device as DeviceSpec, Rng};
-use mappo_env::{Env, SyntheticEnv};
+use mappo_env::{Env, ObservationSpec, PipelineEnv, SyntheticEnv};
 use mappo_nn::ActorCritic;
 
-use crate::{GreedyEvaluator, TrainError, Trainer};
+use crate::{EpisodeEvaluator, GreedyEvaluator, TrainError, Trainer};
 
 /// Resolves a configured device (`cpu`, `auto`, `cuda` or `cuda:N`; parsed by
 /// [`mappo_config::Device`]'s `FromStr`) to a device, with a sentence saying
@@ -86,9 +86,33 @@ impl SyntheticSetup {
 }
 
 pub(crate) fn new_policy<E: Env>(cfg: &Config, env: &E, device: &Device) -> Result<ActorCritic, TrainError> {
-    let spec = env.spec();
+    let layout = ObservationSpec::for_input_width(&cfg.env, env.spec().obs_dim)?;
     let mut rng = Rng::derived(cfg.train.seed, "init");
-    Ok(ActorCritic::new(spec.obs_dim, spec.num_actions, &cfg.model, &mut rng, device)?)
+    crate::policy::build_network(cfg, &layout, &mut rng, device)
+}
+
+/// The pipeline env: trainer (env of `batch_size` prompts, K steps each) and an episode
+/// evaluator over `eval_prompts` fixed noise-free prompts.
+#[derive(Debug)]
+pub struct PipelineSetup {
+    /// The trainer at update 0.
+    pub trainer: Trainer<PipelineEnv, ActorCritic>,
+    /// Fixed evaluation episodes (same options and tables as the training env).
+    pub evaluator: EpisodeEvaluator<PipelineEnv>,
+}
+
+impl PipelineSetup {
+    /// Builds everything on `device`.
+    pub fn on(cfg: &Config, device: &Device) -> Result<Self, TrainError> {
+        let env = PipelineEnv::new(&cfg.env, cfg.train.batch_size, cfg.train.seed, device)?;
+        let policy = new_policy(cfg, &env, device)?;
+        let eval_env =
+            PipelineEnv::new(&cfg.env, cfg.train.eval_prompts, cfg.train.seed, device)?.noise_free();
+        Ok(Self {
+            trainer: Trainer::from_config(cfg.clone(), env, policy)?,
+            evaluator: EpisodeEvaluator::new(eval_env, cfg.train.seed),
+        })
+    }
 }
 
 #[cfg(test)]

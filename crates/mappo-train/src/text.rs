@@ -7,11 +7,11 @@ use std::path::Path;
 
 use candle_core::Device;
 use mappo_config::{Config, Rng};
-use mappo_env::DatasetEnv;
-use mappo_env::text::{EmbedProgress, embed_corpus, load_embedder};
+use mappo_env::text::{EmbedProgress, EmbeddedCorpus, embed_corpus, load_embedder};
+use mappo_env::{ConversationEnv, DatasetEnv};
 use mappo_nn::ActorCritic;
 
-use crate::{GreedyEvaluator, RoutingPolicy, TrainError, Trainer};
+use crate::{EpisodeEvaluator, GreedyEvaluator, RoutingPolicy, TrainError, Trainer};
 
 /// The text router: trainer and periodic evaluator.
 #[derive(Debug)]
@@ -43,6 +43,63 @@ impl TextSetup {
             trainer: Trainer::from_config(cfg.clone(), env, policy)?,
             evaluator,
             corpus_rows: train.prompts.len(),
+        })
+    }
+}
+
+/// The conversation env's trainer: conversations assembled from the training corpus, and a
+/// periodic evaluation on `train.eval_prompts` conversations assembled from `env.eval_corpus`
+/// (or the training corpus).
+#[derive(Debug)]
+pub struct ConversationSetup {
+    /// The trainer at update 0.
+    pub trainer: Trainer<ConversationEnv, ActorCritic>,
+    /// Greedy conversations, the same ones at every evaluation.
+    pub evaluator: EpisodeEvaluator<ConversationEnv>,
+    /// Rows of the training corpus.
+    pub corpus_rows: usize,
+}
+
+/// The conversations of `cfg` over an embedded corpus, `num_envs` at a time.
+pub fn conversation_env(
+    cfg: &Config,
+    corpus: EmbeddedCorpus,
+    num_envs: usize,
+    device: &Device,
+) -> Result<ConversationEnv, TrainError> {
+    let labels: Vec<Option<usize>> = corpus.prompts.iter().map(|p| p.label).collect();
+    Ok(ConversationEnv::new(&cfg.env, corpus.embeddings, corpus.dim, &labels, num_envs, device)?)
+}
+
+impl ConversationSetup {
+    /// Embeds the corpora (cached) and builds the trainer on `device`.
+    pub fn on(cfg: &Config, device: &Device, progress: EmbedProgress<'_>) -> Result<Self, TrainError> {
+        let embedder = load_embedder(&cfg.env, device)?;
+        let train = embed_corpus(&cfg.env, &embedder, Path::new(&cfg.env.corpus), progress)?;
+        let (rows, dim) = (train.prompts.len(), train.dim);
+        let t = &cfg.train;
+        let eval_corpus = if cfg.env.eval_corpus.is_empty() {
+            None
+        } else {
+            Some(embed_corpus(&cfg.env, &embedder, Path::new(&cfg.env.eval_corpus), progress)?)
+        };
+        let eval_env = match eval_corpus {
+            Some(ev) => conversation_env(cfg, ev, t.eval_prompts, device)?,
+            None => ConversationEnv::new(
+                &cfg.env,
+                train.embeddings.clone(),
+                dim,
+                &train.prompts.iter().map(|p| p.label).collect::<Vec<_>>(),
+                t.eval_prompts,
+                device,
+            )?,
+        };
+        let env = conversation_env(cfg, train, t.batch_size, device)?;
+        let policy = RoutingPolicy::init(cfg, dim, device)?.into_network();
+        Ok(Self {
+            trainer: Trainer::from_config(cfg.clone(), env, policy)?,
+            evaluator: EpisodeEvaluator::new(eval_env, t.seed),
+            corpus_rows: rows,
         })
     }
 }

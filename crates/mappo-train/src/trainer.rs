@@ -18,8 +18,13 @@ use crate::{Checkpoint, TrainError};
 pub struct UpdateMetrics {
     /// Updates completed, this one included.
     pub update: u64,
-    /// Mean reward of the collected batch.
+    /// Mean reward of the collected batch (per step).
     pub mean_reward: f64,
+    /// Mean (undiscounted) return of the episodes that ended in the collected batch (for
+    /// one-step episodes the mean reward); NaN (`null`) when none ended.
+    pub mean_return: f64,
+    /// Episodes that ended in the collected batch.
+    pub episodes: usize,
     /// Mean policy entropy (last minibatch of the last epoch).
     pub entropy: f64,
     /// Clipped-surrogate policy loss (same minibatch).
@@ -106,6 +111,8 @@ pub struct Trainer<E: Env, P: Policy> {
     update: u64,
     device: Device,
     rollout: Rollout,
+    /// Sum and count of the returns of the episodes that ended in the last collection.
+    episode_returns: (f64, usize),
 }
 
 impl<E: Env, P: Policy> std::fmt::Debug for Trainer<E, P> {
@@ -157,7 +164,18 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let critic = Adam::new(policy.critic_vars(), adam(cfg.ppo.lr_critic))?;
         let rng = Rng::derived(cfg.train.seed, "trainer");
         let rollout = Rollout::new(spec.num_envs);
-        Ok(Self { cfg, env, policy, actor, critic, rng, update: 0, device, rollout })
+        Ok(Self {
+            cfg,
+            env,
+            policy,
+            actor,
+            critic,
+            rng,
+            update: 0,
+            device,
+            rollout,
+            episode_returns: (0.0, 0),
+        })
     }
 
     /// Updates completed.
@@ -250,6 +268,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let gae = logged.gae(&[], p.gamma as f32, p.gae_lambda as f32)?;
         let explained_variance = explained_variance(logged.values(), &gae.returns);
         let mean_reward = batch.rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64;
+        self.episode_returns = (batch.rewards.iter().map(|&r| f64::from(r)).sum(), n);
         let collected = std::mem::replace(&mut self.rollout, logged);
         let result = self.optimise(&gae);
         self.rollout = collected;
@@ -262,6 +281,8 @@ impl<E: Env, P: Policy> Trainer<E, P> {
     fn collect(&mut self) -> Result<Vec<f32>, TrainError> {
         self.rollout.clear();
         let steps = self.cfg.train.rollout_len;
+        let mut running = vec![0f64; self.env.spec().num_envs];
+        self.episode_returns = (0.0, 0);
         let mut obs = Some(self.env.reset(&mut self.rng)?);
         for t in 0..steps {
             let o = match obs.take() {
@@ -272,6 +293,16 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             let sampled = sample_actions(&out.logits.detach(), &mut self.rng, false)?;
             let values = out.values.detach().to_vec1::<f32>()?;
             let step = self.env.step(&sampled.actions, &mut self.rng)?;
+            for (row, total) in running.iter_mut().enumerate() {
+                *total += f64::from(step.reward.get(row).copied().unwrap_or(0.0));
+                if step.done.get(row).copied().unwrap_or(false)
+                    || step.truncated.get(row).copied().unwrap_or(false)
+                {
+                    self.episode_returns.0 += *total;
+                    self.episode_returns.1 += 1;
+                    *total = 0.0;
+                }
+            }
             let truncated_values = match &step.final_obs {
                 Some(f) => self.policy.forward(f)?.values.detach().to_vec1::<f32>()?,
                 None => Vec::new(),
@@ -319,9 +350,12 @@ impl<E: Env, P: Policy> Trainer<E, P> {
                 });
             }
         }
+        let (sum, episodes) = self.episode_returns;
         Ok(UpdateMetrics {
             update: self.update,
             mean_reward,
+            mean_return: if episodes > 0 { sum / episodes as f64 } else { f64::NAN },
+            episodes,
             entropy: stats.entropy,
             policy_loss: stats.policy_loss,
             value_loss: stats.value_loss,
