@@ -116,3 +116,61 @@ fn cosine_checkpoints_evaluate_unlabelled_corpora_by_their_reward_model() {
     assert!(r.oracle_reward >= r.mean_reward && r.oracle_reward > r.random_reward, "{r:?}");
     assert!(r.normalized_reward.is_finite() && (0.0..=1.0).contains(&r.oracle_agreement), "{r:?}");
 }
+
+/// Conversations over the repository's prompt corpus: 4 agents, 6 turns, a continuity bonus
+/// above a right answer, the reward at the end.
+#[test]
+fn conversations_learn_to_keep_and_switch_agents_and_route_as_turns() {
+    let cache = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(150, cache.path());
+    let sets = [
+        "env.kind=\"conversation\"",
+        "env.turns=6",
+        "env.p_stay=0.8",
+        "env.continuity_bonus=1.2",
+        "env.reward_at=\"end\"",
+        "model.critic=\"centralized\"",
+        "model.projection_dim=0",
+        "ppo.gamma=1.0",
+        "ppo.lr_actor=0.001",
+        "ppo.entropy_coef=0.1",
+        "train.batch_size=64",
+        "train.rollout_len=6",
+        "train.eval_prompts=1000",
+    ];
+    let mut all: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    all.push(format!("env.corpus={:?}", cfg.env.corpus));
+    all.push(format!("env.cache_dir={:?}", cfg.env.cache_dir));
+    all.push("train.total_updates=150".into());
+    all.push("train.save_interval=150".into());
+    all.push("train.eval_interval=150".into());
+    all.push("train.threads=0".into());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    cfg = Config::load(Some(&root.join("configs/prompts.toml")), &all).expect("conversation config");
+    let mut setup = mappo_train::ConversationSetup::on(&cfg, &Device::Cpu, &mut |_, _, _| {}).expect("setup");
+    let before = setup.evaluator.report(setup.trainer.policy()).expect("eval");
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = train_in(&mut setup.trainer, None, dir.path());
+    let after = setup.evaluator.report(setup.trainer.policy()).expect("eval");
+    let myopic = after.myopic_return.expect("the conversation env has a myopic oracle");
+    assert_eq!(after.mean_steps, 6.0);
+    assert!(after.optimal_return > myopic && myopic > after.random_return, "{after:?}");
+    assert!(after.normalized_return > 0.6, "{before:?} -> {after:?}");
+    assert!(after.normalized_return > before.normalized_return + 0.3, "{before:?} -> {after:?}");
+    // mappo-eval assembles conversations from a corpus with its own seed.
+    let ckpt = mappo_train::Checkpoint::load(&s.final_checkpoint, &Device::Cpu).expect("ckpt");
+    let corpus = root.join("data/prompts.jsonl");
+    let r = mappo_eval::evaluate_conversation(&ckpt, &corpus, 500, 3, &Device::Cpu, &mut |_, _, _| {})
+        .expect("eval");
+    assert_eq!(r.episodes, 500);
+    assert!(r.normalized_return > 0.5, "{r:?}");
+    // Routing texts as the turns of one conversation: each turn sees the previous one's agent.
+    let router = mappo_eval::Router::load(&s.final_checkpoint, &Device::Cpu).expect("router");
+    assert!(router.is_conversation());
+    let turns = ["my parcel never arrived", "where is my refund", "prove that sqrt(2) is irrational"];
+    let routed = router.route_conversation(&turns).expect("route");
+    assert_eq!(routed.iter().map(|r| r.turn).collect::<Vec<_>>(), vec![Some(1), Some(2), Some(3)]);
+    for r in &routed {
+        assert!((r.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+}

@@ -232,11 +232,15 @@ pub struct CalibrateArgs {
 
 #[derive(clap::Args)]
 pub struct RouteArgs {
-    /// Checkpoint of a text-env run, or its run directory (newest checkpoint that loads).
+    /// Checkpoint of a text-env or conversation run, or its run directory (newest checkpoint that
+    /// loads). A conversation checkpoint routes the texts as the turns of one conversation, each
+    /// turn seeing the agent chosen at the one before (on stdin, an empty line starts a new
+    /// conversation).
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub checkpoint: PathBuf,
     /// One JSON object per text: {"text", "agent_index", "agent", "probabilities" (in agent order),
-    /// "by_agent" {name: probability}} instead of a tab-separated line.
+    /// "by_agent" {name: probability}, and "turn" for a conversation} instead of a tab-separated
+    /// line.
     #[arg(long)]
     pub json: bool,
     /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,

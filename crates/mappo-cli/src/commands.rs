@@ -29,6 +29,33 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
     let ckpt_path = checkpoint_file(&a.checkpoint)?;
     let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+    if ckpt.env_kind == mappo_config::EnvKind::Cascade.as_str() {
+        let env = &ckpt.config.env;
+        let corpus = match &a.corpus {
+            Some(c) => c.clone(),
+            None if !env.eval_corpus.is_empty() => PathBuf::from(&env.eval_corpus),
+            None => bail!("--corpus is needed: this cascade run has no env.eval_corpus"),
+        };
+        let mut bar = EmbedProgress::new(mode);
+        let r = mappo_eval::evaluate_cascade(&ckpt, &corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        bar.finish();
+        if a.json {
+            outln!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let rt = &r.routing;
+        outln!("{:<18} {}", "prompts", r.n);
+        outln!("{:<18} {} (weak) / {} (strong)", "agents", rt.weak, rt.strong);
+        for s in &rt.agents {
+            outln!("{:<18} quality {:.4}, cost {}", s.agent, s.quality, s.cost);
+        }
+        outln!("{:<18} {:.4}", "oracle quality", rt.oracle_quality);
+        outln!("{:<18} {}", "APGR", f(rt.summary.apgr));
+        outln!("{:<18} {}", "CPT(50%)", f(rt.summary.cpt50));
+        outln!("{:<18} {}", "CPT(80%)", f(rt.summary.cpt80));
+        return Ok(());
+    }
     if ckpt.env_kind == mappo_config::EnvKind::Conversation.as_str() {
         // Conversations assembled from --corpus (else the run's eval corpus, else its corpus).
         let env = &ckpt.config.env;
@@ -232,6 +259,33 @@ pub fn route(a: RouteArgs) -> Result<()> {
         }
         Ok(())
     };
+    if router.is_conversation() {
+        // The texts are the turns of one conversation; on stdin, an empty line starts a new one.
+        let route_turns = |turns: &[String]| -> Result<()> {
+            let refs: Vec<&str> = turns.iter().map(String::as_str).collect();
+            for r in router.route_conversation(&refs)? {
+                print(&r)?;
+            }
+            std::io::stdout().flush()?;
+            Ok(())
+        };
+        if !a.texts.is_empty() {
+            if let Some(i) = a.texts.iter().position(|t| t.trim().is_empty()) {
+                bail!("turn {} is empty: there is nothing to route", i + 1);
+            }
+            return route_turns(&a.texts);
+        }
+        let mut turns = Vec::new();
+        for (n, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.with_context(|| format!("reading stdin, line {}", n + 1))?;
+            if line.trim().is_empty() {
+                route_turns(&std::mem::take(&mut turns))?;
+            } else {
+                turns.push(line);
+            }
+        }
+        return route_turns(&turns);
+    }
     if !a.texts.is_empty() {
         if let Some(i) = a.texts.iter().position(|t| t.trim().is_empty()) {
             bail!("text {} is empty: there is nothing to route", i + 1);

@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_config::Config;
 use mappo_train::{
-    Checkpoint, ConversationSetup, Evaluate, PipelineSetup, RunOptions, RunSummary, SyntheticSetup,
-    TextSetup, Trainer,
+    CascadeSetup, Checkpoint, ConversationSetup, Evaluate, PipelineSetup, RunOptions, RunSummary,
+    SyntheticSetup, TextSetup, Trainer,
 };
 
 use crate::args::TrainArgs;
@@ -56,7 +56,17 @@ pub fn train(a: TrainArgs, mode: Mode) -> Result<Option<i32>> {
         let mut setup = TextSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
         embed_bar.finish();
         tracing::info!(prompts = setup.corpus_rows, agents = cfg.env.agents.len(), "text environment ready");
-        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+        train_loop(&ctx, &mut setup.trainer, Some(&setup.evaluator))?
+    } else if cfg.env.kind == mappo_config::EnvKind::Cascade {
+        let mut embed_bar = EmbedProgress::new(mode);
+        let mut setup = CascadeSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
+        embed_bar.finish();
+        tracing::info!(
+            prompts = setup.corpus_rows,
+            agents = cfg.env.agents.len(),
+            "cascade environment ready (evaluate with `mappo eval --corpus`)"
+        );
+        train_loop(&ctx, &mut setup.trainer, None)?
     } else if cfg.env.kind == mappo_config::EnvKind::Conversation {
         let mut embed_bar = EmbedProgress::new(mode);
         let mut setup = ConversationSetup::on(&cfg, &device, &mut |w, d, t| embed_bar.update(w, d, t))?;
@@ -66,13 +76,13 @@ pub fn train(a: TrainArgs, mode: Mode) -> Result<Option<i32>> {
             agents = cfg.env.agents.len(),
             "conversation environment ready"
         );
-        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+        train_loop(&ctx, &mut setup.trainer, Some(&setup.evaluator))?
     } else if cfg.env.kind == mappo_config::EnvKind::Pipeline {
         let mut setup = PipelineSetup::on(&cfg, &device)?;
-        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+        train_loop(&ctx, &mut setup.trainer, Some(&setup.evaluator))?
     } else {
         let mut setup = SyntheticSetup::on(&cfg, &device)?;
-        train_loop(&ctx, &mut setup.trainer, &setup.evaluator)?
+        train_loop(&ctx, &mut setup.trainer, Some(&setup.evaluator))?
     };
     if let Some(code) = summary.stopped_by {
         report(&summary, target);
@@ -163,7 +173,7 @@ struct Outcome {
 fn train_loop<E: mappo_env::Env, P: mappo_nn::Policy>(
     ctx: &RunCtx<'_>,
     trainer: &mut Trainer<E, P>,
-    evaluator: &dyn Evaluate,
+    evaluator: Option<&dyn Evaluate>,
 ) -> Result<(Outcome, f64)> {
     if let Some(ckpt) = ctx.resume_from {
         trainer.restore(ckpt)?;
@@ -173,11 +183,9 @@ fn train_loop<E: mappo_env::Env, P: mappo_nn::Policy>(
     let stop = StopRequest::install();
     let total = trainer.config().train.total_updates;
     let mut progress = TrainProgress::new(ctx.mode, total, trainer.update_count());
-    let opts = RunOptions::new(ctx.out)
-        .evaluator(evaluator)
-        .observer(&mut progress)
-        .stop_flag(stop.flag.clone())
-        .force(ctx.force);
+    let mut opts = RunOptions::new(ctx.out);
+    opts.evaluator = evaluator;
+    let opts = opts.observer(&mut progress).stop_flag(stop.flag.clone()).force(ctx.force);
     let target = opts.agreement_target;
     let summary = trainer.run(opts);
     progress.finish();

@@ -218,3 +218,60 @@ fn an_outcome_corpus_missing_an_agent_is_refused_with_the_row_and_agent() {
         "{e}"
     );
 }
+
+#[test]
+fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let corpus = root().join("data/cascade.jsonl");
+    let corpus_s = corpus.to_str().expect("utf-8");
+    let cache = tmp.path().join("cache");
+    let sets = [
+        "env.kind=cascade".to_string(),
+        format!("env.corpus={corpus_s:?}"),
+        "env.reward=outcome".into(),
+        "env.reward_noise=0".into(),
+        "env.agents=[{name=\"small\", cost=1.0}, {name=\"large\", cost=10.0}]".into(),
+        "env.cost_weight_range=[0.0, 0.6]".into(),
+        format!("env.cache_dir={:?}", cache.to_str().expect("utf-8")),
+        "model.projection_dim=32".into(),
+        "model.critic=\"centralized\"".into(),
+        "ppo.gamma=1.0".into(),
+        "ppo.lr_actor=0.003".into(),
+        "train.rollout_len=2".into(),
+        "train.total_updates=150".into(),
+        "train.batch_size=64".into(),
+        "train.save_interval=150".into(),
+        "train.eval_interval=0".into(),
+    ];
+    let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let o = train(&tmp.path().join("run"), &refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = last_line(&o);
+    let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--corpus", corpus_s, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&stdout(&o));
+    let routing = &r["routing"];
+    assert_eq!(r["n"], 248);
+    assert_eq!(routing["curve"].as_array().expect("curve").len(), 101);
+    // `small`'s answer says whether it is right (the prompt does not): accepting it when it
+    // sounds sure and escalating otherwise answers (nearly) every prompt right with about half of
+    // them reaching `large` — a one-step router needs all of them there for that quality.
+    let first = &routing["curve"][0];
+    let quality = first["quality"].as_f64().expect("quality");
+    let large = first["share"]["large"].as_f64().expect("share");
+    assert!(quality > 0.95 && large < 0.65, "λ = 0: quality {quality} with {large} at large: {first}");
+    let apgr = routing["apgr"].as_f64().expect("apgr");
+    assert!(apgr > 0.7, "cascade APGR {apgr}: {routing}");
+    let escalated: Vec<f64> =
+        r["escalated"].as_array().expect("escalated").iter().filter_map(|v| v.as_f64()).collect();
+    assert!(escalated.iter().any(|&e| e > 0.3), "it must escalate after unsure answers: {escalated:?}");
+    // An escalation pays both calls: the cost paid is at least the final agents' cost.
+    for (p, paid) in
+        routing["curve"].as_array().expect("curve").iter().zip(r["cost_paid"].as_array().expect("paid"))
+    {
+        assert!(paid.as_f64().expect("paid") + 1e-9 >= p["cost"].as_f64().expect("cost"), "{p} {paid}");
+    }
+    // The text form names the figures too.
+    let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--corpus", corpus_s]);
+    assert!(o.status.success() && stdout(&o).contains("APGR"), "{}", stderr(&o));
+}

@@ -178,6 +178,8 @@ impl EnvConfig {
         match self.kind {
             EnvKind::Pipeline => self.stages.iter().map(|s| s.agents.len()).collect(),
             EnvKind::Text | EnvKind::Conversation => vec![self.agents.len()],
+            // Step 1 picks any agent; step 2 accepts its answer or escalates.
+            EnvKind::Cascade => vec![self.agents.len(), 2],
             EnvKind::Synthetic => vec![self.num_agents],
         }
     }
@@ -188,6 +190,7 @@ impl EnvConfig {
         match self.kind {
             EnvKind::Pipeline => self.stages.iter().map(|s| names(&s.agents)).collect(),
             EnvKind::Text | EnvKind::Conversation => vec![names(&self.agents)],
+            EnvKind::Cascade => vec![names(&self.agents), vec!["accept".into(), "escalate".into()]],
             EnvKind::Synthetic => vec![(0..self.num_agents).map(|i| format!("agent-{i}")).collect()],
         }
     }
@@ -195,13 +198,13 @@ impl EnvConfig {
     /// True when the router is cost-aware: a text env where some agent has a `cost` > 0. Its
     /// policy takes the cost weight λ as one extra input after the embedding.
     pub fn cost_input(&self) -> bool {
-        self.kind == EnvKind::Text && self.agents.iter().any(|a| a.cost > 0.0)
+        matches!(self.kind, EnvKind::Text | EnvKind::Cascade) && self.agents.iter().any(|a| a.cost > 0.0)
     }
 
     /// Number of decisions (stages) per episode of a staged env: the pipeline's stages; 1 for
     /// every other env (a conversation's turns are the same stage repeated).
     pub fn num_stages(&self) -> usize {
-        if self.kind == EnvKind::Pipeline { self.stages.len() } else { 1 }
+        self.stage_sizes().len()
     }
 
     /// Each agent's cost divided by the largest (all 0 when no agent has a cost): the cost
@@ -451,7 +454,23 @@ impl Config {
         match self.env.kind {
             EnvKind::Synthetic => {}
             EnvKind::Pipeline => self.validate_pipeline()?,
-            EnvKind::Text | EnvKind::Conversation => {
+            EnvKind::Text | EnvKind::Conversation | EnvKind::Cascade => {
+                if self.env.kind == EnvKind::Cascade {
+                    if self.env.reward != RewardModel::Outcome {
+                        return Err(bad(
+                            "env.reward",
+                            self.env.reward,
+                            "the cascade env needs `outcome` (the final answer's known quality)",
+                        ));
+                    }
+                    if !self.env.agents.iter().any(|a| a.cost > 0.0) {
+                        return Err(bad(
+                            "env.agents",
+                            "no costs",
+                            "the cascade env needs agents with costs (it escalates to the most expensive)",
+                        ));
+                    }
+                }
                 if self.env.corpus.is_empty() {
                     return Err(bad(
                         "env.corpus",
@@ -828,6 +847,53 @@ timeout_s = 5
     }
 
     #[test]
+    fn pipeline_stages_are_checked_and_their_keys_known() {
+        let two = "env.stages=[{name=\"a\", agents=[{name=\"x\"}, {name=\"y\", cost=2.0}]}, \
+                   {name=\"b\", agents=[{name=\"x\"}, {name=\"z\"}, {name=\"w\"}]}]";
+        let c = set(&["env.kind=\"pipeline\"", two]).expect("two stages");
+        assert_eq!(c.env.stage_sizes(), vec![2, 3]);
+        assert_eq!(c.env.action_count(), 3);
+        assert_eq!(c.env.num_stages(), 2);
+        assert_eq!(c.env.stage_agents()[1], vec!["x", "z", "w"]);
+        let err = |kv: &[&str]| set(kv).expect_err("must be refused").to_string();
+        assert!(err(&["env.kind=\"pipeline\""]).contains("env.stages"));
+        let e = err(&["env.kind=\"pipeline\"", "env.stages=[{name=\"a\", agents=[{name=\"x\"}]}]"]);
+        assert!(e.contains("env.stages[0].agents") && e.contains("at least 2"), "{e}");
+        let e = err(&["env.kind=\"pipeline\"", "env.stages=[{name=\"a\", agents=[{name=\"x\", price=1}]}]"]);
+        assert!(e.contains("price"), "an unknown key inside a stage's agent is named: {e}");
+        let e = err(&["env.kind=\"pipeline\"", two, "env.interaction=-1"]);
+        assert!(e.contains("env.interaction"), "{e}");
+        // 17^3 = 4913 joint actions: too many to enumerate.
+        let names: Vec<String> = (0..17).map(|i| format!("{{name=\"o{i}\"}}")).collect();
+        let stage = |k: usize| format!("{{name=\"s{k}\", agents=[{}]}}", names.join(", "));
+        let big = format!("env.stages=[{}, {}, {}]", stage(0), stage(1), stage(2));
+        assert!(err(&["env.kind=\"pipeline\"", &big]).contains("4096"));
+        // Every other env is one stage; the critic kinds parse.
+        assert_eq!(Config::default().env.stage_sizes(), vec![4]);
+        assert_eq!(set(&["model.critic=\"local\""]).expect("local").model.critic, CriticKind::Local);
+        assert!(err(&["model.critic=\"global\""]).contains("centralized"));
+    }
+
+    #[test]
+    fn conversation_keys_are_checked() {
+        let base = [
+            "env.kind=\"conversation\"",
+            "env.corpus=\"c.jsonl\"",
+            "env.agents=[{name=\"a\"}, {name=\"b\"}]",
+        ];
+        let with = |extra: &str| {
+            let mut v = base.to_vec();
+            v.push(extra);
+            set(&v)
+        };
+        let c = with("env.reward_at=\"end\"").expect("valid");
+        assert_eq!((c.env.reward_at, c.env.turns), (RewardAt::End, 8));
+        assert!(with("env.turns=0").expect_err("0 turns").to_string().contains("env.turns"));
+        assert!(with("env.p_stay=1.5").expect_err("p_stay").to_string().contains("env.p_stay"));
+        assert!(with("env.reward_at=\"never\"").is_err());
+    }
+
+    #[test]
     fn malformed_override_is_refused() {
         assert!(matches!(set(&["novalue"]), Err(ConfigError::BadOverride { .. })));
         assert!(matches!(set(&["a..b=1"]), Err(ConfigError::BadOverride { .. })));
@@ -848,6 +914,21 @@ mod shipped_configs {
     fn default_toml_is_the_builtin_default() {
         let c = Config::load(Some(&shipped("default.toml")), &[]).expect("configs/default.toml");
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_episode_configs_load_as_documented() {
+        let p = Config::load(Some(&shipped("pipeline.toml")), &[]).expect("configs/pipeline.toml");
+        assert_eq!((p.env.kind, p.env.stage_sizes()), (EnvKind::Pipeline, vec![4, 4, 4]));
+        assert_eq!((p.model.critic, p.train.rollout_len), (CriticKind::Centralized, 3));
+        assert!(p.env.interaction > 0.0);
+        let c = Config::load(Some(&shipped("conversation-clinc150.toml")), &[]).expect("conversation");
+        assert_eq!(c.env.kind, EnvKind::Conversation);
+        assert_eq!((c.env.turns, c.env.p_stay, c.env.continuity_bonus), (8, 0.8, 1.2));
+        assert_eq!((c.env.reward_at, c.train.rollout_len, c.env.agents.len()), (RewardAt::End, 8, 10));
+        let k = Config::load(Some(&shipped("cascade-gsm8k.toml")), &[]).expect("cascade");
+        assert_eq!((k.env.kind, k.env.stage_sizes()), (EnvKind::Cascade, vec![2, 2]));
+        assert!(k.env.cost_input());
     }
 
     #[test]

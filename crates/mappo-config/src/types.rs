@@ -102,18 +102,21 @@ string_enum! {
         Pipeline = "pipeline",
         /// `conversation`: multi-turn conversations assembled from a labelled corpus.
         Conversation = "conversation",
+        /// `cascade`: a cheaper agent answers first; a second step sees its answer and accepts
+        /// it or escalates (an outcome corpus with `responses`).
+        Cascade = "cascade",
     }
 }
 
 impl EnvKind {
     /// Whether an episode of this env has more than one decision (a multi-step env).
     pub fn episodic(self) -> bool {
-        matches!(self, Self::Pipeline | Self::Conversation)
+        matches!(self, Self::Pipeline | Self::Conversation | Self::Cascade)
     }
 
     /// Whether its prompts are texts embedded with all-MiniLM-L6-v2 (`text`, `conversation`).
     pub fn uses_text(self) -> bool {
-        matches!(self, Self::Text | Self::Conversation)
+        matches!(self, Self::Text | Self::Conversation | Self::Cascade)
     }
 }
 

@@ -38,9 +38,10 @@ fn serve_section(c: &Config) -> String {
 }
 
 /// What 0.1.0's text becomes when written again: its bytes with only the keys that came
-/// later added, at their defaults — `env.cost_weight_range` after `cache_dir`, each agent's
-/// `cost` after its `description`, `ppo.input_dropout` after `target_kl` — then the `[serve]`
-/// and `[learn]` sections.
+/// later added, at their defaults — `env.cost_weight_range` and the episode keys after
+/// `cache_dir`, each agent's `cost` after its `description`, `model.critic` after
+/// `init_gain_value`, `ppo.input_dropout` after `target_kl` — then the `[serve]` and `[learn]`
+/// sections.
 fn rewritten(old: &str, c: &Config) -> String {
     let mut out = String::new();
     for line in old.lines() {
@@ -48,6 +49,13 @@ fn rewritten(old: &str, c: &Config) -> String {
         out.push('\n');
         if line.starts_with("cache_dir = ") {
             out.push_str("cost_weight_range = [\n    0.0,\n    1.0,\n]\n");
+            out.push_str(
+                "stages = []\ninteraction = 0.0\ncost_weight = 0.0\nturns = 8\np_stay = 0.8\n\
+                 continuity_bonus = 0.0\nreward_at = \"turn\"\n",
+            );
+        }
+        if line.starts_with("init_gain_value = ") {
+            out.push_str("critic = \"shared\"\n");
         }
         if line.starts_with("description = ") {
             out.push_str("cost = 0.0\n");

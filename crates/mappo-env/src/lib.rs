@@ -14,6 +14,8 @@
 //! * [`DatasetEnv`] — a bandit over fixed observation rows with known rewards.
 //! * [`ConversationEnv`] — multi-turn conversations over a labelled corpus (episodes of T
 //!   turns, a sticky chain of topics, a bonus for keeping the agent).
+//! * [`CascadeEnv`] — try a cheaper agent, see its answer, accept or escalate (episodes of one or
+//!   two decisions over an outcome corpus with answers).
 //! * [`PipelineEnv`] — the synthetic env grown to K stages with one team reward (episodes of
 //!   K decisions); [`EpisodeReference`] — multi-step envs that know their optimal and random
 //!   returns, so that evaluation reports a normalized return.
@@ -23,6 +25,7 @@
 //!   all-MiniLM-L6-v2 ([`mappo_embed`], re-exported as `embed`), cached, with its reward
 //!   models. Without the feature this crate compiles no tokenizer and no BERT.
 
+mod cascade;
 mod conversation;
 mod dataset;
 mod observation;
@@ -34,6 +37,7 @@ pub mod text;
 use candle_core::{Device, Tensor};
 use thiserror::Error;
 
+pub use cascade::{CascadeData, CascadeEnv, CascadeRules};
 pub use conversation::{ConversationEnv, Dynamics};
 pub use dataset::DatasetEnv;
 pub use mappo_config::Rng;

@@ -43,6 +43,12 @@ pub enum Column {
     },
     /// The share of turns left after this one, `(T − t) / T`: one column.
     TurnsLeft,
+    /// The embedding of the answer an earlier step's agent gave (a cascade's second step; zeros
+    /// at its first).
+    Response {
+        /// Its width (the embedding's).
+        dim: usize,
+    },
     /// The stage id, one-hot.
     Stage {
         /// Number of stages.
@@ -59,6 +65,7 @@ impl Column {
             Column::Choices { width } => *width,
             Column::PreviousAgent { agents } => *agents,
             Column::Stage { stages } => *stages,
+            Column::Response { dim } => *dim,
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct RowExtras<'a> {
     pub previous_agent: Option<u32>,
     /// The share of turns left after this one.
     pub turns_left: Option<f32>,
+    /// The embedding of the earlier agent's answer (`None`: zeros, a cascade's first step).
+    pub response: Option<&'a [f32]>,
 }
 
 impl ObservationSpec {
@@ -111,6 +120,14 @@ impl ObservationSpec {
         if env.kind == EnvKind::Pipeline {
             spec.stage_sizes = env.stage_sizes();
         }
+        if env.kind == EnvKind::Cascade {
+            // prompt ⊕ the first agent's answer ⊕ λ ⊕ step.
+            spec.stage_sizes = env.stage_sizes();
+            spec.columns.push(Column::Response { dim: embed_dim });
+            spec.columns.push(Column::CostWeight);
+            spec.columns.push(Column::Stage { stages: 2 });
+            return spec;
+        }
         if env.cost_input() {
             spec = spec.with_cost_weight();
         }
@@ -135,6 +152,13 @@ impl ObservationSpec {
     /// makes it `width` wide. Errors when `width` is too small for the env's extra columns.
     pub fn for_input_width(env: &EnvConfig, width: usize) -> Result<Self, EnvError> {
         let extra = Self::for_env(env, 0).width();
+        if env.kind == EnvKind::Cascade {
+            // The embedding's width appears twice (prompt and answer).
+            if width <= extra || !(width - extra).is_multiple_of(2) {
+                return Err(EnvError::Setup(format!("a cascade policy input cannot be {width} wide")));
+            }
+            return Ok(Self::for_env(env, (width - extra) / 2));
+        }
         if width <= extra {
             return Err(EnvError::Setup(format!(
                 "a policy input {width} wide has no room for an embedding beside its {extra} other column(s)"
@@ -257,6 +281,11 @@ impl ObservationSpec {
                     }
                 }
                 Column::TurnsLeft => out.push(extras.turns_left?),
+                Column::Response { dim } => match extras.response {
+                    Some(r) if r.len() == *dim => out.extend_from_slice(r),
+                    Some(_) => return None,
+                    None => out.resize(out.len() + dim, 0.0),
+                },
                 Column::Stage { stages } => {
                     let k = extras.stage?;
                     if k >= *stages || extras.choices.len() != k {

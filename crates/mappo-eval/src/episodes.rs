@@ -57,3 +57,93 @@ fn expect_kind(ckpt: &Checkpoint, kind: EnvKind) -> Result<(), EvalError> {
         problem: format!("it was trained on the `{}` environment, not `{kind}`", ckpt.env_kind),
     })
 }
+
+/// A cascade checkpoint's evaluation on an outcome corpus with answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CascadeReport {
+    /// Prompts.
+    pub n: usize,
+    /// The quality–cost curve over the λ sweep (x axis: the share of prompts that reach the strong
+    /// agent, at step 1 or by escalation), APGR, CPT, the agents alone and the oracle, as for
+    /// one-step routers.
+    pub routing: crate::RoutingReport,
+    /// Per curve point: the mean cost paid per prompt (the agents' `cost` units; a cascade pays
+    /// the cheaper call before an escalation).
+    pub cost_paid: Vec<f64>,
+    /// Per curve point: the share of prompts escalated after the cheaper agent's answer.
+    pub escalated: Vec<f64>,
+}
+
+/// Greedy cascades of a `cascade` checkpoint on every prompt of `corpus` (an outcome corpus
+/// with `responses`), over 101 values of λ across the trained `env.cost_weight_range`.
+pub fn evaluate_cascade(
+    ckpt: &Checkpoint,
+    corpus: &Path,
+    device: &Device,
+    progress: EmbedProgress<'_>,
+) -> Result<CascadeReport, EvalError> {
+    expect_kind(ckpt, EnvKind::Cascade)?;
+    let cfg = &ckpt.config;
+    let embedder = load_embedder(&cfg.env, device)?;
+    let data = mappo_train::cascade_data(cfg, &embedder, corpus, progress)?;
+    let n = data.len();
+    let agents = data.agents;
+    let names: Vec<String> = cfg.env.agents.iter().map(|a| a.name.clone()).collect();
+    let raw_costs: Vec<f64> = cfg.env.agents.iter().map(|a| a.cost).collect();
+    let table = crate::OutcomeTable::new(names, raw_costs.clone(), data.outcomes.clone())?;
+    let env = mappo_env::CascadeEnv::new(&cfg.env, data, 1, device)?;
+    let rules = env.rules().clone();
+    let policy = RoutingPolicy::from_checkpoint(ckpt, device)?;
+    let width = policy.spec().width();
+    let greedy = |rows: Vec<f32>| -> Result<Vec<usize>, EvalError> {
+        let k = rows.len() / width.max(1);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let obs = candle_core::Tensor::from_vec(rows, (k, width), device)?;
+        policy.greedy(&obs)
+    };
+    let [lo, hi] = cfg.env.cost_weight_range;
+    let mut curve = Vec::new();
+    let (mut cost_paid, mut escalated) = (Vec::new(), Vec::new());
+    for step in 0..=100 {
+        let lambda = lo + (hi - lo) * f64::from(step) / 100.0;
+        let mut rows = Vec::with_capacity(n * width);
+        for p in 0..n {
+            rows.extend(env.row(p, 0, 0, lambda as f32)?);
+        }
+        let first = greedy(rows)?;
+        let asked: Vec<usize> = (0..n).filter(|&p| first[p] != rules.strong).collect();
+        let mut rows = Vec::with_capacity(asked.len() * width);
+        for &p in &asked {
+            rows.extend(env.row(p, 1, first[p], lambda as f32)?);
+        }
+        let second = greedy(rows)?;
+        let mut escalate = vec![false; n];
+        for (&p, &d) in asked.iter().zip(&second) {
+            escalate[p] = d == 1;
+        }
+        let mut finals = Vec::with_capacity(n);
+        let mut paid = 0f64;
+        for p in 0..n {
+            let (agent, _) = rules.outcome_of(first[p], escalate[p]);
+            finals.push(agent.min(agents - 1));
+            paid += raw_costs[first[p]] + if agent != first[p] { raw_costs[agent] } else { 0.0 };
+        }
+        curve.push(table.point(lambda, &finals));
+        cost_paid.push(paid / n.max(1) as f64);
+        escalated.push(escalate.iter().filter(|&&e| e).count() as f64 / n.max(1) as f64);
+    }
+    let (weak, strong) = table.weak_strong();
+    let routing = crate::RoutingReport {
+        weak: table.agents[weak].clone(),
+        strong: table.agents[strong].clone(),
+        agents: table.singles(),
+        oracle_quality: table.oracle_quality(),
+        oracle: table.point(f64::NAN, &table.oracle_choices()),
+        summary: table.summarize(curve),
+        at: None,
+        baseline: None,
+    };
+    Ok(CascadeReport { n, routing, cost_paid, escalated })
+}

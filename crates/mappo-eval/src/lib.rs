@@ -42,7 +42,7 @@ pub use corpus::{
     evaluate_corpus_with, evaluate_synthetic,
 };
 pub use curve::{CurvePoint, CurveSummary, OutcomeTable, SingleAgent};
-pub use episodes::{evaluate_conversation, evaluate_pipeline};
+pub use episodes::{CascadeReport, evaluate_cascade, evaluate_conversation, evaluate_pipeline};
 pub use error::EvalError;
 pub use mappo_env::text::EmbedProgress;
 pub use router::{Routed, Router};

@@ -22,6 +22,9 @@ pub struct Routed {
     pub agent: String,
     /// π(agent | text) for every agent, in index order.
     pub probabilities: Vec<f32>,
+    /// The turn (1-based) when routed as a conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn: Option<usize>,
 }
 
 /// A loaded router: embedder and policy from a text checkpoint.
@@ -29,16 +32,22 @@ pub struct Routed {
 pub struct Router {
     embedder: Embedder,
     policy: RoutingPolicy,
+    /// A conversation checkpoint's turns per conversation.
+    turns: usize,
 }
 
 impl Router {
     /// Loads the checkpoint and the embedder its config names.
     pub fn load(ckpt_path: &Path, device: &Device) -> Result<Self, EvalError> {
         let ckpt = Checkpoint::load(ckpt_path, device)?;
-        let cfg = text_config(&ckpt, ckpt_path)?;
+        let cfg = if ckpt.config.env.kind == mappo_config::EnvKind::Conversation {
+            &ckpt.config
+        } else {
+            text_config(&ckpt, ckpt_path)?
+        };
         let embedder = load_embedder(&cfg.env, device)?;
         let policy = RoutingPolicy::from_checkpoint(&ckpt, device)?;
-        Ok(Self { embedder, policy })
+        Ok(Self { embedder, policy, turns: cfg.env.turns })
     }
 
     /// The agents' names.
@@ -54,6 +63,53 @@ impl Router {
     /// The policy it routes with.
     pub fn policy(&self) -> &RoutingPolicy {
         &self.policy
+    }
+
+    /// True for a conversation checkpoint: texts are routed as the turns of one conversation
+    /// ([`Router::route_conversation`]).
+    pub fn is_conversation(&self) -> bool {
+        self.policy.spec().columns().contains(&mappo_env::Column::TurnsLeft)
+    }
+
+    /// Routes `texts` as the consecutive turns of one conversation of a conversation checkpoint:
+    /// turn t sees its text, the agent chosen (greedily) at turn t − 1 and the share of the
+    /// configured turns left (0 past the last).
+    pub fn route_conversation(&self, texts: &[&str]) -> Result<Vec<Routed>, EvalError> {
+        if !self.is_conversation() {
+            return Err(EvalError::Setup("this router was not trained on conversations".into()));
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let turns = self.turns.max(1);
+        let emb = self.embedder.embed(texts).map_err(mappo_env::EnvError::from)?;
+        let agents = self.policy.agents();
+        let mut previous = None;
+        let mut out = Vec::with_capacity(texts.len());
+        for (t, (text, e)) in texts.iter().zip(&emb).enumerate() {
+            let left = turns.saturating_sub(t + 1) as f32 / turns as f32;
+            let extras = mappo_env::RowExtras {
+                previous_agent: previous,
+                turns_left: Some(left),
+                ..mappo_env::RowExtras::default()
+            };
+            let row = self.policy.spec().row(e, extras).ok_or_else(|| {
+                EvalError::Setup("a conversation turn does not fit the policy's input".into())
+            })?;
+            let obs =
+                candle_core::Tensor::from_vec(row, (1, self.policy.spec().width()), self.policy.device())?;
+            let p = self.policy.probabilities(&obs)?.into_iter().next().unwrap_or_default();
+            let i = mappo_env::argmax(&p);
+            previous = Some(i as u32);
+            out.push(Routed {
+                text: text.to_string(),
+                agent_index: i,
+                agent: agents.get(i).cloned().unwrap_or_default(),
+                probabilities: p,
+                turn: Some(t + 1),
+            });
+        }
+        Ok(out)
     }
 
     /// Routes texts: one forward pass for all of them (a cost-aware router at λ = 0).
@@ -75,7 +131,13 @@ impl Router {
             .zip(probs)
             .map(|(t, p)| {
                 let i = mappo_env::argmax(&p);
-                Routed { text: t.to_string(), agent_index: i, agent: agents[i].clone(), probabilities: p }
+                Routed {
+                    text: t.to_string(),
+                    agent_index: i,
+                    agent: agents[i].clone(),
+                    probabilities: p,
+                    turn: None,
+                }
             })
             .collect())
     }

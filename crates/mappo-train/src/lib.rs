@@ -53,5 +53,5 @@ pub use policy::{RoutingPolicy, network_layout};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{PipelineSetup, SyntheticSetup, select_device};
 #[cfg(feature = "text")]
-pub use text::{ConversationSetup, TextSetup, conversation_env};
+pub use text::{CascadeSetup, ConversationSetup, TextSetup, cascade_data, conversation_env};
 pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics};

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use candle_core::Device;
 use mappo_config::{Config, Rng};
-use mappo_env::text::{EmbedProgress, EmbeddedCorpus, embed_corpus, load_embedder};
-use mappo_env::{ConversationEnv, DatasetEnv};
+use mappo_env::embed::Embedder;
+use mappo_env::text::{EmbedProgress, EmbeddedCorpus, cache_dir, embed_cached, embed_corpus, load_embedder};
+use mappo_env::{CascadeData, CascadeEnv, ConversationEnv, DatasetEnv, EnvError};
 use mappo_nn::ActorCritic;
 
 use crate::{EpisodeEvaluator, GreedyEvaluator, RoutingPolicy, TrainError, Trainer};
@@ -101,5 +102,76 @@ impl ConversationSetup {
             evaluator: EpisodeEvaluator::new(eval_env, t.seed),
             corpus_rows: rows,
         })
+    }
+}
+
+/// A cascade's data from an outcome corpus with answers: the prompts' embeddings (through the
+/// cache), every agent's answer embedded (trimmed; through the cache), the outcomes. Every row
+/// needs an outcome for every agent and an answer from every agent but the most expensive (whose
+/// answer is final).
+pub fn cascade_data(
+    cfg: &Config,
+    embedder: &Embedder,
+    corpus: &Path,
+    progress: EmbedProgress<'_>,
+) -> Result<CascadeData, TrainError> {
+    let data = embed_corpus(&cfg.env, embedder, corpus, progress)?;
+    let agents = cfg.env.agents.len();
+    let strong = mappo_env::CascadeRules::new(&cfg.env).strong;
+    let mut texts: Vec<&str> = Vec::new();
+    let mut at = Vec::new();
+    for (row, p) in data.prompts.iter().enumerate() {
+        for a in 0..agents {
+            match p.responses.get(a).and_then(Option::as_deref) {
+                Some(t) if !t.trim().is_empty() => {
+                    texts.push(t.trim());
+                    at.push((row, a));
+                }
+                _ if a != strong => {
+                    return Err(EnvError::Corpus {
+                        path: corpus.display().to_string(),
+                        line: None,
+                        problem: format!(
+                            "prompt {} has no answer from `{}`, which a cascade needs (rows need \"responses\": {{agent: text}} for every agent but the most expensive; `cargo xtask fetch-data routellm` writes them for GSM8K)",
+                            row + 1,
+                            cfg.env.agents[a].name
+                        ),
+                    }
+                    .into());
+                }
+                _ => {}
+            }
+        }
+    }
+    let what = format!("embedding the answers in {}", corpus.display());
+    let cached = embed_cached(embedder, &texts, &cache_dir(&cfg.env), |d, t| progress(&what, d, t))?;
+    let dim = data.dim;
+    let mut responses = vec![0f32; data.prompts.len() * agents * dim];
+    for (k, &(row, a)) in at.iter().enumerate() {
+        let to = (row * agents + a) * dim;
+        responses[to..to + dim].copy_from_slice(&cached.rows[k * dim..(k + 1) * dim]);
+    }
+    Ok(CascadeData { prompts: data.embeddings, responses, outcomes: data.expected, dim, agents })
+}
+
+/// The cascade env's trainer: cascades over the training corpus's prompts and answers, λ drawn
+/// per episode from `env.cost_weight_range`.
+#[derive(Debug)]
+pub struct CascadeSetup {
+    /// The trainer at update 0.
+    pub trainer: Trainer<CascadeEnv, ActorCritic>,
+    /// Rows of the training corpus.
+    pub corpus_rows: usize,
+}
+
+impl CascadeSetup {
+    /// Embeds the corpus and its answers (cached) and builds the trainer on `device`.
+    pub fn on(cfg: &Config, device: &Device, progress: EmbedProgress<'_>) -> Result<Self, TrainError> {
+        let embedder = load_embedder(&cfg.env, device)?;
+        let data = cascade_data(cfg, &embedder, Path::new(&cfg.env.corpus), progress)?;
+        let (rows, dim) = (data.len(), data.dim);
+        let env = CascadeEnv::new(&cfg.env, data, cfg.train.batch_size, device)?;
+        let policy = RoutingPolicy::init(cfg, dim, device)?.into_network();
+        Ok(Self { trainer: Trainer::from_config(cfg.clone(), env, policy)?, corpus_rows: rows })
     }
 }

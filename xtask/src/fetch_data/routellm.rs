@@ -1,21 +1,25 @@
 //! `cargo xtask fetch-data routellm`: per-prompt correctness of Mixtral-8x7B and GPT-4-1106 on
 //! MMLU and GSM8K (lm-sys/RouteLLM, Apache-2.0) as outcome corpora,
 //! `data/routellm/{mmlu,gsm8k}_{train,val}.jsonl`, one
-//! `{"text": ..., "subject": ..., "outcomes": {"mixtral-8x7b": 0|1, "gpt-4-1106": 0|1}}` per line
-//! (GSM8K rows have no `subject`).
+//! `{"text": ..., "subject": ..., "outcomes": {"mixtral-8x7b": 0|1, "gpt-4-1106": 0|1}}` per line.
+//! GSM8K rows have no `subject` but carry each model's answer text after the outcomes,
+//! `"responses": {"mixtral-8x7b": "...", "gpt-4-1106": "..."}` (verbatim from the CSV's
+//! `<model>_response` columns, for environments that show one model's answer to a second step).
 //!
 //! Sources, in order: the public repository's `routellm/evals` files (the 57
 //! `mmlu/responses/mmlu_<subject>.csv`, `gsm8k/gsm8k_responses.csv` and both
 //! `contaminated_prompts.jsonl`; downloaded after a reachability probe; `--url` or
 //! `$MAPPO_ROUTELLM_URL` points at a mirror), then `--from DIR`: either a copy of that `evals`
 //! directory (converted the same way) or a directory holding the four converted files (checked
-//! and copied). The conversion drops the contaminated prompts (as RouteLLM's own benchmarks do)
+//! and copied; when it also holds `raw/gsm8k_responses.csv`, the GSM8K rows without responses
+//! get them from the CSV record whose `prompt` is their `text`, and keep their order and outcomes).
+//! The conversion drops the contaminated prompts (as RouteLLM's own benchmarks do)
 //! and splits by the sha256 of the text read as a big-endian integer, modulo 10: 2 → val,
 //! 3–9 → train, 0–1 are a held-back test split that is not written. Lines are written as
 //! Python's `json.dumps(row, ensure_ascii=False)` writes them, so a conversion made with Python
 //! and this one are byte-identical.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -137,9 +141,18 @@ fn public_files() -> Vec<String> {
     files
 }
 
-/// Checks and copies already converted files from `from` to `out`.
+/// Checks and copies already converted files from `from` to `out`; with
+/// `from/raw/gsm8k_responses.csv`, adds the responses to the GSM8K rows (see [`add_responses`]).
 fn copy_converted(from: &Path, out: &Path) -> Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let csv = from.join("raw").join("gsm8k_responses.csv");
+    let responses = if csv.is_file() {
+        eprintln!("routellm: adding the GSM8K responses of {}", csv.display());
+        Some(responses_by_prompt(&csv)?)
+    } else {
+        eprintln!("routellm: no {}: GSM8K rows are copied without responses", csv.display());
+        None
+    };
     for name in FILES {
         let src = from.join(name);
         let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
@@ -158,10 +171,116 @@ fn copy_converted(from: &Path, out: &Path) -> Result<()> {
             rows += 1;
         }
         let path = out.join(name);
-        let status = write_if_changed(&path, &text)?;
-        eprintln!("{}: {rows} rows ({status})", path.display());
+        match responses.as_ref().filter(|_| name.starts_with("gsm8k_")) {
+            Some(by_prompt) => {
+                let (text, added) = add_responses(&text, &src, by_prompt)?;
+                let status = write_if_changed(&path, &text)?;
+                eprintln!(
+                    "{}: {rows} rows, {} with responses ({} already had them), {} without a \
+                     prompt in {} ({status})",
+                    path.display(),
+                    added.matched + added.kept,
+                    added.kept,
+                    added.unmatched,
+                    csv.display()
+                );
+                if added.unmatched > 0 {
+                    eprintln!(
+                        "routellm: warning: {} rows of {} match no prompt of {}: copied without \
+                         responses",
+                        added.unmatched,
+                        src.display(),
+                        csv.display()
+                    );
+                }
+                if added.disagree > 0 {
+                    eprintln!(
+                        "routellm: warning: {} rows of {} have outcomes other than the True/False \
+                         of their CSV record (the responses are added all the same)",
+                        added.disagree,
+                        src.display()
+                    );
+                }
+            }
+            None => {
+                let status = write_if_changed(&path, &text)?;
+                eprintln!("{}: {rows} rows ({status})", path.display());
+            }
+        }
     }
     Ok(())
+}
+
+/// What [`add_responses`] did to the rows of one file.
+#[derive(Debug, Default, PartialEq)]
+struct Added {
+    /// Rows that got responses.
+    matched: usize,
+    /// Rows that already had `responses` (left as they are).
+    kept: usize,
+    /// Rows whose `text` is no CSV record's `prompt` (left as they are).
+    unmatched: usize,
+    /// Matched rows whose outcomes differ from their record's True/False.
+    disagree: usize,
+}
+
+/// The `text` of a converted file with `"responses": {...}` added at the end of every row
+/// whose `text` is exactly a record's `prompt` in `by_prompt` and that has no `responses` yet.
+/// Every other byte is kept: the rows, their order, their outcomes and the line ends. `src`
+/// names the file in errors.
+fn add_responses(text: &str, src: &Path, by_prompt: &HashMap<String, Record>) -> Result<(String, Added)> {
+    let mut out = String::with_capacity(text.len() * 3);
+    let mut added = Added::default();
+    for (n, piece) in text.split_inclusive('\n').enumerate() {
+        let body = piece.trim_end_matches(['\n', '\r']);
+        if body.trim().is_empty() {
+            out.push_str(piece);
+            continue;
+        }
+        let v: Value = serde_json::from_str(body)
+            .with_context(|| format!("{}, line {}: not JSON", src.display(), n + 1))?;
+        let row_text = v.get("text").and_then(Value::as_str);
+        let row_text =
+            row_text.with_context(|| format!("{}, line {}: no string `text`", src.display(), n + 1))?;
+        if v.get("responses").is_some() {
+            added.kept += 1;
+            out.push_str(piece);
+            continue;
+        }
+        let Some(rec) = by_prompt.get(row_text) else {
+            added.unmatched += 1;
+            out.push_str(piece);
+            continue;
+        };
+        let Some(responses) = &rec.responses else {
+            bail!("{}, line {}: its CSV record has no responses", src.display(), n + 1);
+        };
+        let open = body.trim_end().strip_suffix('}');
+        let open = open.with_context(|| format!("{}, line {}: not a JSON object", src.display(), n + 1))?;
+        out.push_str(open);
+        out.push_str(", ");
+        out.push_str(&responses_json(responses)?);
+        out.push('}');
+        out.push_str(&piece[body.len()..]);
+        added.matched += 1;
+        let same = AGENTS.iter().zip(&rec.outcomes).all(|((agent, _), &o)| {
+            v.get("outcomes").and_then(|x| x.get(agent)).and_then(Value::as_f64) == Some(f64::from(o))
+        });
+        if !same {
+            added.disagree += 1;
+        }
+    }
+    Ok((out, added))
+}
+
+/// The records of a GSM8K responses CSV by prompt (the first record of a prompt that occurs
+/// more than once).
+fn responses_by_prompt(path: &Path) -> Result<HashMap<String, Record>> {
+    let mut out = HashMap::new();
+    for rec in read_csv(path, true)? {
+        out.entry(rec.text.clone()).or_insert(rec);
+    }
+    Ok(out)
 }
 
 /// The split of a text: sha256 as a big-endian integer, modulo 10 (2 → val, 3–9 → train,
@@ -194,7 +313,7 @@ fn contaminated(path: &Path) -> Result<HashSet<String>> {
 }
 
 /// One output line, as Python's `json.dumps(row, ensure_ascii=False)` writes it.
-fn line(text: &str, subject: Option<&str>, outcomes: &[u8]) -> Result<String> {
+fn line(text: &str, subject: Option<&str>, outcomes: &[u8], responses: Option<&[String]>) -> Result<String> {
     let mut s = format!("{{\"text\": {}", serde_json::to_string(text)?);
     if let Some(subject) = subject {
         s.push_str(&format!(", \"subject\": {}", serde_json::to_string(subject)?));
@@ -206,19 +325,44 @@ fn line(text: &str, subject: Option<&str>, outcomes: &[u8]) -> Result<String> {
         }
         s.push_str(&format!("\"{agent}\": {o}"));
     }
-    s.push_str("}}\n");
+    s.push('}');
+    if let Some(responses) = responses {
+        s.push_str(", ");
+        s.push_str(&responses_json(responses)?);
+    }
+    s.push_str("}\n");
     Ok(s)
 }
 
-/// Appends the rows of one RouteLLM CSV (`prompt` and a `True`/`False` column per agent) to
-/// `train` and `val`; returns (rows read, rows dropped as contaminated).
-fn convert_csv(
-    path: &Path,
-    subject: Option<&str>,
-    skip: &HashSet<String>,
-    train: &mut String,
-    val: &mut String,
-) -> Result<(usize, usize)> {
+/// `"responses": {"<agent>": "<text>", ...}` (in [`AGENTS`] order), as Python's `json.dumps`
+/// with `ensure_ascii=False` writes that member.
+fn responses_json(responses: &[String]) -> Result<String> {
+    let mut s = String::from("\"responses\": {");
+    for (i, ((agent, _), r)) in AGENTS.iter().zip(responses).enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&format!("\"{agent}\": {}", serde_json::to_string(r)?));
+    }
+    s.push('}');
+    Ok(s)
+}
+
+/// One record of a RouteLLM CSV.
+#[derive(Debug)]
+struct Record {
+    /// The `prompt`.
+    text: String,
+    /// Each agent's outcome (in [`AGENTS`] order): 1 for `True`, 0 for `False`.
+    outcomes: Vec<u8>,
+    /// Each agent's answer (in [`AGENTS`] order), from the `<column>_response` columns, when
+    /// they were asked for.
+    responses: Option<Vec<String>>,
+}
+
+/// Reads a RouteLLM CSV: `prompt` and a `True`/`False` column per agent, and with `responses`
+/// also the agent's `<column>_response` text column (an error when absent).
+fn read_csv(path: &Path, responses: bool) -> Result<Vec<Record>> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = r.headers().with_context(|| format!("{}: the header", path.display()))?.clone();
     let col = |name: &str| {
@@ -229,15 +373,15 @@ fn convert_csv(
     };
     let prompt = col("prompt")?;
     let cols: Vec<usize> = AGENTS.iter().map(|(_, c)| col(c)).collect::<Result<_>>()?;
-    let (mut rows, mut dropped) = (0, 0);
+    let response_cols: Option<Vec<usize>> = if responses {
+        Some(AGENTS.iter().map(|(_, c)| col(&format!("{c}_response"))).collect::<Result<_>>()?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
     for (n, rec) in r.records().enumerate() {
         let rec = rec.with_context(|| format!("{}, record {}", path.display(), n + 1))?;
-        rows += 1;
-        let text = rec.get(prompt).unwrap_or_default();
-        if skip.contains(text) {
-            dropped += 1;
-            continue;
-        }
+        let text = rec.get(prompt).unwrap_or_default().to_string();
         let mut outcomes = Vec::with_capacity(cols.len());
         for (&c, (agent, column)) in cols.iter().zip(AGENTS) {
             outcomes.push(match rec.get(c) {
@@ -250,9 +394,45 @@ fn convert_csv(
                 ),
             });
         }
-        match split_of(text) {
-            Some("val") => val.push_str(&line(text, subject, &outcomes)?),
-            Some(_) => train.push_str(&line(text, subject, &outcomes)?),
+        let responses = match &response_cols {
+            None => None,
+            Some(rcols) => {
+                let mut v = Vec::with_capacity(rcols.len());
+                for (&c, (agent, column)) in rcols.iter().zip(AGENTS) {
+                    let r = rec.get(c).with_context(|| {
+                        format!("{}, record {}: no `{column}_response` ({agent})", path.display(), n + 1)
+                    })?;
+                    v.push(r.to_string());
+                }
+                Some(v)
+            }
+        };
+        out.push(Record { text, outcomes, responses });
+    }
+    Ok(out)
+}
+
+/// Appends the rows of one RouteLLM CSV (see [`read_csv`]; with `responses`, the rows carry
+/// them) to `train` and `val`; returns (rows read, rows dropped as contaminated).
+fn convert_csv(
+    path: &Path,
+    subject: Option<&str>,
+    responses: bool,
+    skip: &HashSet<String>,
+    train: &mut String,
+    val: &mut String,
+) -> Result<(usize, usize)> {
+    let records = read_csv(path, responses)?;
+    let (rows, mut dropped) = (records.len(), 0);
+    for rec in &records {
+        if skip.contains(&rec.text) {
+            dropped += 1;
+            continue;
+        }
+        let row = || line(&rec.text, subject, &rec.outcomes, rec.responses.as_deref());
+        match split_of(&rec.text) {
+            Some("val") => val.push_str(&row()?),
+            Some(_) => train.push_str(&row()?),
             None => {}
         }
     }
@@ -281,7 +461,7 @@ pub fn convert_evals(evals: &Path, out: &Path) -> Result<()> {
     let (mut train, mut val) = (String::new(), String::new());
     let (mut rows, mut dropped) = (0, 0);
     for (subject, path) in &csvs {
-        let (r, d) = convert_csv(path, Some(subject), &skip, &mut train, &mut val)?;
+        let (r, d) = convert_csv(path, Some(subject), false, &skip, &mut train, &mut val)?;
         rows += r;
         dropped += d;
     }
@@ -290,8 +470,8 @@ pub fn convert_evals(evals: &Path, out: &Path) -> Result<()> {
     // GSM8K.
     let skip = contaminated(&evals.join("gsm8k").join("contaminated_prompts.jsonl"))?;
     let (mut train, mut val) = (String::new(), String::new());
-    let (rows, dropped) =
-        convert_csv(&evals.join("gsm8k").join("gsm8k_responses.csv"), None, &skip, &mut train, &mut val)?;
+    let gsm8k = evals.join("gsm8k").join("gsm8k_responses.csv");
+    let (rows, dropped) = convert_csv(&gsm8k, None, true, &skip, &mut train, &mut val)?;
     eprintln!("routellm: GSM8K: {rows} prompts, {dropped} contaminated dropped");
     write(out, "gsm8k", &train, &val)
 }
@@ -309,8 +489,14 @@ fn write(out: &Path, name: &str, train: &str, val: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The two responses (Mixtral's, GPT-4's) the fixture gives the `i`-th GSM8K record: a
+    /// leading space, newlines, a comma and quotes, as in RouteLLM's file.
+    fn responses_of(i: usize) -> [String; 2] {
+        [format!(" Step {i}, then \"{i}\".\n#### {i}\n"), format!("The answer is {i} — ünï.")]
+    }
+
     /// A RouteLLM-shaped `evals` directory: quoted prompts with newlines, commas and doubled
-    /// quotes, a contaminated prompt, and rows in every split bucket.
+    /// quotes, a contaminated prompt, rows in every split bucket, and GSM8K response columns.
     fn fixture(dir: &Path) -> Vec<String> {
         let texts: Vec<String> =
             (0..40).map(|i| format!("Question {i}, \"quoted\" — ünï\nA. yes\nB. no\nAnswer:")).collect();
@@ -320,8 +506,12 @@ mod tests {
             let mut s = format!("prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview{extra}\n");
             for (i, t) in rows.iter().enumerate() {
                 let q = t.replace('"', "\"\"");
-                let resp =
-                    if extra.is_empty() { String::new() } else { ",\"an answer, with a comma\",x".into() };
+                let resp = if extra.is_empty() {
+                    String::new()
+                } else {
+                    let [a, b] = responses_of(i).map(|r| r.replace('"', "\"\""));
+                    format!(",\"{a}\",\"{b}\"")
+                };
                 s.push_str(&format!(
                     "\"{q}\",{},{}{resp}\n",
                     if i % 2 == 0 { "True" } else { "False" },
@@ -380,6 +570,23 @@ mod tests {
         assert_eq!(first["outcomes"]["mixtral-8x7b"], if i % 2 == 0 { 1 } else { 0 });
         assert_eq!(first["outcomes"]["gpt-4-1106"], if i % 3 == 0 { 0 } else { 1 });
         assert!(gt.iter().all(|r| r.get("subject").is_none()), "GSM8K rows have no subject");
+        // GSM8K rows carry both responses, verbatim; MMLU rows none.
+        assert!(mt.iter().chain(&mv).all(|r| r.get("responses").is_none()), "MMLU rows have no responses");
+        for r in gt.iter().chain(&gv) {
+            let i = texts.iter().position(|t| r["text"] == t.as_str()).unwrap() - 30;
+            let [a, b] = responses_of(i);
+            assert_eq!(r["responses"], serde_json::json!({ "mixtral-8x7b": a, "gpt-4-1106": b }), "row {i}");
+        }
+        let raw = fs::read_to_string(out.join("gsm8k_train.jsonl")).unwrap();
+        let l = raw.lines().next().unwrap();
+        let i = texts.iter().position(|t| gt[0]["text"] == t.as_str()).unwrap() - 30;
+        let [a, b] = responses_of(i);
+        let tail = format!(
+            "}}, \"responses\": {{\"mixtral-8x7b\": {}, \"gpt-4-1106\": {}}}}}",
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert!(l.ends_with(&tail) && l.contains(&format!("#### {i}\\n")) && !l.contains("\\u00"), "{l}");
         // Python's json.dumps(row, ensure_ascii=False) layout.
         let raw = fs::read_to_string(out.join("mmlu_train.jsonl")).unwrap();
         let l = raw.lines().next().unwrap();
@@ -407,6 +614,127 @@ mod tests {
         .unwrap();
         let e = convert_evals(&evals, &tmp.path().join("out")).unwrap_err().to_string();
         assert!(e.contains("mmlu_anatomy.csv, record 1") && e.contains("gpt-4-1106-preview"), "{e}");
+    }
+
+    #[test]
+    fn gsm8k_without_response_columns_names_the_file_and_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let evals = tmp.path().join("evals");
+        fixture(&evals);
+        fs::write(
+            evals.join("gsm8k/gsm8k_responses.csv"),
+            "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview\nq,True,False\n",
+        )
+        .unwrap();
+        let e = convert_evals(&evals, &tmp.path().join("out")).unwrap_err().to_string();
+        assert!(
+            e.contains("gsm8k_responses.csv") && e.contains("mistralai/Mixtral-8x7B-Instruct-v0.1_response"),
+            "{e}"
+        );
+    }
+
+    /// Removes the `responses` member a converted line ends with.
+    fn without_responses(l: &str) -> String {
+        match l.find(", \"responses\": ") {
+            Some(at) => format!("{}}}", &l[..at]),
+            None => l.to_string(),
+        }
+    }
+
+    #[test]
+    fn copying_converted_files_adds_the_responses_of_raw_csv() {
+        let tmp = tempfile::tempdir().unwrap();
+        let evals = tmp.path().join("evals");
+        fixture(&evals);
+        let full = tmp.path().join("full");
+        convert_evals(&evals, &full).unwrap();
+        // A converted directory as the shared copy has it: GSM8K rows without responses, one
+        // row that is in no CSV record, CRLF line ends in one file, and the raw CSV.
+        let conv = tmp.path().join("converted");
+        fs::create_dir_all(conv.join("raw")).unwrap();
+        let stray = "{\"text\": \"not in the CSV\", \"outcomes\": {\"mixtral-8x7b\": 0, \"gpt-4-1106\": 1}}";
+        for name in FILES {
+            let text = fs::read_to_string(full.join(name)).unwrap();
+            let mut lines: Vec<String> = text.lines().map(without_responses).collect();
+            if *name == "gsm8k_train.jsonl" {
+                lines.insert(1, stray.to_string());
+            }
+            let eol = if *name == "gsm8k_val.jsonl" { "\r\n" } else { "\n" };
+            fs::write(conv.join(name), lines.iter().map(|l| format!("{l}{eol}")).collect::<String>())
+                .unwrap();
+        }
+        // Without the raw CSV the files are copied as they are.
+        let plain = tmp.path().join("plain");
+        copy_converted(&conv, &plain).unwrap();
+        for name in FILES {
+            assert_eq!(fs::read(plain.join(name)).unwrap(), fs::read(conv.join(name)).unwrap(), "{name}");
+        }
+        fs::copy(evals.join("gsm8k/gsm8k_responses.csv"), conv.join("raw/gsm8k_responses.csv")).unwrap();
+        let out = tmp.path().join("out");
+        copy_converted(&conv, &out).unwrap();
+        // MMLU unchanged; GSM8K as the conversion from the CSVs writes it, in the same order,
+        // the stray row kept without responses, the line ends kept.
+        for name in ["mmlu_train.jsonl", "mmlu_val.jsonl"] {
+            assert_eq!(fs::read(out.join(name)).unwrap(), fs::read(conv.join(name)).unwrap(), "{name}");
+        }
+        let got = fs::read_to_string(out.join("gsm8k_train.jsonl")).unwrap();
+        let mut want: Vec<String> =
+            fs::read_to_string(full.join("gsm8k_train.jsonl")).unwrap().lines().map(String::from).collect();
+        want.insert(1, stray.to_string());
+        assert_eq!(got, want.iter().map(|l| format!("{l}\n")).collect::<String>());
+        let got = fs::read_to_string(out.join("gsm8k_val.jsonl")).unwrap();
+        let want = fs::read_to_string(full.join("gsm8k_val.jsonl")).unwrap().replace('\n', "\r\n");
+        assert_eq!(got, want);
+        assert!(got.contains("\"responses\""), "the fixture has GSM8K val rows");
+        // Copying the result again keeps it as it is (rows that have responses are left alone).
+        let again = tmp.path().join("again");
+        fs::create_dir_all(again.join("raw")).unwrap();
+        for name in FILES {
+            fs::copy(out.join(name), again.join(name)).unwrap();
+        }
+        fs::copy(evals.join("gsm8k/gsm8k_responses.csv"), again.join("raw/gsm8k_responses.csv")).unwrap();
+        let out2 = tmp.path().join("out2");
+        copy_converted(&again, &out2).unwrap();
+        for name in FILES {
+            assert_eq!(fs::read(out2.join(name)).unwrap(), fs::read(out.join(name)).unwrap(), "{name}");
+        }
+    }
+
+    #[test]
+    fn add_responses_counts_and_a_bad_csv_names_file_and_record() {
+        let rec = |t: &str, o: [u8; 2]| Record {
+            text: t.into(),
+            outcomes: o.to_vec(),
+            responses: Some(vec!["a".into(), "b".into()]),
+        };
+        let by_prompt: HashMap<String, Record> =
+            [("x".to_string(), rec("x", [1, 0])), ("y".to_string(), rec("y", [1, 1]))].into();
+        let text = "{\"text\": \"x\", \"outcomes\": {\"mixtral-8x7b\": 1, \"gpt-4-1106\": 0}}\n\n\
+                    {\"text\": \"y\", \"outcomes\": {\"mixtral-8x7b\": 0, \"gpt-4-1106\": 1}}\n\
+                    {\"text\": \"z\", \"outcomes\": {\"mixtral-8x7b\": 0, \"gpt-4-1106\": 1}}";
+        let (out, added) = add_responses(text, Path::new("g.jsonl"), &by_prompt).unwrap();
+        assert_eq!(added, Added { matched: 2, kept: 0, unmatched: 1, disagree: 1 });
+        assert!(out.starts_with(
+            "{\"text\": \"x\", \"outcomes\": {\"mixtral-8x7b\": 1, \"gpt-4-1106\": 0}, \
+             \"responses\": {\"mixtral-8x7b\": \"a\", \"gpt-4-1106\": \"b\"}}\n\n"
+        ));
+        assert!(out.ends_with("\"z\", \"outcomes\": {\"mixtral-8x7b\": 0, \"gpt-4-1106\": 1}}"), "{out}");
+        let e = add_responses("{\"text\": \"x\"}\n{\"text\": 1}\n", Path::new("g.jsonl"), &by_prompt)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("g.jsonl, line 2"), "{e}");
+        // A record with too few fields in the raw CSV.
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("gsm8k_responses.csv");
+        fs::write(
+            &csv,
+            "prompt,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview,\
+             mistralai/Mixtral-8x7B-Instruct-v0.1_response,gpt-4-1106-preview_response\n\
+             q,True,False,\"a\nb\",c\nr,True,False,d\n",
+        )
+        .unwrap();
+        let e = responses_by_prompt(&csv).unwrap_err().to_string();
+        assert!(e.contains("gsm8k_responses.csv, record 2"), "{e}");
     }
 
     #[test]

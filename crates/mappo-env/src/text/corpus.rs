@@ -1,5 +1,6 @@
 //! Corpora: JSON lines `{"text": "...", "label": "<agent>"}`, optionally with every agent's
-//! known reward, `"outcomes": {"<agent>": reward, ...}` (outcome corpora).
+//! known reward, `"outcomes": {"<agent>": reward, ...}` (outcome corpora), and with agents'
+//! answer texts, `"responses": {"<agent>": "...", ...}` (e.g. RouteLLM's GSM8K rows).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -20,6 +21,9 @@ pub struct Prompt {
     /// The known reward of each agent (in agent order) from the row's `outcomes`; `None` for
     /// an agent the row gives none for, and an empty vector for a row without `outcomes`.
     pub outcomes: Vec<Option<f32>>,
+    /// Each agent's answer text (in agent order) from the row's `responses`; `None` for an
+    /// agent the row gives none for, and an empty vector for a row without `responses`.
+    pub responses: Vec<Option<String>>,
 }
 
 /// Reads JSON lines: one object per non-blank line, with its 1-based line number. A UTF-8
@@ -51,7 +55,9 @@ pub fn json_lines(
 /// Reads a JSON-lines corpus: one `{"text": "...", "label": "<agent>"}` per
 /// line (`label` optional; blank lines and a leading byte-order mark skipped), optionally with
 /// `"outcomes": {"<agent>": number, ...}` (names of agents not configured are ignored, so a
-/// table of many models can serve a router over some of them). Errors name the file and line.
+/// table of many models can serve a router over some of them) and
+/// `"responses": {"<agent>": "text", ...}` (every name must be a configured agent). Errors name
+/// the file and line.
 pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, EnvError> {
     let origin = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| EnvError::Corpus {
@@ -94,7 +100,28 @@ pub fn load_corpus(path: &Path, agents: &[AgentSpec]) -> Result<Vec<Prompt>, Env
             }
             Some(_) => return Err(err("`outcomes` must be an object {\"agent\": reward, ...}".into())),
         };
-        out.push(Prompt { text, label, outcomes });
+        let responses = match obj.get("responses") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(o)) => {
+                let mut v = vec![None; agents.len()];
+                for (name, r) in o {
+                    let Some(&i) = index.get(name.as_str()) else {
+                        let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+                        return Err(err(format!(
+                            "response of `{name}`: not an agent (agents: {})",
+                            names.join(", ")
+                        )));
+                    };
+                    match r {
+                        Value::String(t) => v[i] = Some(t.clone()),
+                        _ => return Err(err(format!("response of `{name}` must be a string, got {r}"))),
+                    }
+                }
+                v
+            }
+            Some(_) => return Err(err("`responses` must be an object {\"agent\": \"text\", ...}".into())),
+        };
+        out.push(Prompt { text, label, outcomes, responses });
     }
     if out.is_empty() {
         return Err(EnvError::Corpus {
@@ -131,7 +158,10 @@ mod tests {
         let c = load_corpus(f.path(), &agents()).expect("corpus");
         assert_eq!(c.len(), 3);
         assert_eq!(c[0].label, Some(0));
-        assert_eq!(c[1], Prompt { text: String::new(), label: None, outcomes: Vec::new() });
+        assert_eq!(
+            c[1],
+            Prompt { text: String::new(), label: None, outcomes: Vec::new(), responses: Vec::new() }
+        );
         for (body, needle, line) in [
             ("{\"text\": \"a\"}\nnot json\n", "not valid JSON", 2),
             ("{\"label\": \"code\"}\n", "missing `text`", 1),
@@ -152,7 +182,15 @@ mod tests {
     fn a_byte_order_mark_is_skipped_on_the_first_line_only() {
         let f = write("\u{feff}{\"text\": \"fix my loop\", \"label\": \"code\"}\n{\"text\": \"2+2\"}\n");
         let c = load_corpus(f.path(), &agents()).expect("a corpus with a BOM loads");
-        assert_eq!(c[0], Prompt { text: "fix my loop".into(), label: Some(0), outcomes: Vec::new() });
+        assert_eq!(
+            c[0],
+            Prompt {
+                text: "fix my loop".into(),
+                label: Some(0),
+                outcomes: Vec::new(),
+                responses: Vec::new()
+            }
+        );
         assert_eq!(c.len(), 2);
         // A BOM in the middle of the file is not a line start marker: it is an error there.
         let f = write("{\"text\": \"a\"}\n\u{feff}{\"text\": \"b\"}\n");
@@ -178,6 +216,40 @@ mod tests {
             let f = write(body);
             let e = load_corpus(f.path(), &agents()).expect_err(body).to_string();
             assert!(e.contains(needle) && e.contains("line 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn responses_are_read_per_agent() {
+        let f = write(concat!(
+            "{\"text\": \"a\", \"outcomes\": {\"code\": 1}, \"responses\": {\"math\": \" 4\\n#### 4\", \"code\": \"\"}}\n",
+            "{\"text\": \"b\", \"responses\": {\"code\": \"ok — ünï\"}}\n",
+            "{\"text\": \"c\", \"responses\": null}\n",
+            "{\"text\": \"d\"}\n",
+        ));
+        let c = load_corpus(f.path(), &agents()).expect("corpus");
+        assert_eq!(c[0].responses, vec![Some(String::new()), Some(" 4\n#### 4".into())], "agent order");
+        assert_eq!(c[0].outcomes, vec![Some(1.0), None]);
+        assert_eq!(c[1].responses, vec![Some("ok — ünï".into()), None]);
+        assert!(c[1].outcomes.is_empty());
+        assert!(c[2].responses.is_empty() && c[3].responses.is_empty(), "no responses: an empty vector");
+        for (body, needle) in [
+            ("{\"text\": \"a\", \"responses\": [\"x\"]}\n", "`responses` must be an object"),
+            ("{\"text\": \"a\", \"responses\": \"x\"}\n", "`responses` must be an object"),
+            (
+                "{\"text\": \"a\", \"responses\": {\"math\": 4}}\n",
+                "response of `math` must be a string, got 4",
+            ),
+            ("{\"text\": \"a\", \"responses\": {\"code\": null}}\n", "response of `code` must be a string"),
+            (
+                "{\"text\": \"a\", \"responses\": {\"gpt-5\": \"x\"}}\n",
+                "`gpt-5`: not an agent (agents: code, math)",
+            ),
+        ] {
+            let f = write(&format!("{{\"text\": \"ok\"}}\n{body}"));
+            let e = load_corpus(f.path(), &agents()).expect_err(body).to_string();
+            assert!(e.contains(needle) && e.contains("line 2"), "{e}");
+            assert!(e.contains(&f.path().display().to_string()), "{e}");
         }
     }
 

@@ -225,8 +225,18 @@ mod tests {
     #[test]
     fn reward_models() {
         let p = vec![
-            Prompt { text: "a".into(), label: Some(1), outcomes: vec![Some(0.5), Some(1.0), Some(0.0)] },
-            Prompt { text: "b".into(), label: None, outcomes: vec![Some(1.0), None, Some(0.0)] },
+            Prompt {
+                text: "a".into(),
+                label: Some(1),
+                outcomes: vec![Some(0.5), Some(1.0), Some(0.0)],
+                responses: Vec::new(),
+            },
+            Prompt {
+                text: "b".into(),
+                label: None,
+                outcomes: vec![Some(1.0), None, Some(0.0)],
+                responses: Vec::new(),
+            },
         ];
         assert_eq!(label_rewards(&p, 3), vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
         let r = cosine_rewards(&[1.0, 0.0, 0.6, 0.8], &[0.0, 1.0, 1.0, 0.0], 2);
