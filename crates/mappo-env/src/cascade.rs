@@ -279,8 +279,8 @@ impl Env for CascadeEnv {
                 done[i] = true;
             }
         }
-        for i in 0..self.num_envs {
-            if done[i] {
+        for (i, &ended) in done.iter().enumerate() {
+            if ended {
                 self.start(i, rng);
             }
         }
@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(next[0], vec![1.0, 0.0, 0.5, 0.5, 0.5, 0.0, 1.0], "step 2 sees the weak answer");
         // Row 0 accepts the weak answer: its outcome, minus the weak call's cost.
         let s = env.step(&[0, 0], &mut rng).expect("step 2");
-        assert_eq!(s.done[0], true);
+        assert!(s.done[0]);
         assert!((s.reward[0] - (1.0 - 0.5 * 0.1)).abs() < 1e-6);
         let rules = env.rules();
         assert_eq!(rules.strong, 1);
