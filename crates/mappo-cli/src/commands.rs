@@ -43,17 +43,8 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
             outln!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
-        let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-        let rt = &r.routing;
         outln!("{:<18} {}", "prompts", r.n);
-        outln!("{:<18} {} (weak) / {} (strong)", "agents", rt.weak, rt.strong);
-        for s in &rt.agents {
-            outln!("{:<18} quality {:.4}, cost {}", s.agent, s.quality, s.cost);
-        }
-        outln!("{:<18} {:.4}", "oracle quality", rt.oracle_quality);
-        outln!("{:<18} {}", "APGR", f(rt.summary.apgr));
-        outln!("{:<18} {}", "CPT(50%)", f(rt.summary.cpt50));
-        outln!("{:<18} {}", "CPT(80%)", f(rt.summary.cpt80));
+        print_routing(&r.routing)?;
         return Ok(());
     }
     if ckpt.env_kind == mappo_config::EnvKind::Conversation.as_str() {
@@ -125,14 +116,7 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         }
         if let Some(rt) = &r.routing {
             let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-            outln!("{:<18} {} (weak) / {} (strong)", "agents", rt.weak, rt.strong);
-            for s in &rt.agents {
-                outln!("{:<18} quality {:.4}, cost {}", s.agent, s.quality, s.cost);
-            }
-            outln!("{:<18} {:.4}", "oracle quality", rt.oracle_quality);
-            outln!("{:<18} {}", "APGR", f(rt.summary.apgr));
-            outln!("{:<18} {}", "CPT(50%)", f(rt.summary.cpt50));
-            outln!("{:<18} {}", "CPT(80%)", f(rt.summary.cpt80));
+            print_routing(rt)?;
             if let Some(b) = &rt.baseline {
                 outln!("{:<18} {}", "ridge APGR", f(b.summary.apgr));
                 outln!("{:<18} {}", "ridge CPT(50%)", f(b.summary.cpt50));
@@ -212,6 +196,20 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         outln!("normalized reward  {:.4}", r.normalized_reward);
         outln!("oracle agreement   {:.4}", r.oracle_agreement);
     }
+    Ok(())
+}
+
+/// The text form of a routing report's headline: the agents alone, the oracle, APGR and CPT.
+fn print_routing(rt: &mappo_eval::RoutingReport) -> Result<()> {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    outln!("{:<18} {} (weak) / {} (strong)", "agents", rt.weak, rt.strong);
+    for s in &rt.agents {
+        outln!("{:<18} quality {:.4}, cost {}", s.agent, s.quality, s.cost);
+    }
+    outln!("{:<18} {:.4}", "oracle quality", rt.oracle_quality);
+    outln!("{:<18} {}", "APGR", f(rt.summary.apgr));
+    outln!("{:<18} {}", "CPT(50%)", f(rt.summary.cpt50));
+    outln!("{:<18} {}", "CPT(80%)", f(rt.summary.cpt80));
     Ok(())
 }
 
