@@ -99,6 +99,29 @@ const COMMANDS: &[(&str, How)] = &[
     ("mappo policy list --db sqlite:route.db", Run),
     ("mappo ope --checkpoint runs/prompts --db sqlite:route.db", Run),
     (
+        "mappo train --config configs/pipeline.toml --out runs/pipeline",
+        RunWith("--set train.total_updates=20"),
+    ),
+    ("mappo eval --checkpoint runs/pipeline", Run),
+    (
+        "mappo train --config configs/conversation-clinc150.toml --out runs/conversation",
+        NotRun(
+            "needs data/clinc150 (`cargo xtask fetch-data clinc150`); tests/text.rs trains and evaluates \
+             conversations on data/prompts.jsonl",
+        ),
+    ),
+    (
+        "mappo eval --checkpoint runs/conversation --corpus data/clinc150/val.jsonl",
+        NotRun("evaluates the run above, which is not run"),
+    ),
+    (
+        "mappo train --config configs/cascade-gsm8k.toml --out runs/cascade",
+        NotRun(
+            "needs GSM8K with answers (`cargo xtask fetch-data routellm`); tests/llm_routing.rs trains and \
+             evaluates a cascade on data/cascade.jsonl",
+        ),
+    ),
+    (
         "cargo run --manifest-path examples/csv-bandit/Cargo.toml -- examples/csv-bandit/data.csv",
         NotRun(
             "tests/example.rs (package mappo-tests) builds this example workspace and runs this command, with \
@@ -422,6 +445,9 @@ fn check(readme_cmd: &str, s: &Scratch, out: &str, ctx: &mut Ctx) {
             assert!(out.contains("APGR") && out.contains("ridge APGR"), "{out}");
             let png = std::fs::read(s.work.join("mmlu.png")).expect("the plot");
             assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        }
+        "eval" if readme_cmd.contains("runs/pipeline") => {
+            assert!(out.contains("normalized return") && out.contains("optimal return"), "{out}");
         }
         "eval" => assert!(out.contains("accuracy") && out.contains("confusion"), "{out}"),
         "route" => {
