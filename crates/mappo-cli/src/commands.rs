@@ -78,9 +78,16 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
     }
     if let Some(corpus) = &a.corpus {
         if a.episodes.is_some() || a.seed.is_some() {
-            bail!(
-                "--episodes and --seed are for synthetic, pipeline and conversation checkpoints: a text-env checkpoint is evaluated on every row of --corpus"
-            );
+            // A usage error (exit status 2, as clap's own): these flags mean nothing here.
+            use clap::CommandFactory;
+            crate::args::Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--episodes and --seed cannot be used with --corpus for a text-env checkpoint: it is \
+                     evaluated on every row of --corpus (they are for synthetic, pipeline and conversation \
+                     checkpoints)",
+                )
+                .exit();
         }
         if let Some(w) = a.cost_weight
             && !w.is_finite()

@@ -558,6 +558,25 @@ impl Config {
             }
         }
 
+        // Every update starts new episodes: a rollout shorter than a fixed-length episode (or
+        // not a whole number of them) cuts episodes before their end, where the reward may be.
+        let episode = match self.env.kind {
+            EnvKind::Pipeline => self.env.stages.len(),
+            EnvKind::Conversation => self.env.turns,
+            _ => 1,
+        };
+        if episode > 1 && !self.train.rollout_len.is_multiple_of(episode) {
+            return Err(bad(
+                "train.rollout_len",
+                self.train.rollout_len,
+                &format!(
+                    "must be a multiple of the episode's length, {episode} ({}): every update starts new \
+                     episodes, so a shorter rollout would cut them before their end",
+                    if self.env.kind == EnvKind::Pipeline { "the stages" } else { "env.turns" }
+                ),
+            ));
+        }
+
         // Upper bounds keep sizes far from overflow and from absurd allocations.
         let within = |key: &str, v: usize, min: usize, max: usize| {
             if (min..=max).contains(&v) {
@@ -850,7 +869,7 @@ timeout_s = 5
     fn pipeline_stages_are_checked_and_their_keys_known() {
         let two = "env.stages=[{name=\"a\", agents=[{name=\"x\"}, {name=\"y\", cost=2.0}]}, \
                    {name=\"b\", agents=[{name=\"x\"}, {name=\"z\"}, {name=\"w\"}]}]";
-        let c = set(&["env.kind=\"pipeline\"", two]).expect("two stages");
+        let c = set(&["env.kind=\"pipeline\"", two, "train.rollout_len=2"]).expect("two stages");
         assert_eq!(c.env.stage_sizes(), vec![2, 3]);
         assert_eq!(c.env.action_count(), 3);
         assert_eq!(c.env.num_stages(), 2);
@@ -863,6 +882,9 @@ timeout_s = 5
         assert!(e.contains("price"), "an unknown key inside a stage's agent is named: {e}");
         let e = err(&["env.kind=\"pipeline\"", two, "env.interaction=-1"]);
         assert!(e.contains("env.interaction"), "{e}");
+        // A rollout that would cut episodes before their last stage (where the reward is).
+        let e = err(&["env.kind=\"pipeline\"", two, "train.rollout_len=3"]);
+        assert!(e.contains("train.rollout_len") && e.contains("multiple"), "{e}");
         // 17^3 = 4913 joint actions: too many to enumerate.
         let names: Vec<String> = (0..17).map(|i| format!("{{name=\"o{i}\"}}")).collect();
         let stage = |k: usize| format!("{{name=\"s{k}\", agents=[{}]}}", names.join(", "));
@@ -880,6 +902,7 @@ timeout_s = 5
             "env.kind=\"conversation\"",
             "env.corpus=\"c.jsonl\"",
             "env.agents=[{name=\"a\"}, {name=\"b\"}]",
+            "train.rollout_len=16",
         ];
         let with = |extra: &str| {
             let mut v = base.to_vec();
@@ -891,6 +914,12 @@ timeout_s = 5
         assert!(with("env.turns=0").expect_err("0 turns").to_string().contains("env.turns"));
         assert!(with("env.p_stay=1.5").expect_err("p_stay").to_string().contains("env.p_stay"));
         assert!(with("env.reward_at=\"never\"").is_err());
+        assert!(
+            with("env.turns=5")
+                .expect_err("16 turns are not whole conversations of 5")
+                .to_string()
+                .contains("multiple")
+        );
     }
 
     #[test]

@@ -62,6 +62,9 @@ fn one_step(cfg: &Config, mode: PipelineMode, batch: usize, stream: &str) -> Res
     c.train.batch_size = batch;
     c.train.rollout_len = 1;
     c.model.critic = mappo_config::CriticKind::Shared;
+    // A one-step view of the pipeline: checked as the one-step env it is (a pipeline config
+    // asks for whole three-step episodes per rollout).
+    c.env.kind = mappo_config::EnvKind::Synthetic;
     let net = ActorCritic::new(
         spec.obs_dim,
         spec.num_actions,
