@@ -131,26 +131,19 @@ impl NetworkLayout {
     }
 }
 
-/// A critic of its own (`centralized` or `local`): `[projection] → Linear → ReLU → Linear → ReLU
-/// → Linear(1)` over its input columns.
+/// The encoder of a network: `[projection] → Linear → ReLU → Linear → ReLU`, its weights drawn
+/// in that order (the actor's and a critic of its own share this shape).
 #[derive(Debug, Clone)]
-struct CriticNet {
-    /// The observation columns it reads (`None`: all of them).
-    columns: Option<Tensor>,
+struct Trunk {
     projection: Option<Linear>,
     layers: Vec<Linear>,
-    head: Linear,
 }
 
-impl CriticNet {
-    fn new(
-        inp: usize,
-        columns: Option<&[usize]>,
-        cfg: &ModelConfig,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Result<Self, NnError> {
-        let mut width = columns.map_or(inp, <[usize]>::len);
+impl Trunk {
+    /// With `cfg.projection_dim > 0`, a learned linear projection `inp → projection_dim` (gain 1,
+    /// no activation) comes first; then two `hidden_dim` ReLU layers.
+    fn new(inp: usize, cfg: &ModelConfig, rng: &mut Rng, device: &Device) -> Result<Self, NnError> {
+        let mut width = inp;
         let projection = if cfg.projection_dim > 0 {
             let p = Linear::orthogonal(width, cfg.projection_dim, 1.0, rng, device)?;
             width = cfg.projection_dim;
@@ -163,7 +156,51 @@ impl CriticNet {
             Linear::orthogonal(width, h, cfg.init_gain_hidden, rng, device)?,
             Linear::orthogonal(h, h, cfg.init_gain_hidden, rng, device)?,
         ];
-        let head = Linear::orthogonal(h, 1, cfg.init_gain_value, rng, device)?;
+        Ok(Self { projection, layers })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+        let mut x = match &self.projection {
+            Some(p) => p.forward(x)?,
+            None => x.clone(),
+        };
+        for layer in &self.layers {
+            x = relu(&layer.forward(&x)?)?;
+        }
+        Ok(x)
+    }
+
+    /// Its parameters as `<prefix>.projection.*` and `<prefix>.<i>.*`.
+    fn named(&self, prefix: &str, out: &mut Vec<NamedVar>) {
+        if let Some(p) = &self.projection {
+            p.named(&format!("{prefix}.projection"), out);
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            l.named(&format!("{prefix}.{i}"), out);
+        }
+    }
+}
+
+/// A critic of its own (`centralized` or `local`): `[projection] → Linear → ReLU → Linear → ReLU
+/// → Linear(1)` over its input columns.
+#[derive(Debug, Clone)]
+struct CriticNet {
+    /// The observation columns it reads (`None`: all of them).
+    columns: Option<Tensor>,
+    trunk: Trunk,
+    head: Linear,
+}
+
+impl CriticNet {
+    fn new(
+        inp: usize,
+        columns: Option<&[usize]>,
+        cfg: &ModelConfig,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self, NnError> {
+        let trunk = Trunk::new(columns.map_or(inp, <[usize]>::len), cfg, rng, device)?;
+        let head = Linear::orthogonal(cfg.hidden_dim, 1, cfg.init_gain_value, rng, device)?;
         let columns = match columns {
             Some(c) => {
                 let idx: Vec<u32> = c.iter().map(|&i| i as u32).collect();
@@ -171,30 +208,19 @@ impl CriticNet {
             }
             None => None,
         };
-        Ok(Self { columns, projection, layers, head })
+        Ok(Self { columns, trunk, head })
     }
 
     fn forward(&self, obs: &Tensor) -> Result<Tensor, NnError> {
-        let mut x = match &self.columns {
+        let x = match &self.columns {
             Some(idx) => obs.index_select(idx, 1)?,
             None => obs.clone(),
         };
-        if let Some(p) = &self.projection {
-            x = p.forward(&x)?;
-        }
-        for layer in &self.layers {
-            x = relu(&layer.forward(&x)?)?;
-        }
-        Ok(self.head.forward(&x)?.squeeze(1)?)
+        Ok(self.head.forward(&self.trunk.forward(&x)?)?.squeeze(1)?)
     }
 
     fn named(&self, out: &mut Vec<NamedVar>) {
-        if let Some(p) = &self.projection {
-            p.named("critic.encoder.projection", out);
-        }
-        for (i, l) in self.layers.iter().enumerate() {
-            l.named(&format!("critic.encoder.{i}"), out);
-        }
+        self.trunk.named("critic.encoder", out);
         self.head.named("critic.value_head", out);
     }
 }
@@ -218,8 +244,7 @@ enum Critic {
 /// or over the prompt and stage columns only (`local`).
 #[derive(Debug, Clone)]
 pub struct ActorCritic {
-    projection: Option<Linear>,
-    encoder: Vec<Linear>,
+    encoder: Trunk,
     policy_heads: Vec<Linear>,
     critic: Critic,
     stage_sizes: Vec<usize>,
@@ -280,19 +305,8 @@ impl ActorCritic {
                 layout.local_columns
             )));
         }
-        let mut inp = obs_dim;
-        let projection = if cfg.projection_dim > 0 {
-            let p = Linear::orthogonal(inp, cfg.projection_dim, 1.0, rng, device)?;
-            inp = cfg.projection_dim;
-            Some(p)
-        } else {
-            None
-        };
+        let encoder = Trunk::new(obs_dim, cfg, rng, device)?;
         let h = cfg.hidden_dim;
-        let encoder = vec![
-            Linear::orthogonal(inp, h, cfg.init_gain_hidden, rng, device)?,
-            Linear::orthogonal(h, h, cfg.init_gain_hidden, rng, device)?,
-        ];
         let mut policy_heads = Vec::with_capacity(sizes.len());
         for &n in sizes {
             policy_heads.push(Linear::orthogonal(h, n, cfg.init_gain_policy, rng, device)?);
@@ -305,20 +319,12 @@ impl ActorCritic {
             }
         };
         let num_actions = sizes.iter().copied().max().unwrap_or(0);
-        Ok(Self {
-            projection,
-            encoder,
-            policy_heads,
-            critic,
-            stage_sizes: sizes.clone(),
-            stage_columns,
-            num_actions,
-        })
+        Ok(Self { encoder, policy_heads, critic, stage_sizes: sizes.clone(), stage_columns, num_actions })
     }
 
     /// The learned input projection, if any.
     pub fn projection(&self) -> Option<&Linear> {
-        self.projection.as_ref()
+        self.encoder.projection.as_ref()
     }
 
     /// Options per stage.
@@ -327,14 +333,7 @@ impl ActorCritic {
     }
 
     fn encode(&self, obs: &Tensor) -> Result<Tensor, NnError> {
-        let mut x = match &self.projection {
-            Some(p) => p.forward(obs)?,
-            None => obs.clone(),
-        };
-        for layer in &self.encoder {
-            x = relu(&layer.forward(&x)?)?;
-        }
-        Ok(x)
+        self.encoder.forward(obs)
     }
 
     /// Each row's logits from its stage's head, padded with [`MASKED_LOGIT`]: the sum over
@@ -381,12 +380,7 @@ impl Policy for ActorCritic {
 
     fn actor_vars(&self) -> Vec<NamedVar> {
         let mut v = Vec::new();
-        if let Some(p) = &self.projection {
-            p.named("encoder.projection", &mut v);
-        }
-        for (i, l) in self.encoder.iter().enumerate() {
-            l.named(&format!("encoder.{i}"), &mut v);
-        }
+        self.encoder.named("encoder", &mut v);
         if let [only] = self.policy_heads.as_slice() {
             only.named("policy_head", &mut v);
         } else {
