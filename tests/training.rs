@@ -34,7 +34,7 @@ fn learns_well_above_random_and_trains_the_shared_encoder() {
 }
 
 #[test]
-fn input_dropout_changes_the_updates_and_still_learns() {
+fn input_dropout_and_value_normalisation_change_the_updates_and_still_learn() {
     let run = |extra: &[&str]| {
         let cfg = small_config(300, extra);
         let mut setup = SyntheticSetup::new(&cfg).expect("setup");
@@ -43,14 +43,31 @@ fn input_dropout_changes_the_updates_and_still_learns() {
         (dir, s)
     };
     let (_da, plain) = run(&[]);
-    let (_db, dropped) = run(&["ppo.input_dropout=0.2"]);
-    let after = dropped.last_eval.expect("evaluated");
-    assert!(after.oracle_agreement > 0.6, "agreement {}", after.oracle_agreement);
-    assert!(after.normalized_reward > 0.8, "normalized {}", after.normalized_reward);
-    let result = std::panic::catch_unwind(|| {
-        assert_checkpoints_identical(&plain.final_checkpoint, &dropped.final_checkpoint)
-    });
-    assert!(result.is_err(), "input dropout must change the updates");
+    assert!(
+        !mappo_train::Checkpoint::load(&plain.final_checkpoint, &candle_core::Device::Cpu)
+            .expect("load")
+            .tensors
+            .contains_key("value_norm"),
+        "no statistics without ppo.value_norm"
+    );
+    for option in ["ppo.input_dropout=0.2", "ppo.value_norm=true"] {
+        let (_db, changed) = run(&[option]);
+        let after = changed.last_eval.expect("evaluated");
+        assert!(after.oracle_agreement > 0.6, "{option}: agreement {}", after.oracle_agreement);
+        assert!(after.normalized_reward > 0.8, "{option}: normalized {}", after.normalized_reward);
+        let result = std::panic::catch_unwind(|| {
+            assert_checkpoints_identical(&plain.final_checkpoint, &changed.final_checkpoint)
+        });
+        assert!(result.is_err(), "{option} must change the updates");
+        let ckpt = mappo_train::Checkpoint::load(&changed.final_checkpoint, &candle_core::Device::Cpu)
+            .expect("load");
+        if option == "ppo.value_norm=true" {
+            // [running mean, running mean square, debiasing term] of the returns (rewards in [0, 1]).
+            let stats: Vec<f64> = ckpt.tensors["value_norm"].to_vec1().expect("f64 statistics");
+            let (mean, sq) = (stats[0] / stats[2], stats[1] / stats[2]);
+            assert!(stats[2] > 0.0 && (0.0..=1.0).contains(&mean) && sq >= mean * mean, "{stats:?}");
+        }
+    }
 }
 
 #[test]
@@ -77,6 +94,7 @@ fn interrupted_and_resumed_run_ends_bit_identical() {
         &[][..],
         &["ppo.minibatches=4", "ppo.anneal_lr=true", "ppo.clip_value=true"][..],
         &["ppo.minibatches=4", "ppo.input_dropout=0.2"][..],
+        &["ppo.value_norm=true", "ppo.clip_value=true"][..],
     ] {
         let cfg = small_config(80, extra);
         // Uninterrupted.

@@ -200,6 +200,20 @@ impl Rollout {
     /// * `truncated` — cut short: bootstraps from V(final observation) and the
     ///   recursion restarts (the next stored step belongs to a new episode).
     pub fn gae(&self, last_values: &[f32], gamma: f32, lambda: f32) -> Result<Gae, BufferError> {
+        self.gae_with(last_values, gamma, lambda, |v| v)
+    }
+
+    /// [`Rollout::gae`] with every value (stored, truncation bootstraps and `last_values`)
+    /// passed through `value` first: a critic that predicts normalised values (value
+    /// normalisation) gives its outputs here and `value` maps them back to the reward's scale,
+    /// so that advantages and returns are in that scale.
+    pub fn gae_with(
+        &self,
+        last_values: &[f32],
+        gamma: f32,
+        lambda: f32,
+        value: impl Fn(f32) -> f32,
+    ) -> Result<Gae, BufferError> {
         let (n, steps) = (self.num_envs, self.num_steps());
         if steps == 0 {
             return Err(BufferError::Empty);
@@ -210,9 +224,9 @@ impl Rollout {
             for t in (0..steps).rev() {
                 let i = t * n + e;
                 let (delta, carry) = if self.done[i] {
-                    (self.rewards[i] - self.values[i], false)
+                    (self.rewards[i] - value(self.values[i]), false)
                 } else if self.truncated[i] {
-                    (self.rewards[i] + gamma * self.truncated_values[i] - self.values[i], false)
+                    (self.rewards[i] + gamma * value(self.truncated_values[i]) - value(self.values[i]), false)
                 } else {
                     let next_v = if t + 1 == steps {
                         *last_values.get(e).ok_or(BufferError::Length {
@@ -223,13 +237,13 @@ impl Rollout {
                     } else {
                         self.values[i + n]
                     };
-                    (self.rewards[i] + gamma * next_v - self.values[i], t + 1 < steps)
+                    (self.rewards[i] + gamma * value(next_v) - value(self.values[i]), t + 1 < steps)
                 };
                 next_adv = if carry { delta + gamma * lambda * next_adv } else { delta };
                 adv[i] = next_adv;
             }
         }
-        let returns = adv.iter().zip(&self.values).map(|(a, v)| a + v).collect();
+        let returns = adv.iter().zip(&self.values).map(|(a, &v)| a + value(v)).collect();
         Ok(Gae { advantages: adv, returns })
     }
 

@@ -306,6 +306,11 @@ pub struct PpoConfig {
     /// `1/(1 − p)`; rollouts, evaluation and routing see the whole observation. The cost-weight
     /// input of a cost-aware text router is never dropped. In `[0, 1)`; 0 disables. Default 0.
     pub input_dropout: f64,
+    /// Value normalisation (MAPPO's ValueNorm, Yu et al. 2022): the critic learns returns
+    /// standardised by running statistics of every return seen so far (debiased, β = 0.99999),
+    /// and its outputs are mapped back to the reward's scale for GAE. The statistics are saved
+    /// in checkpoints. Default false.
+    pub value_norm: bool,
 }
 
 impl Default for PpoConfig {
@@ -327,6 +332,7 @@ impl Default for PpoConfig {
             anneal_lr: true,
             target_kl: 0.0,
             input_dropout: 0.0,
+            value_norm: false,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! state, update count and the resolved config, written atomically. All
 //! checkpoint I/O of the crate lives here.
 //!
-//! Tensor names: `policy.<param>`, `adam.actor.{m,v}.<param>`,
+//! Tensor names: `policy.<param>`, `adam.actor.{m,v}.<param>`, `value_norm` (with
+//! `ppo.value_norm`: the running return statistics, f64 `[mean, mean square, debias]`),
 //! `adam.critic.{m,v}.<param>`. Metadata (string map in the safetensors
 //! header): `format` = [`FORMAT`], `config` (TOML), `env_kind` (the
 //! environment's own [`mappo_env::Env::kind`]), `update`, `rng` (four hex

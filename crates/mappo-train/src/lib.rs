@@ -37,6 +37,7 @@ mod setup;
 #[cfg(feature = "text")]
 mod text;
 mod trainer;
+mod value_norm;
 
 // The crates a user of the library needs, so that one dependency is enough.
 pub use candle_core;

@@ -10,6 +10,7 @@ use mappo_nn::{Adam, AdamSettings, Policy, global_grad_norm, sample_actions};
 use serde::Serialize;
 
 use crate::loss::{LossStats, ppo_loss_head};
+use crate::value_norm::{self, ValueNorm};
 use crate::{Checkpoint, TrainError};
 
 /// What one update measured (the fields of a `metrics.jsonl` line, with
@@ -113,6 +114,9 @@ pub struct Trainer<E: Env, P: Policy> {
     rollout: Rollout,
     /// Sum and count of the returns of the episodes that ended in the last collection.
     episode_returns: (f64, usize),
+    /// Running return statistics when `ppo.value_norm` is on: the critic's outputs are in
+    /// their standardised scale.
+    value_norm: Option<ValueNorm>,
 }
 
 impl<E: Env, P: Policy> std::fmt::Debug for Trainer<E, P> {
@@ -164,6 +168,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let critic = Adam::new(policy.critic_vars(), adam(cfg.ppo.lr_critic))?;
         let rng = Rng::derived(cfg.train.seed, "trainer");
         let rollout = Rollout::new(spec.num_envs);
+        let value_norm = cfg.ppo.value_norm.then(ValueNorm::default);
         Ok(Self {
             cfg,
             env,
@@ -175,6 +180,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             device,
             rollout,
             episode_returns: (0.0, 0),
+            value_norm,
         })
     }
 
@@ -207,11 +213,11 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             self.critic.set_lr(frac * p.lr_critic);
         }
         let last_values = self.collect()?;
-        let gae = self.rollout.gae(&last_values, p.gamma as f32, p.gae_lambda as f32)?;
-        let explained_variance = explained_variance(self.rollout.values(), &gae.returns);
+        let (gae, explained_variance) = self.advantages(&self.rollout, &last_values)?;
         let rewards = self.rollout.rewards();
         let mean_reward = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / rewards.len().max(1) as f64;
-        let (stats, grad_norm, epochs) = self.optimise(&gae)?;
+        let targets = self.value_targets(gae);
+        let (stats, grad_norm, epochs) = self.optimise(&targets)?;
         self.finish(stats, grad_norm, epochs, mean_reward, explained_variance)
     }
 
@@ -265,15 +271,45 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             truncated: &vec![false; n],
             truncated_values: &[],
         })?;
-        let gae = logged.gae(&[], p.gamma as f32, p.gae_lambda as f32)?;
-        let explained_variance = explained_variance(logged.values(), &gae.returns);
+        let (gae, explained_variance) = self.advantages(&logged, &[])?;
         let mean_reward = batch.rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64;
         self.episode_returns = (batch.rewards.iter().map(|&r| f64::from(r)).sum(), n);
+        let targets = self.value_targets(gae);
         let collected = std::mem::replace(&mut self.rollout, logged);
-        let result = self.optimise(&gae);
+        let result = self.optimise(&targets);
         self.rollout = collected;
         let (stats, grad_norm, epochs) = result?;
         self.finish(stats, grad_norm, epochs, mean_reward, explained_variance)
+    }
+
+    /// GAE over `rollout` (with `ppo.gamma`/`ppo.gae_lambda`) in the reward's scale, and the
+    /// critic's explained variance of the returns.
+    fn advantages(&self, rollout: &Rollout, last_values: &[f32]) -> Result<(Gae, f64), TrainError> {
+        let (gamma, lambda) = (self.cfg.ppo.gamma as f32, self.cfg.ppo.gae_lambda as f32);
+        Ok(match self.value_norm {
+            None => {
+                let gae = rollout.gae(last_values, gamma, lambda)?;
+                let ev = explained_variance(rollout.values(), &gae.returns);
+                (gae, ev)
+            }
+            Some(vn) => {
+                let gae = rollout.gae_with(last_values, gamma, lambda, |v| vn.denormalise(v))?;
+                let values: Vec<f32> = rollout.values().iter().map(|&v| vn.denormalise(v)).collect();
+                let ev = explained_variance(&values, &gae.returns);
+                (gae, ev)
+            }
+        })
+    }
+
+    /// The targets the critic is trained on: the returns, or with value normalisation the
+    /// returns standardised by the statistics after folding these returns in.
+    fn value_targets(&mut self, mut gae: Gae) -> Gae {
+        if let Some(vn) = &mut self.value_norm {
+            vn.update(&gae.returns);
+            let vn = *vn;
+            gae.returns.iter_mut().for_each(|r| *r = vn.normalise(*r));
+        }
+        gae
     }
 
     /// Collects `rollout_len` batched steps (one forward pass per step for the
@@ -464,6 +500,9 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let (a, sa) = self.actor.state("adam.actor")?;
         let (c, sc) = self.critic.state("adam.critic")?;
         tensors.extend(a.into_iter().chain(c));
+        if let Some(vn) = self.value_norm {
+            tensors.insert(value_norm::TENSOR.to_string(), vn.to_tensor()?);
+        }
         Ok(Checkpoint {
             config: self.cfg.clone(),
             env_kind: self.env.kind().to_string(),
@@ -499,6 +538,21 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         let get = |n: &str| ckpt.tensors.get(n).cloned();
         self.actor.load_state("adam.actor", ckpt.adam_steps.0, get).map_err(wrap)?;
         self.critic.load_state("adam.critic", ckpt.adam_steps.1, get).map_err(wrap)?;
+        if self.value_norm.is_some() {
+            let t = ckpt.tensors.get(value_norm::TENSOR).ok_or_else(|| TrainError::Checkpoint {
+                path: path.display().to_string(),
+                problem: format!(
+                    "ppo.value_norm is on but the checkpoint has no `{}` statistics (it was written without \
+                     value normalisation)",
+                    value_norm::TENSOR
+                ),
+            })?;
+            self.value_norm =
+                Some(ValueNorm::from_tensor(t).map_err(|problem| TrainError::Checkpoint {
+                    path: path.display().to_string(),
+                    problem,
+                })?);
+        }
         self.env.restore_state(&ckpt.env_state)?;
         self.rng = Rng::from_state(ckpt.rng_state);
         self.update = ckpt.update;
