@@ -206,6 +206,11 @@ pub struct EvalArgs {
     /// baseline when fit) into FILE.png or FILE.svg (outcome corpora).
     #[arg(long, requires = "corpus", value_name = "FILE.png|FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Cascade checkpoints: also evaluate this one-step router (a text-env checkpoint or run
+    /// directory with the same agents) on the same corpus and report it side by side (`one_step`
+    /// in the JSON: its curve, APGR and CPT).
+    #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
+    pub one_step: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -232,15 +237,16 @@ pub struct CalibrateArgs {
 
 #[derive(clap::Args)]
 pub struct RouteArgs {
-    /// Checkpoint of a text-env or conversation run, or its run directory (newest checkpoint that
-    /// loads). A conversation checkpoint routes the texts as the turns of one conversation, each
-    /// turn seeing the agent chosen at the one before (on stdin, an empty line starts a new
-    /// conversation).
+    /// Checkpoint of a text-env, conversation or cascade run, or its run directory (newest
+    /// checkpoint that loads). A conversation checkpoint routes the texts as the turns of one
+    /// conversation, each turn seeing the agent chosen at the one before (on stdin, an empty line
+    /// starts a new conversation). A cascade checkpoint prints each prompt's first agent and, with
+    /// --response, whether to accept that agent's answer or escalate.
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub checkpoint: PathBuf,
-    /// One JSON object per text: {"text", "agent_index", "agent", "probabilities" (in agent order),
-    /// "by_agent" {name: probability}, and "turn" for a conversation} instead of a tab-separated
-    /// line.
+    /// One JSON object per decision: {"text", "agent_index", "agent", "probabilities" (in option
+    /// order), "by_agent" {name: probability}, "turn" for a conversation, "stage" for a cascade}
+    /// instead of a tab-separated line.
     #[arg(long)]
     pub json: bool,
     /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
@@ -251,6 +257,10 @@ pub struct RouteArgs {
     /// (see `mappo calibrate`). Default 0 (quality only).
     #[arg(long, default_value_t = 0.0, value_name = "W")]
     pub cost_weight: f64,
+    /// Cascade checkpoints: the first agent's answer to the (one) text; the second decision
+    /// (`escalation`: accept or escalate) is printed after the first.
+    #[arg(long, value_name = "ANSWER")]
+    pub response: Option<String>,
     /// Texts to route; without any, stdin is routed line by line (a filter: each line's answer is
     /// printed as soon as it is read). Empty texts are refused. The model is English-only.
     pub texts: Vec<String>,

@@ -37,7 +37,11 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
             None => bail!("--corpus is needed: this cascade run has no env.eval_corpus"),
         };
         let mut bar = EmbedProgress::new(mode);
-        let r = mappo_eval::evaluate_cascade(&ckpt, &corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        let mut r =
+            mappo_eval::evaluate_cascade(&ckpt, &corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        if let Some(one) = &a.one_step {
+            r.compare_one_step(&checkpoint_file(one)?, &corpus, &device, &mut |w, d, t| bar.update(w, d, t))?;
+        }
         bar.finish();
         if a.json {
             outln!("{}", serde_json::to_string(&r)?);
@@ -45,7 +49,16 @@ pub fn eval(a: EvalArgs, mode: Mode) -> Result<()> {
         }
         outln!("{:<18} {}", "prompts", r.n);
         print_routing(&r.routing)?;
+        if let Some(one) = &r.one_step {
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+            outln!("{:<18} {}", "one-step APGR", f(one.summary.apgr));
+            outln!("{:<18} {}", "one-step CPT(50%)", f(one.summary.cpt50));
+            outln!("{:<18} {}", "one-step CPT(80%)", f(one.summary.cpt80));
+        }
         return Ok(());
+    }
+    if a.one_step.is_some() {
+        bail!("--one-step is for cascade checkpoints (this one was trained on `{}`)", ckpt.env_kind);
     }
     if ckpt.env_kind == mappo_config::EnvKind::Conversation.as_str() {
         // Conversations assembled from --corpus (else the run's eval corpus, else its corpus).
@@ -251,19 +264,53 @@ pub fn route(a: RouteArgs) -> Result<()> {
     }
     let w = a.cost_weight;
     let print = |r: &mappo_eval::Routed| -> Result<()> {
+        let options = router.options_of(r);
         if a.json {
             let mut v = serde_json::to_value(r)?;
             let by_agent: serde_json::Map<String, serde_json::Value> =
-                router.agents().iter().zip(&r.probabilities).map(|(n, p)| (n.clone(), (*p).into())).collect();
+                options.iter().zip(&r.probabilities).map(|(n, p)| (n.clone(), (*p).into())).collect();
             v["by_agent"] = by_agent.into();
             outln!("{v}");
         } else {
             let probs: Vec<String> =
-                router.agents().iter().zip(&r.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
-            outln!("{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
+                options.iter().zip(&r.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
+            let stage = r.stage.as_ref().map(|s| format!("{s}\t")).unwrap_or_default();
+            outln!("{stage}{}\t{}\t{}\t{}", r.agent_index, r.agent, probs.join(" "), r.text);
         }
         Ok(())
     };
+    if a.response.is_some() && !router.is_cascade() {
+        bail!("--response is for cascade checkpoints: this router decides once per text");
+    }
+    if router.is_cascade() {
+        if a.response.is_some() && a.texts.len() != 1 {
+            bail!("--response is the first agent's answer to one text: give exactly one text with it");
+        }
+        let route_one = |text: &str| -> Result<()> {
+            for r in router.route_cascade(text, a.response.as_deref(), w)? {
+                print(&r)?;
+            }
+            std::io::stdout().flush()?;
+            Ok(())
+        };
+        if let Some(i) = a.texts.iter().position(|t| t.trim().is_empty()) {
+            bail!("text {} is empty: there is nothing to route", i + 1);
+        }
+        for t in &a.texts {
+            route_one(t)?;
+        }
+        if a.texts.is_empty() {
+            for (n, line) in std::io::stdin().lock().lines().enumerate() {
+                let line = line.with_context(|| format!("reading stdin, line {}", n + 1))?;
+                if line.trim().is_empty() {
+                    tracing::warn!("stdin line {} is empty: not routed", n + 1);
+                    continue;
+                }
+                route_one(&line)?;
+            }
+        }
+        return Ok(());
+    }
     if router.is_conversation() {
         // The texts are the turns of one conversation; on stdin, an empty line starts a new one.
         let route_turns = |turns: &[String]| -> Result<()> {

@@ -274,4 +274,85 @@ fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
     // The text form names the figures too.
     let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--corpus", corpus_s]);
     assert!(o.status.success() && stdout(&o).contains("APGR"), "{}", stderr(&o));
+
+    // `mappo route` shows both decisions: the first agent, then (given that agent's answer)
+    // accept or escalate. An unsure answer is escalated, a sure one accepted.
+    let ck = ckpt.to_str().expect("utf-8");
+    let route = |text: &str, answer: &str| -> Vec<serde_json::Value> {
+        let o = mappo(&[
+            "route",
+            "--checkpoint",
+            ck,
+            "--json",
+            "--cost-weight",
+            "0.3",
+            "--response",
+            answer,
+            text,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().map(json).collect()
+    };
+    let unsure = route(
+        "Can you tighten this abstract to 150 words?",
+        "Sorry, I am not sure about this one; my answer is probably wrong.",
+    );
+    let sure = route(
+        "Estimate the square root of 50 to two decimal places without a calculator.",
+        "Here is the complete answer, checked step by step.",
+    );
+    for (steps, second) in [(&unsure, "escalate"), (&sure, "accept")] {
+        assert_eq!(
+            steps.len(),
+            2,
+            "the first agent (small at λ = 0.3) and the escalation decision: {steps:?}"
+        );
+        assert_eq!((steps[0]["stage"].as_str(), steps[0]["agent"].as_str()), (Some("first"), Some("small")));
+        assert_eq!(steps[1]["stage"], "escalation", "{steps:?}");
+        assert_eq!(steps[1]["agent"], second, "{steps:?}");
+        let p: f64 =
+            steps[1]["by_agent"].as_object().expect("by_agent").values().filter_map(|v| v.as_f64()).sum();
+        assert!((p - 1.0).abs() < 1e-4, "accept + escalate = 1: {steps:?}");
+    }
+    let o = mappo(&["route", "--checkpoint", ck, "--response", "an answer", "one", "two"]);
+    assert!(!o.status.success() && stderr(&o).contains("exactly one text"), "{}", stderr(&o));
+
+    // Beside a one-step router of the same agents on the same corpus (it sees only the prompt,
+    // which says nothing about `small`'s answer): the cascade's APGR is clearly higher.
+    let one_step_sets: Vec<String> = sets
+        .iter()
+        .filter(|s| {
+            !s.starts_with("env.kind") && !s.starts_with("train.rollout_len") && !s.starts_with("ppo.gamma")
+        })
+        .cloned()
+        .chain(["env.kind=text".to_string(), "model.critic=\"shared\"".into()])
+        .filter(|s| s != "model.critic=\"centralized\"")
+        .collect();
+    let refs: Vec<&str> = one_step_sets.iter().map(String::as_str).collect();
+    let o = train(&tmp.path().join("one-step"), &refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let one = last_line(&o);
+    let one_s = one.to_str().expect("utf-8");
+    let o = mappo(&["eval", "--checkpoint", ck, "--corpus", corpus_s, "--one-step", one_s, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let both = json(&stdout(&o));
+    assert_eq!(both["routing"]["apgr"], r["routing"]["apgr"], "the cascade's own figures are unchanged");
+    let one_apgr = both["one_step"]["apgr"].as_f64().expect("one-step APGR");
+    assert_eq!(both["one_step"]["curve"].as_array().expect("curve").len(), 101);
+    assert!(apgr > one_apgr + 0.03, "cascade {apgr} vs one-step {one_apgr}");
+    // For the cascade's quality at λ = 0, the one-step router sends more prompts to `large`.
+    let one_large = both["one_step"]["curve"]
+        .as_array()
+        .expect("curve")
+        .iter()
+        .filter(|p| p["quality"].as_f64().is_some_and(|q| q >= quality - 0.01))
+        .filter_map(|p| p["share"]["large"].as_f64())
+        .fold(1.0f64, f64::min);
+    assert!(
+        one_large > large + 0.1,
+        "one-step {one_large} vs cascade {large} at large for quality {quality}"
+    );
+    // --one-step is only for cascades.
+    let o = mappo(&["eval", "--checkpoint", one_s, "--corpus", corpus_s, "--one-step", one_s]);
+    assert!(!o.status.success() && stderr(&o).contains("--one-step is for cascade"), "{}", stderr(&o));
 }

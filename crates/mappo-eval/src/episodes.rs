@@ -72,6 +72,41 @@ pub struct CascadeReport {
     pub cost_paid: Vec<f64>,
     /// Per curve point: the share of prompts escalated after the cheaper agent's answer.
     pub escalated: Vec<f64>,
+    /// A one-step router of the same agents on the same corpus, side by side
+    /// ([`CascadeReport::compare_one_step`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_step: Option<crate::RoutingReport>,
+}
+
+impl CascadeReport {
+    /// Evaluates the one-step router `checkpoint` (a text-env checkpoint with the same agents, in
+    /// the same order) on `corpus` — the corpus this report was made from — and keeps its
+    /// routing report as [`CascadeReport::one_step`].
+    pub fn compare_one_step(
+        &mut self,
+        checkpoint: &Path,
+        corpus: &Path,
+        device: &Device,
+        progress: EmbedProgress<'_>,
+    ) -> Result<(), EvalError> {
+        let r = crate::evaluate_corpus_with(checkpoint, corpus, device, &Default::default(), progress)?;
+        let names = |r: &crate::RoutingReport| r.agents.iter().map(|a| a.agent.clone()).collect::<Vec<_>>();
+        let routing = r.routing.ok_or_else(|| {
+            EvalError::Setup(format!("{} is not an outcome corpus: no curve to compare", corpus.display()))
+        })?;
+        if names(&routing) != names(&self.routing) {
+            return Err(EvalError::Checkpoint {
+                path: checkpoint.display().to_string(),
+                problem: format!(
+                    "its agents {:?} are not the cascade's {:?}",
+                    names(&routing),
+                    names(&self.routing)
+                ),
+            });
+        }
+        self.one_step = Some(routing);
+        Ok(())
+    }
 }
 
 /// Greedy cascades of a `cascade` checkpoint on every prompt of `corpus` (an outcome corpus
@@ -145,5 +180,5 @@ pub fn evaluate_cascade(
         at: None,
         baseline: None,
     };
-    Ok(CascadeReport { n, routing, cost_paid, escalated })
+    Ok(CascadeReport { n, routing, cost_paid, escalated, one_step: None })
 }

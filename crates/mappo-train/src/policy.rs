@@ -55,10 +55,10 @@ impl RoutingPolicy {
         } else {
             cfg.env.agents.iter().map(|a| a.name.clone()).collect()
         };
-        let stage_names = if cfg.env.kind == mappo_config::EnvKind::Pipeline {
-            cfg.env.stages.iter().map(|s| s.name.clone()).collect()
-        } else {
-            vec!["route".to_string()]
+        let stage_names = match cfg.env.kind {
+            mappo_config::EnvKind::Pipeline => cfg.env.stages.iter().map(|s| s.name.clone()).collect(),
+            mappo_config::EnvKind::Cascade => vec!["first".to_string(), "escalation".to_string()],
+            _ => vec!["route".to_string()],
         };
         Self {
             network,
@@ -71,7 +71,8 @@ impl RoutingPolicy {
         }
     }
 
-    /// The names of the stages, in order (`route` for a one-stage router).
+    /// The names of the stages, in order (`route` for a one-stage router; a cascade's `first`
+    /// and `escalation`).
     pub fn stage_names(&self) -> &[String] {
         &self.stage_names
     }
