@@ -109,6 +109,7 @@ fn traffic(n: usize, seed: u64) -> (Vec<Decision>, Vec<(uuid::Uuid, f64)>) {
             replica: "r".into(),
             cost_weight: None,
             shadow: None,
+            episode: None,
         };
         if i % 7 != 3 {
             rewards.push((d.id, if action == best(&x) { 1.0 } else { 0.0 }));

@@ -29,6 +29,7 @@ fn decision(i: usize) -> Decision {
         replica: "bench".into(),
         cost_weight: None,
         shadow: None,
+        episode: None,
     }
 }
 

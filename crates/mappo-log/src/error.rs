@@ -88,12 +88,32 @@ pub enum LogError {
     /// Writing an export failed.
     #[error("writing the export failed: {0}")]
     Write(#[source] std::io::Error),
-    /// The group committer has stopped (its runtime is shutting down).
-    #[error("learner `{0}` was saved by someone else meanwhile (two learners with one name?)")]
     /// The learner state changed under this learner: another learner of the same name runs.
+    #[error("learner `{0}` was saved by someone else meanwhile (two learners with one name?)")]
     LearnerConflict(String),
+    /// The group committer has stopped (its runtime is shutting down).
     #[error("the decision log's group committer has stopped")]
     CommitterClosed,
+    /// An end or a step for an episode id with no decision in the log.
+    #[error("no episode {0:?} in the log")]
+    UnknownEpisode(String),
+    /// A second end of the same episode.
+    #[error("episode {0:?} has already ended")]
+    EpisodeAlreadyEnded(String),
+    /// A step of an episode that has ended.
+    #[error("episode {0:?} has ended: it takes no more steps")]
+    EpisodeEnded(String),
+    /// Another decision took this step of the episode first (two requests for one step).
+    #[error("step {step} of episode {episode:?} is already decided (a concurrent request took it)")]
+    StepTaken {
+        /// The episode id.
+        episode: String,
+        /// The step.
+        step: u32,
+    },
+    /// An episode reward that is NaN or infinite.
+    #[error("episode reward {0} is not a finite number")]
+    InvalidEpisodeReward(f64),
 }
 
 impl LogError {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::log::RewardWrite;
+use crate::log::{EndWrite, RewardWrite};
 use crate::types::{Decision, Timestamp};
 use crate::{DecisionLog, LogError};
 
@@ -28,13 +28,14 @@ impl Default for GroupCommitOptions {
 enum Job {
     Decisions { decisions: Vec<Decision>, ack: oneshot::Sender<Result<(), LogError>> },
     Reward { write: RewardWrite, ack: oneshot::Sender<Result<(), LogError>> },
+    End { write: EndWrite, ack: oneshot::Sender<Result<(), LogError>> },
 }
 
 impl Job {
     fn rows(&self) -> usize {
         match self {
             Job::Decisions { decisions, .. } => decisions.len(),
-            Job::Reward { .. } => 1,
+            Job::Reward { .. } | Job::End { .. } => 1,
         }
     }
 }
@@ -96,6 +97,17 @@ impl GroupCommitter {
         done.await.map_err(|_| LogError::CommitterClosed)?
     }
 
+    /// Ends an episode as [`DecisionLog::end_episode`] does; returns once committed.
+    pub async fn end_episode(&self, episode: &str, reward: Option<f64>) -> Result<(), LogError> {
+        if let Some(r) = reward.filter(|r| !r.is_finite()) {
+            return Err(LogError::InvalidEpisodeReward(r));
+        }
+        let (ack, done) = oneshot::channel();
+        let write = EndWrite { episode: episode.to_string(), reward, time: Timestamp::now() };
+        self.send(Job::End { write, ack }).await?;
+        done.await.map_err(|_| LogError::CommitterClosed)?
+    }
+
     /// Transactions, decisions and rewards committed so far.
     pub fn counters(&self) -> &CommitCounters {
         &self.counters
@@ -126,15 +138,15 @@ async fn run(log: DecisionLog, mut rx: mpsc::Receiver<Job>, max_batch: usize, co
 /// Commits `batch` in one transaction; on failure (other than the database being unreachable)
 /// retries each job alone so that only the faulty one fails.
 async fn commit(log: &DecisionLog, batch: Vec<Job>, counters: &CommitCounters) {
-    let (decisions, rewards) = split(&batch);
-    match log.write(&decisions, &rewards).await {
-        Ok(outcomes) => {
+    let (decisions, rewards, ends) = split(&batch);
+    match log.write(&decisions, &rewards, &ends).await {
+        Ok((outcomes, ended)) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters.decisions.fetch_add(decisions.len() as u64, Ordering::Relaxed);
             counters
                 .rewards
                 .fetch_add(outcomes.iter().filter(|o| o.is_ok()).count() as u64, Ordering::Relaxed);
-            let mut outcomes = outcomes.into_iter();
+            let (mut outcomes, mut ended) = (outcomes.into_iter(), ended.into_iter());
             for job in batch {
                 match job {
                     Job::Decisions { ack, .. } => {
@@ -142,6 +154,9 @@ async fn commit(log: &DecisionLog, batch: Vec<Job>, counters: &CommitCounters) {
                     }
                     Job::Reward { ack, .. } => {
                         let _ = ack.send(outcomes.next().unwrap_or(Ok(())));
+                    }
+                    Job::End { ack, .. } => {
+                        let _ = ack.send(ended.next().unwrap_or(Ok(())));
                     }
                 }
             }
@@ -154,7 +169,7 @@ async fn commit(log: &DecisionLog, batch: Vec<Job>, counters: &CommitCounters) {
                 // the same kind of error rebuilt from its message.
                 let err = first.take().unwrap_or_else(|| copy_error(&msg, log));
                 match job {
-                    Job::Decisions { ack, .. } | Job::Reward { ack, .. } => {
+                    Job::Decisions { ack, .. } | Job::Reward { ack, .. } | Job::End { ack, .. } => {
                         let _ = ack.send(Err(err));
                     }
                 }
@@ -168,16 +183,18 @@ async fn commit(log: &DecisionLog, batch: Vec<Job>, counters: &CommitCounters) {
     }
 }
 
-fn split(batch: &[Job]) -> (Vec<&Decision>, Vec<RewardWrite>) {
+fn split(batch: &[Job]) -> (Vec<&Decision>, Vec<RewardWrite>, Vec<EndWrite>) {
     let mut decisions = Vec::new();
     let mut rewards = Vec::new();
+    let mut ends = Vec::new();
     for job in batch {
         match job {
             Job::Decisions { decisions: d, .. } => decisions.extend(d.iter()),
             Job::Reward { write, .. } => rewards.push(*write),
+            Job::End { write, .. } => ends.push(write.clone()),
         }
     }
-    (decisions, rewards)
+    (decisions, rewards, ends)
 }
 
 fn copy_error(msg: &str, log: &DecisionLog) -> LogError {

@@ -22,6 +22,7 @@
 //!     replica: "replica-1".into(),
 //!     cost_weight: None,
 //!     shadow: None,
+//!     episode: None,
 //! };
 //! committer.log_decisions(std::slice::from_ref(&d)).await?; // committed when it returns
 //! committer.record_reward(d.id, 1.0).await?;
@@ -43,8 +44,8 @@ pub use error::LogError;
 pub use group::{CommitCounters, GroupCommitOptions, GroupCommitter};
 pub use log::{DecisionLog, OpenOptions};
 pub use types::{
-    AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, ShadowChoice, Stats, Timestamp,
-    Watermark, bytes_to_f32s, f32s_to_bytes,
+    AgentStats, Decision, DecisionKind, EpisodeEnd, EpisodeState, EpisodeStep, EventQuery, ExportLine,
+    ExportOptions, GateRecord, JoinedEvent, LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward,
+    ShadowChoice, Stats, Timestamp, Watermark, bytes_to_f32s, f32s_to_bytes,
 };
 pub use url::{DbUrl, redact};

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::LogError;
 use crate::migrations::{self, Migration};
 use crate::types::{
-    AgentStats, Decision, DecisionKind, EventQuery, ExportLine, ExportOptions, GateRecord, JoinedEvent,
-    LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward, ShadowChoice, Stats, Timestamp,
-    Watermark, bytes_to_f32s, f32s_to_bytes,
+    AgentStats, Decision, DecisionKind, EpisodeEnd, EpisodeState, EpisodeStep, EventQuery, ExportLine,
+    ExportOptions, GateRecord, JoinedEvent, LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward,
+    ShadowChoice, Stats, Timestamp, Watermark, bytes_to_f32s, f32s_to_bytes,
 };
 use crate::url::DbUrl;
 
@@ -93,7 +93,13 @@ macro_rules! on_pool {
 const EVENT_COLUMNS: &str = "d.id, d.time_us, d.policy_version, d.action, d.agent, \
      d.probabilities, d.propensity, d.kind, d.embedding, d.model_hash, d.text, d.replica, \
      d.cost_weight, d.shadow_version, d.shadow_action, d.shadow_propensity, \
-     r.reward, r.time_us AS reward_time_us";
+     r.reward, r.time_us AS reward_time_us, d.episode_id, d.step, d.stage, \
+     e.reward AS episode_reward, e.time_us AS episode_end_us, \
+     (SELECT MAX(d2.step) FROM decisions d2 WHERE d2.episode_id = d.episode_id) AS episode_last_step";
+
+/// The tables [`EVENT_COLUMNS`] reads: decisions with their reward and their episode's end.
+const EVENT_FROM: &str = "FROM decisions d LEFT JOIN rewards r ON r.decision_id = d.id \
+     LEFT JOIN episode_ends e ON e.episode_id = d.episode_id";
 
 /// Decodes one row of `EVENT_COLUMNS` (either backend) into a `Result<JoinedEvent, sqlx::Error>`
 /// with corrupt values as `LogError::Corrupt`.
@@ -140,11 +146,40 @@ macro_rules! decode_event {
                             _ => None,
                         }
                     },
+                    episode: {
+                        let id: Option<String> = row.try_get("episode_id").map_err(e)?;
+                        let step: Option<i64> = row.try_get("step").map_err(e)?;
+                        let stage: Option<String> = row.try_get("stage").map_err(e)?;
+                        match (id, step) {
+                            (Some(id), Some(step)) => Some(EpisodeStep {
+                                id,
+                                step: u32::try_from(step)
+                                    .map_err(|_| LogError::Corrupt(format!("episode step {step}")))?,
+                                stage: stage.unwrap_or_default(),
+                            }),
+                            _ => None,
+                        }
+                    },
                 },
                 reward: match (reward, reward_time) {
                     (Some(reward), Some(t)) => Some(Reward { reward, time: Timestamp(t) }),
                     _ => None,
                 },
+                episode_end: row
+                    .try_get::<Option<i64>, _>("episode_end_us")
+                    .map_err(e)?
+                    .map(|t| -> Result<EpisodeEnd, LogError> {
+                        Ok(EpisodeEnd {
+                            reward: row.try_get("episode_reward").map_err(e)?,
+                            time: Timestamp(t),
+                        })
+                    })
+                    .transpose()?,
+                episode_last_step: row
+                    .try_get::<Option<i64>, _>("episode_last_step")
+                    .map_err(e)?
+                    .map(|s| u32::try_from(s).map_err(|_| LogError::Corrupt(format!("episode step {s}"))))
+                    .transpose()?,
             })
         })()
     }};
@@ -235,6 +270,17 @@ pub(crate) struct RewardWrite {
     pub reward: f64,
     pub time: Timestamp,
 }
+
+/// An episode end to record inside a write transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct EndWrite {
+    pub episode: String,
+    pub reward: Option<f64>,
+    pub time: Timestamp,
+}
+
+/// The outcome of each reward and each episode end of one write transaction, in order.
+pub(crate) type WriteOutcomes = (Vec<Result<(), LogError>>, Vec<Result<(), LogError>>);
 
 impl DecisionLog {
     /// Opens (creating if needed) the log at `url` — `sqlite:PATH` or `postgres://…` — and
@@ -412,7 +458,7 @@ impl DecisionLog {
             d.validate()?;
         }
         let refs: Vec<&Decision> = decisions.iter().collect();
-        self.write(&refs, &[]).await.map(|_| ())
+        self.write(&refs, &[], &[]).await.map(|_| ())
     }
 
     /// Records the reward of a decision, committed when this returns `Ok`.
@@ -424,23 +470,90 @@ impl DecisionLog {
             return Err(LogError::InvalidReward(reward));
         }
         let w = RewardWrite { id, reward, time: Timestamp::now() };
-        let mut out = self.write(&[], &[w]).await?;
+        let (mut out, _) = self.write(&[], &[w], &[]).await?;
         out.pop().unwrap_or(Ok(()))
     }
 
+    /// Ends an episode, with a reward for the episode as a whole or without one; committed when
+    /// this returns `Ok`. [`LogError::UnknownEpisode`] when no decision of it is logged,
+    /// [`LogError::EpisodeAlreadyEnded`] for a second end (the first stands),
+    /// [`LogError::InvalidEpisodeReward`] for a reward that is not finite.
+    pub async fn end_episode(&self, episode: &str, reward: Option<f64>) -> Result<(), LogError> {
+        if let Some(r) = reward.filter(|r| !r.is_finite()) {
+            return Err(LogError::InvalidEpisodeReward(r));
+        }
+        let w = EndWrite { episode: episode.to_string(), reward, time: Timestamp::now() };
+        let (_, mut out) = self.write(&[], &[], &[w]).await?;
+        out.pop().unwrap_or(Ok(()))
+    }
+
+    /// An episode's steps so far (step, action, stage, in step order) and its end; `None` when no
+    /// decision of it is logged.
+    pub async fn episode(&self, id: &str) -> Result<Option<EpisodeState>, LogError> {
+        on_pool!(self, p, Db, pg => {
+            let rows = sqlx::query(
+                "SELECT step, action, stage FROM decisions WHERE episode_id = $1 ORDER BY step",
+            )
+            .bind(id)
+            .fetch_all(p)
+            .await
+            .map_err(|e| self.err(e))?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
+            let mut steps = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let step: i64 = row.try_get("step").map_err(c)?;
+                let action: i64 = row.try_get("action").map_err(c)?;
+                let stage: Option<String> = row.try_get("stage").map_err(c)?;
+                let bad = || LogError::Corrupt(format!("episode {id:?}: step {step}, action {action}"));
+                steps.push((
+                    u32::try_from(step).map_err(|_| bad())?,
+                    u32::try_from(action).map_err(|_| bad())?,
+                    stage.unwrap_or_default(),
+                ));
+            }
+            let end = sqlx::query("SELECT reward, time_us FROM episode_ends WHERE episode_id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(|e| self.err(e))?;
+            let end = match end {
+                Some(row) => Some(EpisodeEnd {
+                    reward: row.try_get("reward").map_err(c)?,
+                    time: Timestamp(row.try_get("time_us").map_err(c)?),
+                }),
+                None => None,
+            };
+            Ok(Some(EpisodeState { id: id.to_string(), steps, end }))
+        })
+    }
+
     /// One write transaction: the decisions, then the rewards (so a reward may follow its
-    /// decision in the same batch). Returns each reward's outcome; an `Err` means nothing was
-    /// committed.
+    /// decision in the same batch), then the episode ends. Returns each reward's and each end's
+    /// outcome; an `Err` means nothing was committed.
     pub(crate) async fn write(
         &self,
         decisions: &[&Decision],
         rewards: &[RewardWrite],
-    ) -> Result<Vec<Result<(), LogError>>, LogError> {
-        if decisions.is_empty() && rewards.is_empty() {
-            return Ok(Vec::new());
+        ends: &[EndWrite],
+    ) -> Result<WriteOutcomes, LogError> {
+        if decisions.is_empty() && rewards.is_empty() && ends.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
-        let dup = |log: &Self, e: sqlx::Error| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => LogError::DuplicateDecision,
+        let dup = |log: &Self, e: sqlx::Error, chunk: &[&Decision]| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                // Which constraint: the episode's (episode_id, step) or the decision id.
+                let episode = d.constraint().is_some_and(|c| c.contains("episode"))
+                    || d.message().contains("episode_id");
+                // (In a batch of several requests the first episode step is named; the group
+                // committer retries each request alone, which names the right one.)
+                match chunk.iter().find_map(|d| d.episode.as_ref()).filter(|_| episode) {
+                    Some(ep) => LogError::StepTaken { episode: ep.id.clone(), step: ep.step },
+                    None => LogError::DuplicateDecision,
+                }
+            }
             _ => log.err(e),
         };
         on_pool!(self, p, Db, pg => {
@@ -450,7 +563,8 @@ impl DecisionLog {
                 let mut qb = QueryBuilder::<Db>::new(
                     "INSERT INTO decisions (id, time_us, policy_version, action, agent, \
                      probabilities, propensity, kind, embedding, model_hash, text, replica, \
-                     cost_weight, shadow_version, shadow_action, shadow_propensity) ",
+                     cost_weight, shadow_version, shadow_action, shadow_propensity, \
+                     episode_id, step, stage) ",
                 );
                 qb.push_values(chunk, |mut b, d| {
                     b.push_bind(d.id)
@@ -468,9 +582,27 @@ impl DecisionLog {
                         .push_bind(d.cost_weight.map(f64::from))
                         .push_bind(d.shadow.map(|s| s.version))
                         .push_bind(d.shadow.map(|s| i64::from(s.action)))
-                        .push_bind(d.shadow.map(|s| f64::from(s.propensity)));
+                        .push_bind(d.shadow.map(|s| f64::from(s.propensity)))
+                        .push_bind(d.episode.as_ref().map(|e| e.id.clone()))
+                        .push_bind(d.episode.as_ref().map(|e| i64::from(e.step)))
+                        .push_bind(d.episode.as_ref().map(|e| e.stage.clone()));
                 });
-                qb.build().execute(&mut *tx).await.map_err(|e| dup(self, e))?;
+                qb.build().execute(&mut *tx).await.map_err(|e| dup(self, e, chunk))?;
+            }
+            // A step of an episode that has ended is refused (the whole transaction: the group
+            // committer then retries each request alone, so only that one fails).
+            for d in decisions {
+                if let Some(ep) = &d.episode {
+                    let ended: Option<i64> =
+                        sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM episode_ends WHERE episode_id = $1")
+                            .bind(&ep.id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(|e| self.err(e))?;
+                    if ended.is_some() {
+                        return Err(LogError::EpisodeEnded(ep.id.clone()));
+                    }
+                }
             }
             let mut outcomes = Vec::with_capacity(rewards.len());
             for r in rewards {
@@ -502,8 +634,38 @@ impl DecisionLog {
                     LogError::UnknownDecision(r.id)
                 }));
             }
+            let mut ended = Vec::with_capacity(ends.len());
+            for w in ends {
+                let inserted = sqlx::query(
+                    "INSERT INTO episode_ends (episode_id, reward, time_us) \
+                     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM decisions WHERE episode_id = $1) \
+                     ON CONFLICT (episode_id) DO NOTHING",
+                )
+                .bind(&w.episode)
+                .bind(w.reward)
+                .bind(w.time.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?
+                .rows_affected();
+                if inserted == 1 {
+                    ended.push(Ok(()));
+                    continue;
+                }
+                let known: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM episode_ends WHERE episode_id = $1")
+                        .bind(&w.episode)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.err(e))?;
+                ended.push(Err(if known.is_some() {
+                    LogError::EpisodeAlreadyEnded(w.episode.clone())
+                } else {
+                    LogError::UnknownEpisode(w.episode.clone())
+                }));
+            }
             tx.commit().await.map_err(|e| self.err(e))?;
-            Ok(outcomes)
+            Ok((outcomes, ended))
         })
     }
 
@@ -832,8 +994,7 @@ impl DecisionLog {
     pub async fn decision(&self, id: Uuid) -> Result<Option<JoinedEvent>, LogError> {
         on_pool!(self, p, Db, pg => {
             let row = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {EVENT_COLUMNS} FROM decisions d \
-                 LEFT JOIN rewards r ON r.decision_id = d.id WHERE d.id = $1"
+                "SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE d.id = $1"
             )))
             .bind(id)
             .fetch_optional(p)
@@ -853,8 +1014,7 @@ impl DecisionLog {
         on_pool!(self, p, Db, pg => {
             // The format! only pastes the constant column list; every value is a parameter.
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {EVENT_COLUMNS} FROM decisions d \
-                 LEFT JOIN rewards r ON r.decision_id = d.id \
+                "SELECT {EVENT_COLUMNS} {EVENT_FROM} \
                  WHERE (d.time_us > $1 OR (d.time_us = $1 AND d.id > $2)) AND d.time_us < $3 \
                  ORDER BY d.time_us, d.id LIMIT $4"
             )))
@@ -920,6 +1080,13 @@ impl DecisionLog {
             .fetch_all(p)
             .await
             .map_err(m)?;
+            let ep = sqlx::query(
+                "SELECT (SELECT COUNT(DISTINCT episode_id) FROM decisions) AS n, \
+                 COUNT(*) AS ended, AVG(reward) AS mean FROM episode_ends",
+            )
+            .fetch_one(p)
+            .await
+            .map_err(m)?;
             let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
             let decisions: i64 = d.try_get("n").map_err(c)?;
             let rewards: i64 = r.try_get("n").map_err(c)?;
@@ -945,6 +1112,9 @@ impl DecisionLog {
                 first_decision: d.try_get::<Option<i64>, _>("first").map_err(c)?.map(Timestamp),
                 last_decision: d.try_get::<Option<i64>, _>("last").map_err(c)?.map(Timestamp),
                 agents: per_agent,
+                episodes: ep.try_get("n").map_err(c)?,
+                episodes_ended: ep.try_get("ended").map_err(c)?,
+                episode_reward_mean: ep.try_get("mean").map_err(c)?,
             })
         })
     }

@@ -10,6 +10,9 @@
 //!   `shadow_propensity`: what a shadow candidate would have chosen; NULL when none ran).
 //! - 3: `learner_state` (one row per learner: watermark, counters, the trainer's checkpoint).
 //! - 4: `decisions.cost_weight` (nullable): the cost weight λ a cost-aware policy decided at.
+//! - 5: episodes: `decisions.episode_id`, `step`, `stage` (nullable; NULL for a one-step
+//!   decision) with a unique index on `(episode_id, step)` (one decision per step, whichever
+//!   replica takes it), and `episode_ends` (one row per ended episode, with its reward if any).
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +122,21 @@ CREATE TABLE learner_state (
 ALTER TABLE decisions ADD COLUMN cost_weight DOUBLE PRECISION;
 ",
     },
+    Migration {
+        version: 5,
+        name: "episodes",
+        sql: "
+ALTER TABLE decisions ADD COLUMN episode_id TEXT;
+ALTER TABLE decisions ADD COLUMN step BIGINT;
+ALTER TABLE decisions ADD COLUMN stage TEXT;
+CREATE UNIQUE INDEX decisions_episode_step ON decisions (episode_id, step);
+CREATE TABLE episode_ends (
+    episode_id TEXT PRIMARY KEY,
+    reward DOUBLE PRECISION,
+    time_us BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -209,6 +227,21 @@ CREATE TABLE learner_state (
         name: "decisions.cost_weight",
         sql: "
 ALTER TABLE decisions ADD COLUMN cost_weight DOUBLE PRECISION;
+",
+    },
+    Migration {
+        version: 5,
+        name: "episodes",
+        sql: "
+ALTER TABLE decisions ADD COLUMN episode_id TEXT;
+ALTER TABLE decisions ADD COLUMN step BIGINT;
+ALTER TABLE decisions ADD COLUMN stage TEXT;
+CREATE UNIQUE INDEX decisions_episode_step ON decisions (episode_id, step);
+CREATE TABLE episode_ends (
+    episode_id TEXT PRIMARY KEY,
+    reward DOUBLE PRECISION,
+    time_us BIGINT NOT NULL
+);
 ",
     },
 ];

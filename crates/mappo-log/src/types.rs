@@ -120,6 +120,67 @@ pub struct Decision {
     /// What a shadow candidate (`serve.shadow`) would have chosen, when one ran.
     #[serde(default)]
     pub shadow: Option<ShadowChoice>,
+    /// The episode this decision is a step of (a conversation turn, a cascade or pipeline
+    /// stage); `None` for a one-step decision.
+    #[serde(default)]
+    pub episode: Option<EpisodeStep>,
+}
+
+/// Where a decision sits in its episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeStep {
+    /// The client's episode (conversation) id: 1 to [`EpisodeStep::MAX_ID_BYTES`] bytes.
+    pub id: String,
+    /// 0-based; the log refuses a second decision for the same step of an episode.
+    pub step: u32,
+    /// The stage decided (`route` for a one-stage policy, a cascade's `first`/`escalation`, a
+    /// pipeline's stage name).
+    pub stage: String,
+}
+
+impl EpisodeStep {
+    /// The longest episode id accepted, in bytes.
+    pub const MAX_ID_BYTES: usize = 128;
+
+    /// Checks the id: not empty, at most [`EpisodeStep::MAX_ID_BYTES`] bytes, no control
+    /// characters.
+    pub fn check_id(id: &str) -> Result<(), String> {
+        if id.is_empty() {
+            return Err("an episode id may not be empty".into());
+        }
+        if id.len() > Self::MAX_ID_BYTES {
+            return Err(format!(
+                "an episode id has at most {} bytes, this one {}",
+                Self::MAX_ID_BYTES,
+                id.len()
+            ));
+        }
+        if id.chars().any(char::is_control) {
+            return Err("an episode id may not hold control characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// An episode's end (table `episode_ends`): when it was ended and the reward for the episode as a
+/// whole, if one was given.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeEnd {
+    /// The episode's reward (`None`: ended without one; its steps' own rewards stand).
+    pub reward: Option<f64>,
+    /// When it was ended.
+    pub time: Timestamp,
+}
+
+/// One episode as the log knows it: its steps so far and whether it has ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeState {
+    /// The episode id.
+    pub id: String,
+    /// Its decisions' (step, action, stage), in step order.
+    pub steps: Vec<(u32, u32, String)>,
+    /// Its end, once ended.
+    pub end: Option<EpisodeEnd>,
 }
 
 /// What a shadow candidate would have chosen for a decision, and with what probability; the
@@ -167,6 +228,9 @@ impl Decision {
         if self.cost_weight.is_some_and(|w| !w.is_finite()) {
             return Err(bad("the cost weight is not finite".into()));
         }
+        if let Some(e) = &self.episode {
+            EpisodeStep::check_id(&e.id).map_err(bad)?;
+        }
         if let Some(s) = self.shadow
             && (s.action as usize >= self.probabilities.len()
                 || !s.propensity.is_finite()
@@ -213,9 +277,24 @@ pub struct JoinedEvent {
     pub decision: Decision,
     /// Its reward, `None` when none has arrived (yet).
     pub reward: Option<Reward>,
+    /// For a step of an episode that has ended: the end (with the episode's reward, if any).
+    #[serde(default)]
+    pub episode_end: Option<EpisodeEnd>,
+    /// For a step of an episode: the episode's highest logged step so far.
+    #[serde(default)]
+    pub episode_last_step: Option<u32>,
 }
 
 impl JoinedEvent {
+    /// True for the last logged step of an episode that has ended (where its end, and its
+    /// reward, belong).
+    pub fn is_episode_end(&self) -> bool {
+        match (&self.decision.episode, self.episode_end, self.episode_last_step) {
+            (Some(e), Some(_), Some(last)) => e.step == last,
+            _ => false,
+        }
+    }
+
     /// The position of this event in the stable order of [`crate::DecisionLog::joined_events`].
     pub fn watermark(&self) -> Watermark {
         Watermark { time: self.decision.time, id: self.decision.id }
@@ -333,6 +412,15 @@ pub struct Stats {
     pub last_decision: Option<Timestamp>,
     /// Per agent, by name.
     pub agents: Vec<AgentStats>,
+    /// Episodes (distinct episode ids among the decisions).
+    #[serde(default)]
+    pub episodes: i64,
+    /// Of those, episodes ended.
+    #[serde(default)]
+    pub episodes_ended: i64,
+    /// Mean of the episode rewards given at the end (`None` when none).
+    #[serde(default)]
+    pub episode_reward_mean: Option<f64>,
 }
 
 /// Options of [`crate::DecisionLog::export_jsonl`].
@@ -378,6 +466,21 @@ pub struct ExportLine {
     /// The embedding, only with [`ExportOptions::embeddings`].
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub embedding: Option<Vec<f32>>,
+    /// The episode of a step (absent for a one-step decision).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub episode_id: Option<String>,
+    /// The step within the episode (0-based).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub step: Option<u32>,
+    /// The stage decided.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stage: Option<String>,
+    /// `true` on the last logged step of an episode that has ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub episode_end: Option<bool>,
+    /// The episode's reward, on its last row (when the end carried one).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub episode_reward: Option<f64>,
 }
 
 impl ExportLine {
@@ -399,6 +502,11 @@ impl ExportLine {
             cost_weight: d.cost_weight,
             shadow: d.shadow,
             embedding: opts.embeddings.then(|| d.embedding.clone()),
+            episode_id: d.episode.as_ref().map(|e| e.id.clone()),
+            step: d.episode.as_ref().map(|e| e.step),
+            stage: d.episode.as_ref().map(|e| e.stage.clone()),
+            episode_end: e.is_episode_end().then_some(true),
+            episode_reward: e.is_episode_end().then(|| e.episode_end.and_then(|x| x.reward)).flatten(),
         }
     }
 }

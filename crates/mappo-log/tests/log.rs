@@ -525,3 +525,88 @@ async fn learner_state_saves_atomically_with_its_publication(db: &TestDb) {
     // Another learner name is another row.
     assert_eq!(log.learner_state("other").await.unwrap(), None);
 }
+
+/// `decision(i)` as step `step` of episode `episode`.
+fn step(i: u32, episode: &str, step: u32) -> mappo_log::Decision {
+    let mut d = decision(i);
+    d.episode = Some(mappo_log::EpisodeStep { id: episode.into(), step, stage: format!("stage-{step}") });
+    d
+}
+
+both!(episodes_steps_ends_export_and_stats);
+async fn episodes_steps_ends_export_and_stats(db: &TestDb) {
+    let log = db.open().await;
+    let committer = GroupCommitter::new(log.clone(), GroupCommitOptions::default());
+    assert_eq!(log.episode("chat-1").await.unwrap(), None);
+    // Two steps of one conversation, one of another, and a one-step decision.
+    let a0 = step(0, "chat-1", 0);
+    let a1 = step(1, "chat-1", 1);
+    let b0 = step(2, "chat-2", 0);
+    let lone = decision(3);
+    for d in [&a0, &a1, &b0, &lone] {
+        committer.log_decisions(std::slice::from_ref(d)).await.unwrap();
+    }
+    committer.record_reward(a0.id, 0.5).await.unwrap();
+    // A step is taken once, whichever replica asks: the second is refused, and named.
+    let again = step(4, "chat-1", 1);
+    match committer.log_decisions(std::slice::from_ref(&again)).await {
+        Err(LogError::StepTaken { episode, step }) => assert_eq!((episode.as_str(), step), ("chat-1", 1)),
+        other => panic!("expected StepTaken, got {other:?}"),
+    }
+    // A batch with a conflicting step fails alone in the group committer.
+    let (c0, clash) = (step(5, "chat-3", 0), step(6, "chat-2", 0));
+    let (ok, bad) = tokio::join!(
+        committer.log_decisions(std::slice::from_ref(&c0)),
+        committer.log_decisions(std::slice::from_ref(&clash))
+    );
+    assert!(ok.is_ok() && matches!(bad, Err(LogError::StepTaken { .. })), "{ok:?} {bad:?}");
+    let st = log.episode("chat-1").await.unwrap().unwrap();
+    assert_eq!(st.steps, vec![(0, a0.action, "stage-0".into()), (1, a1.action, "stage-1".into())]);
+    assert_eq!(st.end, None);
+    // Ends: with a reward, without one; unknown, second end, not finite.
+    committer.end_episode("chat-1", Some(2.5)).await.unwrap();
+    committer.end_episode("chat-2", None).await.unwrap();
+    assert!(matches!(
+        committer.end_episode("chat-1", Some(1.0)).await,
+        Err(LogError::EpisodeAlreadyEnded(_))
+    ));
+    assert!(matches!(committer.end_episode("nope", None).await, Err(LogError::UnknownEpisode(_))));
+    assert!(matches!(
+        log.end_episode("chat-3", Some(f64::NAN)).await,
+        Err(LogError::InvalidEpisodeReward(_))
+    ));
+    // A step after the end is refused; nothing of it is logged.
+    let late = step(7, "chat-1", 2);
+    assert!(matches!(
+        committer.log_decisions(std::slice::from_ref(&late)).await,
+        Err(LogError::EpisodeEnded(_))
+    ));
+    assert!(log.decision(late.id).await.unwrap().is_none());
+    let st = log.episode("chat-1").await.unwrap().unwrap();
+    assert_eq!(st.end.map(|e| e.reward), Some(Some(2.5)));
+    // Read back: the episode fields, the end on every step of an ended episode.
+    let e1 = log.decision(a1.id).await.unwrap().unwrap();
+    assert_eq!(e1.decision, a1);
+    assert!(e1.is_episode_end() && !log.decision(a0.id).await.unwrap().unwrap().is_episode_end());
+    assert_eq!(log.decision(lone.id).await.unwrap().unwrap().decision.episode, None);
+    // Export: one row per decision, the episode reward on its last row only.
+    let mut out = Vec::new();
+    assert_eq!(log.export_jsonl(&mut out, ExportOptions::default()).await.unwrap(), 5);
+    let rows: Vec<Value> =
+        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let row = |id: uuid::Uuid| rows.iter().find(|r| r["decision_id"] == id.to_string()).unwrap().clone();
+    let (r0, r1, rb, rl) = (row(a0.id), row(a1.id), row(b0.id), row(lone.id));
+    assert_eq!(
+        (r0["episode_id"].as_str(), r0["step"].as_u64(), r0["stage"].as_str()),
+        (Some("chat-1"), Some(0), Some("stage-0"))
+    );
+    assert_eq!(r0["reward"], 0.5);
+    assert!(r0.get("episode_end").is_none() && r0.get("episode_reward").is_none(), "{r0}");
+    assert_eq!((r1["episode_end"].as_bool(), r1["episode_reward"].as_f64()), (Some(true), Some(2.5)), "{r1}");
+    assert_eq!((rb["episode_end"].as_bool(), rb.get("episode_reward")), (Some(true), None), "{rb}");
+    assert!(rl.get("episode_id").is_none() && rl.get("step").is_none(), "{rl}");
+    // Stats count episodes.
+    let s = log.stats().await.unwrap();
+    assert_eq!((s.decisions, s.episodes, s.episodes_ended), (5, 3, 2));
+    assert_eq!(s.episode_reward_mean, Some(2.5));
+}

@@ -111,6 +111,7 @@ pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<De
             replica: st.replica.clone(),
             cost_weight: item.cost_weight,
             shadow: item.shadow,
+            episode: None,
         });
     }
     // Committed before the answer leaves (or the request goes upstream).

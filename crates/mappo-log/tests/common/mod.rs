@@ -140,5 +140,6 @@ pub fn decision(i: u32) -> Decision {
             action: (action + 1) % k as u32,
             propensity: 1.0 / (i as f32 + 2.0),
         }),
+        episode: None,
     }
 }
