@@ -36,10 +36,6 @@ pub struct Routed {
 pub struct Router {
     embedder: Embedder,
     policy: RoutingPolicy,
-    /// A conversation checkpoint's turns per conversation.
-    turns: usize,
-    /// A cascade checkpoint's rules (which agent is escalated to).
-    cascade: Option<mappo_env::CascadeRules>,
 }
 
 impl Router {
@@ -54,9 +50,7 @@ impl Router {
         };
         let embedder = load_embedder(&cfg.env, device)?;
         let policy = RoutingPolicy::from_checkpoint(&ckpt, device)?;
-        let cascade =
-            (kind == mappo_config::EnvKind::Cascade).then(|| mappo_env::CascadeRules::new(&cfg.env));
-        Ok(Self { embedder, policy, turns: cfg.env.turns, cascade })
+        Ok(Self { embedder, policy })
     }
 
     /// The agents' names.
@@ -77,13 +71,13 @@ impl Router {
     /// True for a conversation checkpoint: texts are routed as the turns of one conversation
     /// ([`Router::route_conversation`]).
     pub fn is_conversation(&self) -> bool {
-        self.policy.spec().columns().contains(&mappo_env::Column::TurnsLeft)
+        matches!(self.policy.episode(), mappo_train::EpisodeShape::Conversation { .. })
     }
 
     /// True for a cascade checkpoint: a prompt is routed to a first agent, and that agent's
     /// answer decides whether to escalate ([`Router::route_cascade`]).
     pub fn is_cascade(&self) -> bool {
-        self.cascade.is_some()
+        matches!(self.policy.episode(), mappo_train::EpisodeShape::Cascade { .. })
     }
 
     /// The names of the options of `r`'s stage (the agents for a one-stage router).
@@ -105,57 +99,53 @@ impl Router {
         response: Option<&str>,
         cost_weight: f64,
     ) -> Result<Vec<Routed>, EvalError> {
-        let Some(rules) = &self.cascade else {
+        if !self.is_cascade() {
             return Err(EvalError::Setup("this router was not trained as a cascade".into()));
-        };
-        let stages = self.policy.stage_agents();
-        let names = self.policy.stage_names();
+        }
         let emb = self.embedder.embed(&[text]).map_err(mappo_env::EnvError::from)?;
         let prompt = emb.first().ok_or_else(|| EvalError::Setup("no embedding came back".into()))?;
-        let lambda = cost_weight as f32;
-        let decide = |step: usize, extras: mappo_env::RowExtras<'_>| -> Result<Routed, EvalError> {
-            let row =
-                self.policy.spec().row(prompt, extras).ok_or_else(|| {
-                    EvalError::Setup("a cascade step does not fit the policy's input".into())
-                })?;
-            let obs =
-                candle_core::Tensor::from_vec(row, (1, self.policy.spec().width()), self.policy.device())?;
-            let options = stages.get(step).map_or(0, Vec::len);
-            let mut p = self.policy.probabilities(&obs)?.into_iter().next().unwrap_or_default();
-            p.truncate(options);
-            let i = mappo_env::argmax(&p);
-            Ok(Routed {
-                text: text.to_string(),
-                agent_index: i,
-                agent: stages.get(step).and_then(|o| o.get(i)).cloned().unwrap_or_default(),
-                probabilities: p,
-                turn: None,
-                stage: names.get(step).cloned(),
-            })
-        };
-        let first = decide(
-            0,
-            mappo_env::RowExtras { cost_weight: Some(lambda), stage: Some(0), ..Default::default() },
-        )?;
+        let first = self.step(text, prompt, cost_weight as f32, &[], None)?;
+        let earlier = [first.agent_index as u32];
         let mut out = vec![first];
         if let Some(answer) = response
-            && out[0].agent_index != rules.strong
+            && self.policy.next_stage(&earlier).is_ok()
         {
             let answer = self.embedder.embed(&[answer]).map_err(mappo_env::EnvError::from)?;
-            let choices = [out[0].agent_index as u32];
-            let second = decide(
-                1,
-                mappo_env::RowExtras {
-                    cost_weight: Some(lambda),
-                    stage: Some(1),
-                    choices: &choices,
-                    response: answer.first().map(Vec::as_slice),
-                    ..Default::default()
-                },
-            )?;
-            out.push(second);
+            out.push(self.step(
+                text,
+                prompt,
+                cost_weight as f32,
+                &earlier,
+                answer.first().map(Vec::as_slice),
+            )?);
         }
         Ok(out)
+    }
+
+    /// The greedy decision of the step after `earlier` in an episode (see
+    /// [`RoutingPolicy::step_row`]).
+    fn step(
+        &self,
+        text: &str,
+        embedding: &[f32],
+        cost_weight: f32,
+        earlier: &[u32],
+        response: Option<&[f32]>,
+    ) -> Result<Routed, EvalError> {
+        let p = &self.policy;
+        let row = p.step_row(embedding, cost_weight, earlier, response)?;
+        let probabilities = p.step_probabilities(row, &[earlier])?.into_iter().next().unwrap_or_default();
+        let stage = p.next_stage(earlier).map_err(EvalError::Setup)?;
+        let i = mappo_env::argmax(&probabilities);
+        let multi = p.stage_names().len() > 1;
+        Ok(Routed {
+            text: text.to_string(),
+            agent_index: i,
+            agent: p.stage_agents().get(stage).and_then(|o| o.get(i)).cloned().unwrap_or_default(),
+            probabilities,
+            turn: None,
+            stage: multi.then(|| p.stage_names().get(stage).cloned()).flatten(),
+        })
     }
 
     /// Routes `texts` as the consecutive turns of one conversation of a conversation checkpoint:
@@ -168,34 +158,14 @@ impl Router {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let turns = self.turns.max(1);
         let emb = self.embedder.embed(texts).map_err(mappo_env::EnvError::from)?;
-        let agents = self.policy.agents();
-        let mut previous = None;
+        let mut earlier = Vec::with_capacity(texts.len());
         let mut out = Vec::with_capacity(texts.len());
         for (t, (text, e)) in texts.iter().zip(&emb).enumerate() {
-            let left = turns.saturating_sub(t + 1) as f32 / turns as f32;
-            let extras = mappo_env::RowExtras {
-                previous_agent: previous,
-                turns_left: Some(left),
-                ..mappo_env::RowExtras::default()
-            };
-            let row = self.policy.spec().row(e, extras).ok_or_else(|| {
-                EvalError::Setup("a conversation turn does not fit the policy's input".into())
-            })?;
-            let obs =
-                candle_core::Tensor::from_vec(row, (1, self.policy.spec().width()), self.policy.device())?;
-            let p = self.policy.probabilities(&obs)?.into_iter().next().unwrap_or_default();
-            let i = mappo_env::argmax(&p);
-            previous = Some(i as u32);
-            out.push(Routed {
-                text: text.to_string(),
-                agent_index: i,
-                agent: agents.get(i).cloned().unwrap_or_default(),
-                probabilities: p,
-                turn: Some(t + 1),
-                stage: None,
-            });
+            let mut r = self.step(text, e, 0.0, &earlier, None)?;
+            r.turn = Some(t + 1);
+            earlier.push(r.agent_index as u32);
+            out.push(r);
         }
         Ok(out)
     }

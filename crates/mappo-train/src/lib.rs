@@ -50,7 +50,7 @@ pub use error::TrainError;
 pub use eval::{
     EpisodeEvaluator, EpisodeReport, EvalReport, Evaluate, GreedyEvaluator, evaluate_episodes, greedy_actions,
 };
-pub use policy::{RoutingPolicy, network_layout};
+pub use policy::{EpisodeShape, RoutingPolicy, network_layout};
 pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{PipelineSetup, SyntheticSetup, select_device};
 #[cfg(feature = "text")]

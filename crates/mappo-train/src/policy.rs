@@ -26,6 +26,29 @@ pub struct RoutingPolicy {
     stage_names: Vec<String>,
     min_prob: f64,
     device: Device,
+    episode: EpisodeShape,
+}
+
+/// What an episode of a policy looks like: which stage each step decides and what its
+/// observation holds beyond the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpisodeShape {
+    /// One decision per prompt (a text or synthetic router): every step is the one stage.
+    OneStep,
+    /// A conversation of `turns` turns: every turn sees the previous turn's agent and the share
+    /// of turns left (0 past the last).
+    Conversation {
+        /// Turns per conversation (the trained horizon).
+        turns: usize,
+    },
+    /// A cascade: step 0 picks an agent; after any agent but `strong`, step 1 sees its answer
+    /// and accepts it or escalates to `strong`.
+    Cascade {
+        /// The agent escalated to (the most expensive).
+        strong: usize,
+    },
+    /// A pipeline: step k decides stage k, seeing every earlier stage's choice.
+    Pipeline,
 }
 
 impl RoutingPolicy {
@@ -60,6 +83,14 @@ impl RoutingPolicy {
             mappo_config::EnvKind::Cascade => vec!["first".to_string(), "escalation".to_string()],
             _ => vec!["route".to_string()],
         };
+        let episode = match cfg.env.kind {
+            mappo_config::EnvKind::Conversation => EpisodeShape::Conversation { turns: cfg.env.turns.max(1) },
+            mappo_config::EnvKind::Cascade => {
+                EpisodeShape::Cascade { strong: mappo_env::CascadeRules::new(&cfg.env).strong }
+            }
+            mappo_config::EnvKind::Pipeline => EpisodeShape::Pipeline,
+            _ => EpisodeShape::OneStep,
+        };
         Self {
             network,
             spec,
@@ -68,7 +99,100 @@ impl RoutingPolicy {
             stage_names,
             min_prob: cfg.serve.min_prob,
             device: device.clone(),
+            episode,
         }
+    }
+
+    /// What its episodes look like.
+    pub fn episode(&self) -> EpisodeShape {
+        self.episode
+    }
+
+    /// The stage the step after `earlier` (the actions of the episode's steps so far, in order)
+    /// decides, or why there is none: a pipeline whose stages are all decided, a cascade that
+    /// has ended (after its second step, or after a first step that chose the strong agent).
+    pub fn next_stage(&self, earlier: &[u32]) -> Result<usize, String> {
+        match self.episode {
+            EpisodeShape::OneStep | EpisodeShape::Conversation { .. } => Ok(0),
+            EpisodeShape::Pipeline if earlier.len() < self.stage_agents.len() => Ok(earlier.len()),
+            EpisodeShape::Pipeline => {
+                Err(format!("all {} stages of this pipeline are decided", self.stage_agents.len()))
+            }
+            EpisodeShape::Cascade { .. } if earlier.is_empty() => Ok(0),
+            EpisodeShape::Cascade { strong } if earlier.len() == 1 && earlier[0] as usize != strong => Ok(1),
+            EpisodeShape::Cascade { .. } => {
+                Err("this cascade is complete (its answer was accepted or escalated, or the strongest agent \
+                 answered first)"
+                    .into())
+            }
+        }
+    }
+
+    /// Whether the step after `earlier` sees the earlier agent's answer (a cascade's second step).
+    pub fn needs_response(&self, earlier: &[u32]) -> bool {
+        matches!(self.episode, EpisodeShape::Cascade { .. }) && self.next_stage(earlier) == Ok(1)
+    }
+
+    /// The input row of the step after `earlier` for a prompt's `embedding` at cost weight λ,
+    /// with `response` (the earlier agent's answer, embedded) where the step sees one: the one
+    /// place a served or routed episode step is laid out, as the training environments do.
+    pub fn step_row(
+        &self,
+        embedding: &[f32],
+        cost_weight: f32,
+        earlier: &[u32],
+        response: Option<&[f32]>,
+    ) -> Result<Vec<f32>, TrainError> {
+        let stage = self.next_stage(earlier).map_err(TrainError::Setup)?;
+        let extras = match self.episode {
+            EpisodeShape::OneStep => {
+                mappo_env::RowExtras { cost_weight: Some(cost_weight), ..Default::default() }
+            }
+            EpisodeShape::Conversation { turns } => mappo_env::RowExtras {
+                cost_weight: Some(cost_weight),
+                previous_agent: earlier.last().copied(),
+                turns_left: Some(turns.saturating_sub(earlier.len() + 1) as f32 / turns as f32),
+                ..Default::default()
+            },
+            EpisodeShape::Cascade { .. } | EpisodeShape::Pipeline => mappo_env::RowExtras {
+                cost_weight: Some(cost_weight),
+                stage: Some(stage),
+                choices: earlier,
+                response,
+                ..Default::default()
+            },
+        };
+        if self.needs_response(earlier) && response.is_none() {
+            return Err(TrainError::Setup("this step needs the earlier agent's answer".into()));
+        }
+        self.spec.row(embedding, extras).ok_or_else(|| {
+            TrainError::Setup(format!(
+                "a step after {} earlier steps does not fit the policy's input of width {}",
+                earlier.len(),
+                self.spec.width()
+            ))
+        })
+    }
+
+    /// π over the options of the stage each row decides: [`RoutingPolicy::probabilities`] of
+    /// rows made by [`RoutingPolicy::step_row`], each cut to its stage's options.
+    pub fn step_probabilities(
+        &self,
+        rows: Vec<f32>,
+        earlier: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
+        let n = earlier.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let obs = Tensor::from_vec(rows, (n, self.spec.width()), &self.device)?;
+        let mut p = self.probabilities(&obs)?;
+        for (row, e) in p.iter_mut().zip(earlier) {
+            let options =
+                self.next_stage(e).ok().and_then(|k| self.stage_agents.get(k)).map_or(row.len(), Vec::len);
+            row.truncate(options);
+        }
+        Ok(p)
     }
 
     /// The names of the stages, in order (`route` for a one-stage router; a cascade's `first`
