@@ -51,6 +51,10 @@ pub fn log(cmd: LogCmd) -> Result<()> {
                     let mean = |m: Option<f64>| m.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
                     outln!("{:<24} {}", "mean reward", mean(s.reward_mean));
                     outln!("{:<24} {}", "policy versions", s.policy_versions);
+                    if s.episodes > 0 {
+                        outln!("{:<24} {} ({} ended)", "episodes", s.episodes, s.episodes_ended);
+                        outln!("{:<24} {}", "mean episode reward", mean(s.episode_reward_mean));
+                    }
                     let width = s.agents.iter().map(|a| a.agent.len()).max().unwrap_or(5).max(5);
                     outln!("");
                     outln!(

@@ -4,7 +4,9 @@
 //! embedding) and commit them to the decision log before anything is answered or forwarded.
 
 use axum::http::StatusCode;
-use mappo_log::{Decision, DecisionKind, Timestamp};
+use mappo_log::{Decision, DecisionKind, EpisodeStep, Timestamp};
+
+use crate::engine::{EpisodeJob, Routed};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,6 +35,18 @@ pub(crate) struct Ask<'a> {
     pub cost_weight: Option<f64>,
     /// The request's field of the cost weight, for errors (`` `cost_weight` ``).
     pub cost_weight_field: &'a str,
+    /// The episode the (one) text is the next step of.
+    pub episode: Option<EpisodeAsk>,
+}
+
+/// The episode a routed text is the next step of.
+pub(crate) struct EpisodeAsk {
+    /// The client's episode id (checked by the caller).
+    pub id: String,
+    /// The stage the client names (default: the episode's next stage).
+    pub stage: Option<String>,
+    /// The earlier agent's answer, for a step that sees it.
+    pub response: Option<String>,
 }
 
 /// A committed decision.
@@ -47,7 +61,7 @@ pub(crate) struct Decided {
 /// Too many or too long texts are 413, a cost weight that is not finite 422, an overloaded
 /// model thread or an unreachable log 503, a forced agent the policy no longer has 404.
 pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<Decided>, ApiError> {
-    let Ask { texts, text_name, choice, cost_weight, cost_weight_field } = ask;
+    let Ask { texts, text_name, choice, cost_weight, cost_weight_field, episode } = ask;
     if texts.len() > st.cfg.max_batch_texts {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,7 +90,11 @@ pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<De
         )));
     }
     let logged_texts = st.cfg.log_text.then(|| texts.clone());
-    let routed = st.engine.route_at(texts, choice != Choice::Sample, cost_weight).await?;
+    let greedy = choice != Choice::Sample;
+    let (routed, step) = match episode {
+        None => (st.engine.route_at(texts, greedy, cost_weight).await?, None),
+        Some(ep) => route_step(st, texts, greedy, cost_weight, ep).await?,
+    };
     let now = Timestamp::now();
     let mut indices = Vec::with_capacity(routed.items.len());
     let mut decisions = Vec::with_capacity(routed.items.len());
@@ -111,7 +129,7 @@ pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<De
             replica: st.replica.clone(),
             cost_weight: item.cost_weight,
             shadow: item.shadow,
-            episode: None,
+            episode: step.clone(),
         });
     }
     // Committed before the answer leaves (or the request goes upstream).
@@ -123,4 +141,42 @@ pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<De
         .zip(decisions)
         .map(|(agent_index, decision)| Decided { agent_index, decision })
         .collect())
+}
+
+/// Routes the one text of `texts` as the next step of episode `ep`: its earlier steps are read
+/// from the decision log (so any replica can take any step, and a restart loses nothing); an
+/// episode that has ended is 409, an answer over `serve.max_text_bytes` 413.
+async fn route_step(
+    st: &AppState,
+    texts: Vec<String>,
+    greedy: bool,
+    cost_weight: f64,
+    ep: EpisodeAsk,
+) -> Result<(Routed, Option<EpisodeStep>), ApiError> {
+    let [text]: [String; 1] = texts
+        .try_into()
+        .map_err(|_| ApiError::unprocessable("an episode step routes one `text`, not `texts`"))?;
+    if let Some(r) = ep.response.as_ref().filter(|r| r.len() > st.cfg.max_text_bytes) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "`previous_response` has {} bytes; at most {} (serve.max_text_bytes)",
+                r.len(),
+                st.cfg.max_text_bytes
+            ),
+        ));
+    }
+    let state = st.log.episode(&ep.id).await.map_err(|e| st.log_error(e))?;
+    let earlier: Vec<u32> = state.iter().flat_map(|s| s.steps.iter().map(|&(_, action, _)| action)).collect();
+    if state.as_ref().is_some_and(|s| s.end.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("episode {:?} has ended: it takes no more steps", ep.id),
+        ));
+    }
+    let step = u32::try_from(earlier.len()).unwrap_or(u32::MAX);
+    let job = EpisodeJob { earlier, stage: ep.stage, response: ep.response };
+    let routed = st.engine.route_step(text, greedy, cost_weight, job).await?;
+    let stage = routed.stage.clone().unwrap_or_else(|| "route".into());
+    Ok((routed, Some(EpisodeStep { id: ep.id, step, stage })))
 }

@@ -21,7 +21,7 @@ use mappo_log::ShadowChoice;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::model::{PolicyModel, TextEmbedder};
+use crate::model::{PolicyModel, StepInput, TextEmbedder};
 
 /// A policy version ready to serve.
 pub(crate) struct LoadedPolicy {
@@ -48,9 +48,23 @@ pub(crate) struct Scored {
 #[derive(Debug, Clone)]
 pub(crate) struct Routed {
     pub version: i64,
+    /// The options decided between: the policy's agents, or an episode step's stage options.
     pub agents: Arc<[String]>,
     pub model_hash: Arc<str>,
     pub items: Vec<Scored>,
+    /// The stage an episode step decided (`None` for a one-step job).
+    pub stage: Option<String>,
+}
+
+/// An episode step to decide: one text, after the episode's earlier actions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EpisodeJob {
+    /// The actions of the episode's earlier steps, in step order.
+    pub earlier: Vec<u32>,
+    /// The stage the client names; it must be the episode's next stage.
+    pub stage: Option<String>,
+    /// The earlier agent's answer (a cascade's second step sees its embedding).
+    pub response: Option<String>,
 }
 
 /// Why a job was not answered.
@@ -65,12 +79,19 @@ pub(crate) enum EngineError {
     /// The model failed on this batch.
     #[error("the model failed: {0}")]
     Model(String),
+    /// The episode has no such step for the served policy (complete, or another stage next).
+    #[error("{0}")]
+    Step(String),
+    /// The step lacks what the policy needs (e.g. the earlier agent's answer).
+    #[error("{0}")]
+    Input(String),
 }
 
 struct Job {
     texts: Vec<String>,
     greedy: bool,
     cost_weight: f32,
+    episode: Option<EpisodeJob>,
     reply: oneshot::Sender<Result<Routed, EngineError>>,
 }
 
@@ -141,9 +162,31 @@ impl Engine {
         greedy: bool,
         cost_weight: f64,
     ) -> Result<Routed, EngineError> {
+        self.submit(texts, greedy, cost_weight, None).await
+    }
+
+    /// Routes one text as the step of an episode after its earlier actions.
+    pub async fn route_step(
+        &self,
+        text: String,
+        greedy: bool,
+        cost_weight: f64,
+        episode: EpisodeJob,
+    ) -> Result<Routed, EngineError> {
+        self.submit(vec![text], greedy, cost_weight, Some(episode)).await
+    }
+
+    async fn submit(
+        &self,
+        texts: Vec<String>,
+        greedy: bool,
+        cost_weight: f64,
+        episode: Option<EpisodeJob>,
+    ) -> Result<Routed, EngineError> {
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        tx.try_send(Job { texts, greedy, cost_weight: cost_weight as f32, reply }).map_err(|e| match e {
+        let job = Job { texts, greedy, cost_weight: cost_weight as f32, episode, reply };
+        tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => EngineError::Overloaded,
             TrySendError::Disconnected(_) => EngineError::Stopped,
         })?;
@@ -252,7 +295,46 @@ impl Worker {
         }
     }
 
+    /// The stage of each job (an episode step's, checked against the served policy), answering
+    /// and dropping the jobs whose step the policy cannot take.
+    fn stages(&self, batch: Vec<Job>) -> Vec<(Job, Option<crate::model::StageInfo>)> {
+        let mut kept = Vec::with_capacity(batch.len());
+        for job in batch {
+            let Some(ep) = &job.episode else {
+                kept.push((job, None));
+                continue;
+            };
+            let checked = self.policy.model.stage(&ep.earlier).map_err(EngineError::Step).and_then(|st| {
+                if let Some(want) = ep.stage.as_ref().filter(|w| **w != st.name) {
+                    return Err(EngineError::Step(format!(
+                        "the episode's next stage is `{}`, not `{want}`",
+                        st.name
+                    )));
+                }
+                if st.needs_response && ep.response.is_none() {
+                    return Err(EngineError::Input(format!(
+                        "stage `{}` sees the earlier agent's answer: send it as `previous_response`",
+                        st.name
+                    )));
+                }
+                Ok(st)
+            });
+            match checked {
+                Ok(st) => kept.push((job, Some(st))),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        kept
+    }
+
     fn process(&mut self, batch: Vec<Job>) {
+        let staged = self.stages(batch);
+        if staged.is_empty() {
+            return;
+        }
+        let (batch, stages): (Vec<Job>, Vec<Option<crate::model::StageInfo>>) = staged.into_iter().unzip();
         let texts: Vec<&str> = batch.iter().flat_map(|j| j.texts.iter().map(String::as_str)).collect();
         self.metrics.batch_texts.observe(texts.len() as f64);
         let n = texts.len();
@@ -260,26 +342,25 @@ impl Worker {
             let emb = self.embedder.embed(&texts).map_err(|e| EngineError::Model(e.to_string()))?;
             let weights: Vec<f32> =
                 batch.iter().flat_map(|j| std::iter::repeat_n(j.cost_weight, j.texts.len())).collect();
-            let probs = self
-                .policy
-                .model
-                .probabilities_at(&emb, n, &weights)
-                .map_err(|e| EngineError::Model(e.to_string()))?;
+            let steps = self.step_inputs(&batch)?;
+            let score = |m: &dyn PolicyModel| match &steps {
+                Some(steps) => m.step_probabilities(&emb, n, &weights, steps),
+                None => m.probabilities_at(&emb, n, &weights),
+            };
+            let probs = score(self.policy.model.as_ref()).map_err(|e| EngineError::Model(e.to_string()))?;
             if probs.len() != n || emb.len() != n * self.embedder.dim() {
                 return Err(EngineError::Model("the model returned the wrong number of rows".into()));
             }
             // The shadow scores the same rows; its failure never fails the served request.
             let shadow = match &self.shadow {
-                Some(s) if s.agents == self.policy.agents => {
-                    match s.model.probabilities_at(&emb, n, &weights) {
-                        Ok(p) if p.len() == n => Some((s.version, p)),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!(error = %e, version = s.version, "the shadow policy failed");
-                            None
-                        }
+                Some(s) if s.agents == self.policy.agents => match score(s.model.as_ref()) {
+                    Ok(p) if p.len() == n => Some((s.version, p)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, version = s.version, "the shadow policy failed");
+                        None
                     }
-                }
+                },
                 _ => None,
             };
             Ok((emb, probs, shadow))
@@ -303,11 +384,18 @@ impl Worker {
         };
         let mut shadow_rows = shadow_probs.into_iter();
         let mut rows = emb.chunks_exact(dim.max(1)).zip(probs);
-        for job in batch {
+        for (job, stage) in batch.into_iter().zip(stages) {
+            let options = stage.as_ref().map(|s| s.options.len());
+            let cut = |mut p: Vec<f32>| {
+                if let Some(k) = options {
+                    p.truncate(k);
+                }
+                p
+            };
             let mut items = Vec::with_capacity(job.texts.len());
             for _ in 0..job.texts.len() {
                 let Some((e, p)) = rows.next() else { break };
-                let probabilities = floor_probabilities(&p, self.opts.min_prob);
+                let probabilities = floor_probabilities(&cut(p), self.opts.min_prob);
                 let (action, propensity) = if job.greedy {
                     (argmax(&probabilities), 1.0)
                 } else {
@@ -315,7 +403,7 @@ impl Worker {
                     (a, probabilities[a])
                 };
                 let shadow = shadow_rows.next().map(|sp| {
-                    let sp = floor_probabilities(&sp, self.opts.min_prob);
+                    let sp = floor_probabilities(&cut(sp), self.opts.min_prob);
                     let (a, p) = if job.greedy {
                         (argmax(&sp), 1.0)
                     } else {
@@ -337,14 +425,50 @@ impl Worker {
                     shadow,
                 });
             }
+            let (agents, stage) = match stage {
+                Some(s) => (Arc::from(s.options), Some(s.name)),
+                None => (self.policy.agents.clone(), None),
+            };
             let routed = Routed {
                 version: self.policy.version,
-                agents: self.policy.agents.clone(),
+                agents,
                 model_hash: self.model_hash.clone(),
                 items,
+                stage,
             };
             let _ = job.reply.send(Ok(routed));
         }
+    }
+}
+
+impl Worker {
+    /// Each row's episode step (the earlier actions and the embedded earlier answer), or `None`
+    /// when no job of the batch is an episode step (the plain, faster path).
+    fn step_inputs(&mut self, batch: &[Job]) -> Result<Option<Vec<StepInput>>, EngineError> {
+        if batch.iter().all(|j| j.episode.is_none()) {
+            return Ok(None);
+        }
+        let answers: Vec<&str> =
+            batch.iter().filter_map(|j| j.episode.as_ref().and_then(|e| e.response.as_deref())).collect();
+        let dim = self.embedder.dim();
+        let embedded = if answers.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed(&answers).map_err(|e| EngineError::Model(e.to_string()))?
+        };
+        let mut answer_rows = embedded.chunks_exact(dim.max(1));
+        let mut steps = Vec::new();
+        for job in batch {
+            let step = match &job.episode {
+                Some(ep) => StepInput {
+                    earlier: ep.earlier.clone(),
+                    response: ep.response.as_ref().and_then(|_| answer_rows.next()).map(<[f32]>::to_vec),
+                },
+                None => StepInput::default(),
+            };
+            steps.extend(std::iter::repeat_n(step, job.texts.len()));
+        }
+        Ok(Some(steps))
     }
 }
 

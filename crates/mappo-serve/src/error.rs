@@ -118,6 +118,8 @@ impl From<EngineError> for ApiError {
         let status = match e {
             EngineError::Overloaded | EngineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::Model(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::Step(_) => StatusCode::CONFLICT,
+            EngineError::Input(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, e.to_string())
     }

@@ -57,6 +57,7 @@ pub(crate) struct Metrics {
     pub batch_texts: Histogram,
     pub decisions_logged: Counter,
     pub rewards_joined: Counter,
+    pub episodes_ended: Counter,
     pub policy_version: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub policy_switches: Counter,
     pub policy_load_failures: Counter,
@@ -89,6 +90,12 @@ impl Metrics {
             "rewards_joined",
             "Rewards committed and joined to their decision",
             rewards_joined.clone(),
+        );
+        let episodes_ended = Counter::default();
+        registry.register(
+            "episodes_ended",
+            "Episodes ended (with or without a reward)",
+            episodes_ended.clone(),
         );
         let policy_version = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register("policy_version", "The policy version being served", policy_version.clone());
@@ -139,6 +146,7 @@ impl Metrics {
             batch_texts,
             decisions_logged,
             rewards_joined,
+            episodes_ended,
             policy_version,
             policy_switches,
             policy_load_failures,

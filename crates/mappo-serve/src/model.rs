@@ -37,6 +37,28 @@ pub trait TextEmbedder: Send + 'static {
     fn embed(&mut self, texts: &[&str]) -> Result<Vec<f32>, ModelError>;
 }
 
+/// One step of an episode as the model thread hands it to a policy: what came before it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepInput {
+    /// The actions of the episode's earlier steps, in step order (empty: a one-step decision or
+    /// an episode's first step).
+    pub earlier: Vec<u32>,
+    /// The embedding of the earlier agent's answer, where the step sees one (a cascade's second
+    /// step).
+    pub response: Option<Vec<f32>>,
+}
+
+/// The stage a step decides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageInfo {
+    /// Its name (`route` for a one-stage policy).
+    pub name: String,
+    /// Its options, in action order.
+    pub options: Vec<String>,
+    /// Whether the step sees the earlier agent's answer.
+    pub needs_response: bool,
+}
+
 /// A policy: embeddings in, one probability per agent out.
 pub trait PolicyModel: Send + 'static {
     /// The agents' names, in action order.
@@ -58,6 +80,24 @@ pub trait PolicyModel: Send + 'static {
     /// decision). Default false.
     fn cost_aware(&self) -> bool {
         false
+    }
+    /// The stage of the step after `earlier` (an episode's actions so far), or why the episode
+    /// has no such step. Default: one stage, the agents, every step.
+    fn stage(&self, earlier: &[u32]) -> Result<StageInfo, String> {
+        let _ = earlier;
+        Ok(StageInfo { name: "route".into(), options: self.agents().to_vec(), needs_response: false })
+    }
+    /// π over each row's stage options, the rows being steps of episodes (`steps`, one per row).
+    /// Default: the steps do not change the input ([`PolicyModel::probabilities_at`]).
+    fn step_probabilities(
+        &self,
+        embeddings: &[f32],
+        rows: usize,
+        cost_weights: &[f32],
+        steps: &[StepInput],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let _ = steps;
+        self.probabilities_at(embeddings, rows, cost_weights)
     }
 }
 
@@ -93,11 +133,13 @@ impl CandleLoader {
         f.write_all(bytes).map_err(|e| ModelError(format!("cannot write a temporary file: {e}")))?;
         let ckpt = Checkpoint::load(f.path(), &self.device)?;
         let cfg = &ckpt.config;
-        if cfg.env.kind != EnvKind::Text || cfg.env.agents.len() < 2 {
-            return Err(ModelError(
-                "the policy is not a text router (its config needs env.kind = \"text\" and [[env.agents]])"
-                    .into(),
-            ));
+        if !servable(cfg) {
+            return Err(ModelError(format!(
+                "the policy is not a text router: its config has env.kind = \"{}\" with {} agents; \
+                 mappo serve routes text, conversation and cascade policies with at least 2 [[env.agents]]",
+                cfg.env.kind,
+                cfg.env.agents.len()
+            )));
         }
         Ok((ckpt, f))
     }
@@ -158,12 +200,50 @@ impl PolicyModel for MlpPolicy {
                 self.policy.spec().embed_dim()
             )));
         }
+        if self.policy.episode() != mappo_train::EpisodeShape::OneStep {
+            // A request without an episode to a policy of episodes: the first step of a new one.
+            let steps = vec![StepInput::default(); rows];
+            return self.step_probabilities(embeddings, rows, cost_weights, &steps);
+        }
         let obs = self.policy.observe_rows(embeddings, cost_weights)?;
         Ok(self.policy.probabilities(&obs)?)
     }
 
     fn cost_aware(&self) -> bool {
         self.policy.cost_aware()
+    }
+
+    fn stage(&self, earlier: &[u32]) -> Result<StageInfo, String> {
+        let k = self.policy.next_stage(earlier)?;
+        Ok(StageInfo {
+            name: self.policy.stage_names().get(k).cloned().unwrap_or_else(|| "route".into()),
+            options: self.policy.stage_agents().get(k).cloned().unwrap_or_default(),
+            needs_response: self.policy.needs_response(earlier),
+        })
+    }
+
+    fn step_probabilities(
+        &self,
+        embeddings: &[f32],
+        rows: usize,
+        cost_weights: &[f32],
+        steps: &[StepInput],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let dim = self.policy.spec().embed_dim();
+        if embeddings.len() != rows * dim || steps.len() != rows || cost_weights.len() != rows {
+            return Err(ModelError(format!(
+                "{} embedding values, {} steps and {} cost weights for {rows} rows of width {dim}",
+                embeddings.len(),
+                steps.len(),
+                cost_weights.len()
+            )));
+        }
+        let mut flat = Vec::with_capacity(rows * self.policy.spec().width());
+        for ((e, s), &w) in embeddings.chunks_exact(dim.max(1)).zip(steps).zip(cost_weights) {
+            flat.extend(self.policy.step_row(e, w, &s.earlier, s.response.as_deref())?);
+        }
+        let earlier: Vec<&[u32]> = steps.iter().map(|s| s.earlier.as_slice()).collect();
+        Ok(self.policy.step_probabilities(flat, &earlier)?)
     }
 }
 
@@ -190,9 +270,11 @@ impl ModelLoader for CandleLoader {
     }
 
     fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {
-        if cfg.env.kind != EnvKind::Text || cfg.env.agents.len() < 2 {
+        if !servable(cfg) {
             return Err(ModelError(
-                "a fresh policy needs a text config (env.kind = \"text\" with [[env.agents]])".into(),
+                "a fresh policy needs a text, conversation or cascade config (env.kind with at least 2 \
+                 [[env.agents]])"
+                    .into(),
             ));
         }
         // The embedding width is the embedder's: read it from the model's config.json, which
@@ -200,8 +282,15 @@ impl ModelLoader for CandleLoader {
         let dim = embedding_dim(&self.model_dir_for(cfg))?;
         let policy = RoutingPolicy::init(cfg, dim, &self.device)?;
         // The same config always gives the same bytes: publishing it twice is one version.
-        Ok(Checkpoint::weights_only(cfg, EnvKind::Text.as_str(), policy.network())?.to_bytes()?)
+        Ok(Checkpoint::weights_only(cfg, cfg.env.kind.as_str(), policy.network())?.to_bytes()?)
     }
+}
+
+/// Whether `mappo serve` can route with a policy of this config: prompts embedded as text (the
+/// text, conversation and cascade envs), at least two agents.
+fn servable(cfg: &Config) -> bool {
+    matches!(cfg.env.kind, EnvKind::Text | EnvKind::Conversation | EnvKind::Cascade)
+        && cfg.env.agents.len() >= 2
 }
 
 /// The width of the embedding model in `dir` (`hidden_size` in its config.json).

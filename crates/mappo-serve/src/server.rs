@@ -294,6 +294,7 @@ impl Server {
         let state = Arc::new(AppState {
             engine,
             committer,
+            log: log.clone(),
             metrics,
             keys,
             cfg: scfg,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use mappo_config::ServeConfig;
-use mappo_log::{GroupCommitter, LogError};
+use mappo_log::{DecisionLog, GroupCommitter, LogError};
 
 use crate::auth::ApiKeys;
 use crate::engine::Engine;
@@ -19,6 +19,8 @@ use crate::upstream::Upstreams;
 pub(crate) struct AppState {
     pub engine: Engine,
     pub committer: GroupCommitter,
+    /// The log itself, for reads (an episode's earlier steps).
+    pub log: DecisionLog,
     pub metrics: Arc<Metrics>,
     pub keys: ApiKeys,
     pub cfg: ServeConfig,
@@ -32,8 +34,9 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    /// The answer to a failed write to the decision log: 404 (unknown decision), 409 (already
-    /// rewarded), 422 (a reward that is not finite), 503 while the database is unreachable
+    /// The answer to a failed write to the decision log: 404 (unknown decision or episode), 409
+    /// (already rewarded, an episode ended twice, a step after the end or taken concurrently),
+    /// 422 (a reward that is not finite), 503 while the database is unreachable
     /// (marked for `/healthz`), 500 otherwise.
     pub(crate) fn log_error(&self, e: LogError) -> ApiError {
         match e {
@@ -45,6 +48,15 @@ impl AppState {
             }
             LogError::InvalidReward(r) => {
                 ApiError::unprocessable(format!("reward {r} is not a finite number"))
+            }
+            LogError::UnknownEpisode(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no episode {id:?} in the log"))
+            }
+            e @ (LogError::EpisodeAlreadyEnded(_)
+            | LogError::EpisodeEnded(_)
+            | LogError::StepTaken { .. }) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            LogError::InvalidEpisodeReward(r) => {
+                ApiError::unprocessable(format!("episode reward {r} is not a finite number"))
             }
             e if e.is_unavailable() => {
                 self.db_ok.store(false, Ordering::Relaxed);

@@ -261,6 +261,7 @@ async fn proxy(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result
             choice: if forced { Choice::Force(model) } else { Choice::Sample },
             cost_weight: options.cost_weight,
             cost_weight_field: "`mappo.cost_weight`",
+            episode: None,
         },
     )
     .await

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::parse_body;
-use crate::decide::{Ask, Choice, Decided, decide_and_log};
+use crate::decide::{Ask, Choice, Decided, EpisodeAsk, decide_and_log};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -32,6 +32,16 @@ pub struct RouteRequest {
     /// Cost weight λ for a cost-aware policy (agents with a `cost`): higher = cheaper agents
     /// (`mappo calibrate` finds the λ of a budget). Default `serve.cost_weight`.
     pub cost_weight: Option<f64>,
+    /// Make this text the next step of an episode (a conversation turn, a cascade stage): the
+    /// client's id for it, 1–128 bytes. The policy sees the episode's earlier decisions, read
+    /// from the decision log, so any replica can take any step. Only with `text`.
+    #[schema(example = "conversation-42")]
+    pub episode_id: Option<String>,
+    /// For a multi-stage policy, the stage this step decides (default: the episode's next
+    /// stage); another stage than the next is 409.
+    pub stage: Option<String>,
+    /// The earlier agent's answer, for a step that sees it (a cascade's `escalation` stage).
+    pub previous_response: Option<String>,
 }
 
 /// One routing decision.
@@ -52,6 +62,15 @@ pub struct RouteDecision {
     pub policy_version: i64,
     /// Whether the agent is the argmax (requested with `"greedy": true`) rather than sampled.
     pub greedy: bool,
+    /// The episode, for an episode step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub episode_id: Option<String>,
+    /// The step within the episode (0-based), for an episode step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub step: Option<u32>,
+    /// The stage decided, for an episode step (`route` for a one-stage policy).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stage: Option<String>,
 }
 
 /// The decisions of a `texts` request, in order.
@@ -80,8 +99,9 @@ pub enum RouteResponse {
         (status = 200, description = "The decisions, committed to the log", body = RouteResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The episode has ended, has no such step for the served policy, or the step was taken by a concurrent request", body = ErrorBody),
         (status = 413, description = "Body, text or number of texts over the limit", body = ErrorBody),
-        (status = 422, description = "Wrong fields or types", body = ErrorBody),
+        (status = 422, description = "Wrong fields or types, a malformed episode id, an episode step without what it needs", body = ErrorBody),
         (status = 503, description = "Overloaded, or the decision log is unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -100,6 +120,22 @@ pub(crate) async fn route(
     if texts.is_empty() {
         return Err(ApiError::unprocessable("`texts` is empty"));
     }
+    let episode = match req.episode_id {
+        Some(id) => {
+            if !single {
+                return Err(ApiError::unprocessable("`episode_id` routes one `text`, not `texts`"));
+            }
+            mappo_log::EpisodeStep::check_id(&id)
+                .map_err(|e| ApiError::unprocessable(format!("`episode_id`: {e}")))?;
+            Some(EpisodeAsk { id, stage: req.stage, response: req.previous_response })
+        }
+        None if req.stage.is_some() || req.previous_response.is_some() => {
+            return Err(ApiError::unprocessable(
+                "`stage` and `previous_response` belong to an episode step: give `episode_id`",
+            ));
+        }
+        None => None,
+    };
     let decided = decide_and_log(
         &st,
         Ask {
@@ -108,6 +144,7 @@ pub(crate) async fn route(
             choice: if req.greedy { Choice::Greedy } else { Choice::Sample },
             cost_weight: req.cost_weight,
             cost_weight_field: "`cost_weight`",
+            episode,
         },
     )
     .await?;
@@ -122,6 +159,9 @@ pub(crate) async fn route(
             propensity: d.propensity,
             policy_version: d.policy_version,
             greedy,
+            episode_id: d.episode.as_ref().map(|e| e.id.clone()),
+            step: d.episode.as_ref().map(|e| e.step),
+            stage: d.episode.map(|e| e.stage),
         })
         .collect();
     Ok(Json(if single {
