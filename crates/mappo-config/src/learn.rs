@@ -35,6 +35,11 @@ pub struct LearnConfig {
     /// state, and with `--publish` one gated publication), and a stop signal is heard between
     /// rounds. Default 100.
     pub round_updates: usize,
+    /// Policies of episodes (conversations): seconds after its first step that an episode that
+    /// has not ended is learned anyway, cut after its last logged step (the value after it
+    /// bootstrapped from the critic). Until then the learner waits for it (and for everything
+    /// logged after it). Default 600.
+    pub episode_timeout_s: f64,
 }
 
 impl Default for LearnConfig {
@@ -48,6 +53,7 @@ impl Default for LearnConfig {
             gate_margin: 0.01,
             gate_estimator: GateEstimator::Dr,
             round_updates: 100,
+            episode_timeout_s: 600.0,
         }
     }
 }
@@ -73,6 +79,9 @@ impl LearnConfig {
         }
         if !(self.gate_margin.is_finite() && (0.0..=1e6).contains(&self.gate_margin)) {
             return Err(bad("gate_margin", &self.gate_margin, "must be a finite number >= 0"));
+        }
+        if !(self.episode_timeout_s.is_finite() && self.episode_timeout_s >= 0.0) {
+            return Err(bad("episode_timeout_s", &self.episode_timeout_s, "must be a finite number >= 0"));
         }
         if !(1..=1_000_000).contains(&self.round_updates) {
             return Err(bad("round_updates", &self.round_updates, "must be an integer in [1, 1000000]"));

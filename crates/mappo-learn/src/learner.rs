@@ -18,13 +18,13 @@
 
 use candle_core::{Device, Tensor};
 use mappo_config::{Config, MissingReward, Rng};
-use mappo_env::{Env, EnvError, EnvSpec, ObservationSpec, RowExtras, Step};
+use mappo_env::{Env, EnvError, EnvSpec, ObservationSpec, Step};
 use mappo_log::{
     DecisionKind, DecisionLog, EventQuery, JoinedEvent, LearnerState, PublishMeta, Published, Timestamp,
     Watermark,
 };
 use mappo_nn::{ActorCritic, Policy};
-use mappo_train::{Checkpoint, LoggedBatch, RoutingPolicy, Trainer, UpdateMetrics};
+use mappo_train::{Checkpoint, EpisodeShape, LoggedBatch, RoutingPolicy, StepEnd, Trainer, UpdateMetrics};
 use serde::Serialize;
 
 use crate::LearnError;
@@ -57,6 +57,25 @@ pub struct LearnEvent {
     pub cost_weight: Option<f32>,
     /// The reward, `None` when it did not arrive (in time).
     pub reward: Option<f64>,
+    /// Where it sits in its episode (`None`: a one-step decision).
+    pub episode: Option<mappo_log::EpisodeStep>,
+    /// For an episode's first step, when the learner learns episodes: the whole episode,
+    /// resolved when it was read (see [`Trajectory`]).
+    pub trajectory: Option<Trajectory>,
+}
+
+/// An episode as the learner takes it, at its first step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    /// Its steps in step order, the first included.
+    pub steps: Vec<LearnEvent>,
+    /// The episode's end reward when it ended with one (added to its last step's reward).
+    pub end_reward: Option<f64>,
+    /// Whether it ended; else it is cut after its last logged step.
+    pub ended: bool,
+    /// Whether it may be learned now: ended, or started more than `learn.episode_timeout_s`
+    /// before the learner's clock. A first step that is not ready stops the batch there.
+    pub ready: bool,
 }
 
 impl LearnEvent {
@@ -74,7 +93,30 @@ impl LearnEvent {
             embedding: d.embedding.clone(),
             cost_weight: d.cost_weight,
             reward: e.reward.filter(|r| r.time.0.saturating_sub(d.time.0) <= wait_us).map(|r| r.reward),
+            episode: d.episode.clone(),
+            trajectory: None,
         }
+    }
+
+    /// The first step of an episode with the whole episode (`events`: its joined events in step
+    /// order, as [`DecisionLog::episode_events`] returns them) resolved at time `now`.
+    pub fn with_trajectory(
+        mut self,
+        events: &[JoinedEvent],
+        reward_wait_s: f64,
+        timeout_s: f64,
+        now: Timestamp,
+    ) -> Self {
+        let start = events.first().map_or(now, |e| e.decision.time);
+        let end = events.first().and_then(|e| e.episode_end);
+        let timeout_us = (timeout_s * 1e6) as i64;
+        self.trajectory = Some(Trajectory {
+            steps: events.iter().map(|e| LearnEvent::from_joined(e, reward_wait_s)).collect(),
+            end_reward: end.and_then(|x| x.reward),
+            ended: end.is_some(),
+            ready: end.is_some() || now.0.saturating_sub(start.0) > timeout_us,
+        });
+        self
     }
 
     /// An event of an exported or foreign log ([`crate::read_export_jsonl`]), its text
@@ -90,6 +132,8 @@ impl LearnEvent {
             embedding: e.embedding.clone().unwrap_or_default(),
             cost_weight: e.cost_weight,
             reward: e.reward,
+            episode: None,
+            trajectory: None,
         }
     }
 }
@@ -109,6 +153,12 @@ pub struct EventCounts {
     pub skipped_missing: u64,
     /// Unusable for this policy (embedding width, number of agents, propensity).
     pub skipped_bad: u64,
+    /// Later steps of episodes, consumed with their episode's first step.
+    #[serde(default)]
+    pub episode_steps: u64,
+    /// Episodes learned (policies of episodes).
+    #[serde(default)]
+    pub episodes: u64,
 }
 
 impl EventCounts {
@@ -120,6 +170,8 @@ impl EventCounts {
         self.not_sampled += o.not_sampled;
         self.skipped_missing += o.skipped_missing;
         self.skipped_bad += o.skipped_bad;
+        self.episode_steps += o.episode_steps;
+        self.episodes += o.episodes;
     }
 }
 
@@ -134,6 +186,11 @@ pub struct PreparedBatch {
     pub propensities: Vec<f32>,
     /// Rewards (defaults filled in).
     pub rewards: Vec<f32>,
+    /// Empty for one-step decisions; for a policy of episodes, how each row stands in its
+    /// episode (see [`mappo_train::StepEnd`]).
+    pub ends: Vec<StepEnd>,
+    /// Row-major observations after each cut (truncated) episode's last step.
+    pub bootstrap: Vec<f32>,
     /// The last consumed event's position (`None` for a file).
     pub watermark: Option<Watermark>,
     /// What happened to the consumed events.
@@ -151,17 +208,50 @@ pub fn take_batch(
     num_agents: usize,
     cfg: &Config,
 ) -> (PreparedBatch, usize) {
+    take_batch_of(events, start, batch, layout, EpisodeShape::OneStep, num_agents, cfg)
+}
+
+/// [`take_batch`] for a policy whose episodes have `shape`: for a policy of episodes
+/// (conversations), an episode's first step brings the whole episode (its [`Trajectory`]), its
+/// later steps are consumed with it, and a first step whose episode is not ready stops the
+/// batch before it (nothing after it is consumed until it is).
+pub fn take_batch_of(
+    events: &[LearnEvent],
+    start: usize,
+    batch: usize,
+    layout: &ObservationSpec,
+    shape: EpisodeShape,
+    num_agents: usize,
+    cfg: &Config,
+) -> (PreparedBatch, usize) {
     let mut b = PreparedBatch {
         obs: Vec::new(),
         actions: Vec::new(),
         propensities: Vec::new(),
         rewards: Vec::new(),
+        ends: Vec::new(),
+        bootstrap: Vec::new(),
         watermark: None,
         counts: EventCounts::default(),
     };
+    let episodic = shape != EpisodeShape::OneStep;
     let mut i = start;
     while i < events.len() && b.actions.len() < batch {
         let e = &events[i];
+        if episodic && let Some(ep) = &e.episode {
+            if ep.step == 0 && !e.trajectory.as_ref().is_some_and(|t| t.ready) {
+                break; // wait for this episode (and everything after it)
+            }
+            i += 1;
+            b.counts.consumed += 1;
+            b.watermark = e.watermark.or(b.watermark);
+            match (&e.trajectory, ep.step) {
+                (_, s) if s > 0 => b.counts.episode_steps += 1,
+                (Some(t), _) => add_episode(&mut b, t, layout, shape, num_agents),
+                (None, _) => b.counts.skipped_bad += 1,
+            }
+            continue;
+        }
         i += 1;
         b.counts.consumed += 1;
         b.watermark = e.watermark.or(b.watermark);
@@ -169,8 +259,7 @@ pub fn take_batch(
             b.counts.not_sampled += 1;
             continue;
         }
-        let input =
-            layout.row(&e.embedding, RowExtras { cost_weight: e.cost_weight, ..RowExtras::default() });
+        let input = layout.row(&e.embedding, shape.extras(&[], e.cost_weight, None));
         let Some(input) = input.filter(|x| x.iter().all(|v| v.is_finite())) else {
             b.counts.skipped_bad += 1;
             continue;
@@ -199,8 +288,75 @@ pub fn take_batch(
         b.actions.push(e.action);
         b.propensities.push(e.propensity);
         b.rewards.push(reward as f32);
+        if episodic {
+            b.ends.push(StepEnd::Done);
+        }
     }
     (b, i)
+}
+
+/// Adds a ready episode's steps to `b`, or counts why it cannot be learned: a step that was not
+/// sampled (no propensity to weigh it by), a row that does not fit the policy, a cascade's
+/// second step (its input, the first agent's answer, is not logged).
+fn add_episode(
+    b: &mut PreparedBatch,
+    t: &Trajectory,
+    layout: &ObservationSpec,
+    shape: EpisodeShape,
+    num_agents: usize,
+) {
+    let actions: Vec<u32> = t.steps.iter().map(|s| s.action).collect();
+    if t.steps.iter().any(|s| s.kind != DecisionKind::Sampled) {
+        b.counts.not_sampled += 1;
+        return;
+    }
+    let cascade_answer = matches!(shape, EpisodeShape::Cascade { .. }) && t.steps.len() > 1;
+    let mut rows = Vec::new();
+    for (k, s) in t.steps.iter().enumerate() {
+        let row = layout.row(&s.embedding, shape.extras(&actions[..k], s.cost_weight, None));
+        let ok = (s.num_agents == 0 || s.num_agents <= num_agents)
+            && (s.action as usize) < num_agents
+            && s.propensity.is_finite()
+            && s.propensity > 0.0
+            && s.propensity <= 1.0;
+        match row.filter(|r| ok && !cascade_answer && r.iter().all(|v| v.is_finite())) {
+            Some(r) => rows.push(r),
+            None => {
+                b.counts.skipped_bad += 1;
+                return;
+            }
+        }
+    }
+    let Some(last) = t.steps.last() else { return };
+    if !t.ended {
+        // Cut after its last logged step: bootstrap from the state that step leads to.
+        let next = layout.row(&last.embedding, shape.extras(&actions, last.cost_weight, None));
+        match next {
+            Some(r) => b.bootstrap.extend(r),
+            None => {
+                b.counts.skipped_bad += 1;
+                return;
+            }
+        }
+    }
+    let n = t.steps.len();
+    for (k, (s, row)) in t.steps.iter().zip(rows).enumerate() {
+        let mut r = s.reward.unwrap_or(0.0);
+        if k + 1 == n {
+            r += t.end_reward.unwrap_or(0.0);
+        }
+        b.obs.extend(row);
+        b.actions.push(s.action);
+        b.propensities.push(s.propensity);
+        b.rewards.push(r as f32);
+        b.ends.push(match (k + 1 == n, t.ended) {
+            (false, _) => StepEnd::Continues,
+            (true, true) => StepEnd::Done,
+            (true, false) => StepEnd::Truncated,
+        });
+    }
+    b.counts.learned += n as u64;
+    b.counts.episodes += 1;
 }
 
 /// The environment of a trainer that only learns from logs: it carries the published
@@ -258,7 +414,9 @@ pub fn trainer_from_checkpoint(
     cfg.learn = settings.learn.clone();
     cfg.train.batch_size = settings.train.batch_size;
     cfg.train.seed = settings.train.seed;
-    cfg.train.rollout_len = 1;
+    if EpisodeShape::of(&cfg) == EpisodeShape::OneStep {
+        cfg.train.rollout_len = 1;
+    }
     let env = LoggedEnv {
         kind: ckpt.env_kind.clone(),
         state: ckpt.env_state.clone(),
@@ -279,11 +437,18 @@ pub fn update_trainer(trainer: &mut LogTrainer, b: &PreparedBatch) -> Result<Upd
     let obs_dim = b.obs.len().checked_div(n).unwrap_or(0);
     let obs =
         Tensor::from_slice(&b.obs, (n, obs_dim), trainer.device()).map_err(mappo_train::TrainError::from)?;
+    let cut = b.bootstrap.len().checked_div(obs_dim).unwrap_or(0);
+    let bootstrap_obs = (cut > 0)
+        .then(|| Tensor::from_slice(&b.bootstrap, (cut, obs_dim), trainer.device()))
+        .transpose()
+        .map_err(mappo_train::TrainError::from)?;
     let logged = LoggedBatch {
         obs,
         actions: b.actions.clone(),
         propensities: b.propensities.clone(),
         rewards: b.rewards.clone(),
+        ends: b.ends.clone(),
+        bootstrap_obs,
     };
     Ok(trainer.update_from_logged(&logged)?)
 }
@@ -348,6 +513,8 @@ pub struct Learner {
     base_version: Option<i64>,
     /// The layout of the policy's input (set when a checkpoint is loaded).
     layout: Option<ObservationSpec>,
+    /// What the policy's episodes look like (set with `layout`).
+    shape: EpisodeShape,
 }
 
 impl std::fmt::Debug for Learner {
@@ -371,6 +538,7 @@ impl Learner {
             pending: None,
             base_version: None,
             layout: None,
+            shape: EpisodeShape::OneStep,
         })
     }
 
@@ -405,6 +573,7 @@ impl Learner {
             let ckpt = Checkpoint::from_bytes(&st.checkpoint, &self.device)?;
             self.trainer = Some(trainer_from_checkpoint(&ckpt, &self.settings, &self.device)?);
             self.layout = Some(ckpt.observation_spec()?);
+            self.shape = EpisodeShape::of(&ckpt.config);
             self.base_version = st.base_version;
             st.checkpoint = Vec::new();
             tracing::info!(
@@ -451,6 +620,7 @@ impl Learner {
             }
             self.trainer = Some(trainer);
             self.layout = Some(ckpt.observation_spec()?);
+            self.shape = EpisodeShape::of(&ckpt.config);
             self.base_version = Some(v);
         }
         Ok(adopt)
@@ -487,9 +657,18 @@ impl Learner {
                 if let Some(last) = page.last() {
                     after = Some(last.watermark());
                 }
-                events.extend(page.iter().map(|e| LearnEvent::from_joined(e, l.reward_wait_s)));
+                for e in &page {
+                    let mut ev = LearnEvent::from_joined(e, l.reward_wait_s);
+                    if self.shape != EpisodeShape::OneStep
+                        && let Some(ep) = e.decision.episode.as_ref().filter(|ep| ep.step == 0)
+                    {
+                        let steps = self.log.episode_events(&ep.id).await?;
+                        ev = ev.with_trajectory(&steps, l.reward_wait_s, l.episode_timeout_s, now);
+                    }
+                    events.push(ev);
+                }
             }
-            let (b, next) = take_batch(&events, start, batch, &layout, agents, &self.settings);
+            let (b, next) = take_batch_of(&events, start, batch, &layout, self.shape, agents, &self.settings);
             if b.actions.len() < batch && (b.actions.len() < l.min_events || b.actions.is_empty()) {
                 break;
             }

@@ -1004,6 +1004,21 @@ impl DecisionLog {
         })
     }
 
+    /// Every decision of an episode joined with its reward, in step order (empty for an unknown
+    /// episode).
+    pub async fn episode_events(&self, id: &str) -> Result<Vec<JoinedEvent>, LogError> {
+        on_pool!(self, p, Db, pg => {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {EVENT_COLUMNS} {EVENT_FROM} WHERE d.episode_id = $1 ORDER BY d.step"
+            )))
+            .bind(id)
+            .fetch_all(p)
+            .await
+            .map_err(|e| self.err(e))?;
+            rows.iter().map(|row| decode_event!(row)).collect()
+        })
+    }
+
     /// Decisions joined with their rewards (`None` where none has arrived), in the stable order
     /// `(time, id)` ascending, strictly after `q.after`, strictly before `q.before`, at most
     /// `q.limit`. Page with `after = last.watermark()`. Greedy and forced decisions are

@@ -605,6 +605,12 @@ async fn episodes_steps_ends_export_and_stats(db: &TestDb) {
     assert_eq!((r1["episode_end"].as_bool(), r1["episode_reward"].as_f64()), (Some(true), Some(2.5)), "{r1}");
     assert_eq!((rb["episode_end"].as_bool(), rb.get("episode_reward")), (Some(true), None), "{rb}");
     assert!(rl.get("episode_id").is_none() && rl.get("step").is_none(), "{rl}");
+    // An episode's events in step order, with their rewards and the end.
+    let evs = log.episode_events("chat-1").await.unwrap();
+    assert_eq!(evs.iter().map(|e| e.decision.id).collect::<Vec<_>>(), vec![a0.id, a1.id]);
+    assert_eq!(evs[0].reward.map(|r| r.reward), Some(0.5));
+    assert!(evs.iter().all(|e| e.episode_end.and_then(|x| x.reward) == Some(2.5)));
+    assert!(log.episode_events("nope").await.unwrap().is_empty());
     // Stats count episodes.
     let s = log.stats().await.unwrap();
     assert_eq!((s.decisions, s.episodes, s.episodes_ended), (5, 3, 2));

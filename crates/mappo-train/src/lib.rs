@@ -55,4 +55,4 @@ pub use run::{NoObserver, Observer, RunOptions, RunSummary};
 pub use setup::{PipelineSetup, SyntheticSetup, select_device};
 #[cfg(feature = "text")]
 pub use text::{CascadeSetup, ConversationSetup, TextSetup, cascade_data, conversation_env};
-pub use trainer::{LoggedBatch, TrainSettings, Trainer, UpdateMetrics};
+pub use trainer::{LoggedBatch, StepEnd, TrainSettings, Trainer, UpdateMetrics};

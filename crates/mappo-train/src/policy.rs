@@ -51,6 +51,66 @@ pub enum EpisodeShape {
     Pipeline,
 }
 
+impl EpisodeShape {
+    /// The shape of a config's episodes.
+    pub fn of(cfg: &Config) -> Self {
+        match cfg.env.kind {
+            mappo_config::EnvKind::Conversation => EpisodeShape::Conversation { turns: cfg.env.turns.max(1) },
+            mappo_config::EnvKind::Cascade => {
+                EpisodeShape::Cascade { strong: mappo_env::CascadeRules::new(&cfg.env).strong }
+            }
+            mappo_config::EnvKind::Pipeline => EpisodeShape::Pipeline,
+            _ => EpisodeShape::OneStep,
+        }
+    }
+
+    /// The stage the step after `earlier` (the actions of the episode's steps so far, in order)
+    /// decides, for a policy of `stages` stages, or why there is none: a pipeline whose stages
+    /// are all decided, a cascade that has ended (after its second step, or after a first step
+    /// that chose the strong agent).
+    pub fn next_stage(self, earlier: &[u32], stages: usize) -> Result<usize, String> {
+        match self {
+            EpisodeShape::OneStep | EpisodeShape::Conversation { .. } => Ok(0),
+            EpisodeShape::Pipeline if earlier.len() < stages => Ok(earlier.len()),
+            EpisodeShape::Pipeline => Err(format!("all {stages} stages of this pipeline are decided")),
+            EpisodeShape::Cascade { .. } if earlier.is_empty() => Ok(0),
+            EpisodeShape::Cascade { strong } if earlier.len() == 1 && earlier[0] as usize != strong => Ok(1),
+            EpisodeShape::Cascade { .. } => {
+                Err("this cascade is complete (its answer was accepted or escalated, or the strongest agent \
+                 answered first)"
+                    .into())
+            }
+        }
+    }
+
+    /// What the observation of the step after `earlier` holds beside the prompt (for the
+    /// layout's [`ObservationSpec::row`]): the one place an episode step's extras are decided,
+    /// as the training environments lay them out.
+    pub fn extras<'a>(
+        self,
+        earlier: &'a [u32],
+        cost_weight: Option<f32>,
+        response: Option<&'a [f32]>,
+    ) -> mappo_env::RowExtras<'a> {
+        match self {
+            EpisodeShape::OneStep => mappo_env::RowExtras { cost_weight, ..Default::default() },
+            EpisodeShape::Conversation { turns } => mappo_env::RowExtras {
+                cost_weight,
+                previous_agent: earlier.last().copied(),
+                turns_left: Some(turns.saturating_sub(earlier.len() + 1) as f32 / turns as f32),
+                ..Default::default()
+            },
+            EpisodeShape::Cascade { .. } | EpisodeShape::Pipeline => mappo_env::RowExtras {
+                cost_weight,
+                stage: Some(earlier.len()),
+                choices: earlier,
+                response,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 impl RoutingPolicy {
     /// The policy stored in `ckpt`, on `device`: the network is rebuilt from the checkpoint's
     /// config and the width of its first layer, and its weights loaded.
@@ -83,14 +143,7 @@ impl RoutingPolicy {
             mappo_config::EnvKind::Cascade => vec!["first".to_string(), "escalation".to_string()],
             _ => vec!["route".to_string()],
         };
-        let episode = match cfg.env.kind {
-            mappo_config::EnvKind::Conversation => EpisodeShape::Conversation { turns: cfg.env.turns.max(1) },
-            mappo_config::EnvKind::Cascade => {
-                EpisodeShape::Cascade { strong: mappo_env::CascadeRules::new(&cfg.env).strong }
-            }
-            mappo_config::EnvKind::Pipeline => EpisodeShape::Pipeline,
-            _ => EpisodeShape::OneStep,
-        };
+        let episode = EpisodeShape::of(cfg);
         Self {
             network,
             spec,
@@ -112,20 +165,7 @@ impl RoutingPolicy {
     /// decides, or why there is none: a pipeline whose stages are all decided, a cascade that
     /// has ended (after its second step, or after a first step that chose the strong agent).
     pub fn next_stage(&self, earlier: &[u32]) -> Result<usize, String> {
-        match self.episode {
-            EpisodeShape::OneStep | EpisodeShape::Conversation { .. } => Ok(0),
-            EpisodeShape::Pipeline if earlier.len() < self.stage_agents.len() => Ok(earlier.len()),
-            EpisodeShape::Pipeline => {
-                Err(format!("all {} stages of this pipeline are decided", self.stage_agents.len()))
-            }
-            EpisodeShape::Cascade { .. } if earlier.is_empty() => Ok(0),
-            EpisodeShape::Cascade { strong } if earlier.len() == 1 && earlier[0] as usize != strong => Ok(1),
-            EpisodeShape::Cascade { .. } => {
-                Err("this cascade is complete (its answer was accepted or escalated, or the strongest agent \
-                 answered first)"
-                    .into())
-            }
-        }
+        self.episode.next_stage(earlier, self.stage_agents.len())
     }
 
     /// Whether the step after `earlier` sees the earlier agent's answer (a cascade's second step).
@@ -143,25 +183,8 @@ impl RoutingPolicy {
         earlier: &[u32],
         response: Option<&[f32]>,
     ) -> Result<Vec<f32>, TrainError> {
-        let stage = self.next_stage(earlier).map_err(TrainError::Setup)?;
-        let extras = match self.episode {
-            EpisodeShape::OneStep => {
-                mappo_env::RowExtras { cost_weight: Some(cost_weight), ..Default::default() }
-            }
-            EpisodeShape::Conversation { turns } => mappo_env::RowExtras {
-                cost_weight: Some(cost_weight),
-                previous_agent: earlier.last().copied(),
-                turns_left: Some(turns.saturating_sub(earlier.len() + 1) as f32 / turns as f32),
-                ..Default::default()
-            },
-            EpisodeShape::Cascade { .. } | EpisodeShape::Pipeline => mappo_env::RowExtras {
-                cost_weight: Some(cost_weight),
-                stage: Some(stage),
-                choices: earlier,
-                response,
-                ..Default::default()
-            },
-        };
+        self.next_stage(earlier).map_err(TrainError::Setup)?;
+        let extras = self.episode.extras(earlier, Some(cost_weight), response);
         if self.needs_response(earlier) && response.is_none() {
             return Err(TrainError::Setup("this step needs the earlier agent's answer".into()));
         }

@@ -60,6 +60,25 @@ pub struct LoggedBatch {
     pub propensities: Vec<f32>,
     /// The reward each row earned.
     pub rewards: Vec<f32>,
+    /// Empty: every row is a one-step episode (a bandit decision). Otherwise one entry per row:
+    /// the rows are the steps of whole episodes, in step order, one episode after another, and
+    /// each episode's last step is [`StepEnd::Done`] or [`StepEnd::Truncated`].
+    pub ends: Vec<StepEnd>,
+    /// One observation row per [`StepEnd::Truncated`] step, in order: the state its episode was
+    /// cut before, whose value is bootstrapped.
+    pub bootstrap_obs: Option<Tensor>,
+}
+
+/// How a logged step stands in its episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEnd {
+    /// More steps of the episode follow.
+    Continues,
+    /// The episode's last step: nothing is bootstrapped after it.
+    Done,
+    /// The episode was cut after this step (it had not ended): the value of the state after it
+    /// is bootstrapped from the critic.
+    Truncated,
 }
 
 impl LoggedBatch {
@@ -254,32 +273,90 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         if let Some(r) = batch.rewards.iter().find(|r| !r.is_finite()) {
             return Err(TrainError::Setup(format!("logged reward {r} is not finite")));
         }
+        if !batch.ends.is_empty() && (batch.ends.len() != n || batch.ends.last() == Some(&StepEnd::Continues))
+        {
+            return Err(TrainError::Setup(format!(
+                "{} step ends for {n} logged steps, the last {:?}: every episode must end with Done or \
+                 Truncated",
+                batch.ends.len(),
+                batch.ends.last()
+            )));
+        }
         let p = self.cfg.ppo.clone();
         self.actor.set_lr(p.lr_actor);
         self.critic.set_lr(p.lr_critic);
         let obs = batch.obs.to_device(&self.device)?;
         let values = self.policy.forward(&obs)?.values.detach().to_vec1::<f32>()?;
         let log_mu: Vec<f32> = batch.propensities.iter().map(|m| m.ln()).collect();
-        let mut logged = Rollout::new(n);
-        logged.push(Transition {
-            obs: &obs,
-            actions: &batch.actions,
-            log_probs: &log_mu,
-            values: &values,
-            rewards: &batch.rewards,
-            done: &vec![true; n],
-            truncated: &vec![false; n],
-            truncated_values: &[],
-        })?;
+        let logged = if batch.ends.is_empty() {
+            // One-step episodes: one batched transition.
+            let mut logged = Rollout::new(n);
+            logged.push(Transition {
+                obs: &obs,
+                actions: &batch.actions,
+                log_probs: &log_mu,
+                values: &values,
+                rewards: &batch.rewards,
+                done: &vec![true; n],
+                truncated: &vec![false; n],
+                truncated_values: &[],
+            })?;
+            self.episode_returns = (batch.rewards.iter().map(|&r| f64::from(r)).sum(), n);
+            logged
+        } else {
+            self.logged_episodes(batch, &obs, &values, &log_mu)?
+        };
         let (gae, explained_variance) = self.advantages(&logged, &[])?;
         let mean_reward = batch.rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64;
-        self.episode_returns = (batch.rewards.iter().map(|&r| f64::from(r)).sum(), n);
         let targets = self.value_targets(gae);
         let collected = std::mem::replace(&mut self.rollout, logged);
         let result = self.optimise(&targets);
         self.rollout = collected;
         let (stats, grad_norm, epochs) = result?;
         self.finish(stats, grad_norm, epochs, mean_reward, explained_variance)
+    }
+
+    /// Logged episodes as one environment's consecutive steps, so that GAE runs over each
+    /// episode's steps and restarts at its end (bootstrapping a truncated one).
+    fn logged_episodes(
+        &mut self,
+        batch: &LoggedBatch,
+        obs: &Tensor,
+        values: &[f32],
+        log_mu: &[f32],
+    ) -> Result<Rollout, TrainError> {
+        let truncated = batch.ends.iter().filter(|&&e| e == StepEnd::Truncated).count();
+        let boot = match &batch.bootstrap_obs {
+            Some(b) => self.policy.forward(&b.to_device(&self.device)?)?.values.detach().to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
+        if boot.len() != truncated {
+            return Err(TrainError::Setup(format!(
+                "{truncated} truncated episodes but {} bootstrap observations",
+                boot.len()
+            )));
+        }
+        let mut boot = boot.into_iter();
+        let mut logged = Rollout::new(1);
+        let (mut total, mut episodes) = (0f64, 0usize);
+        for (i, end) in batch.ends.iter().enumerate() {
+            let cut = *end == StepEnd::Truncated;
+            let tv = if cut { boot.next().unwrap_or(0.0) } else { 0.0 };
+            logged.push(Transition {
+                obs: &obs.narrow(0, i, 1)?,
+                actions: &batch.actions[i..=i],
+                log_probs: &log_mu[i..=i],
+                values: &values[i..=i],
+                rewards: &batch.rewards[i..=i],
+                done: &[*end == StepEnd::Done],
+                truncated: &[cut],
+                truncated_values: &[tv],
+            })?;
+            total += f64::from(batch.rewards[i]);
+            episodes += usize::from(*end != StepEnd::Continues);
+        }
+        self.episode_returns = (total, episodes);
+        Ok(logged)
     }
 
     /// GAE over `rollout` (with `ppo.gamma`/`ppo.gae_lambda`) in the reward's scale, and the
