@@ -398,22 +398,36 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub url: String,
     /// JSON lines with "text" and "label" (an agent name): the user's reward is 1 when the routed
-    /// agent is the label, else 0.
+    /// agent is the label, else 0 (for conversations, plus the continuity bonus when a turn keeps
+    /// the previous turn's agent).
     #[arg(long)]
     pub corpus: PathBuf,
-    /// Requests to send (texts drawn from the corpus in seeded random order, repeating passes).
-    #[arg(long)]
-    pub requests: usize,
-    /// Requests in flight at once.
+    /// `text` (one request per prompt) or `conversation` (multi-turn users: each turn the next
+    /// step of its conversation, topics following the config's chain; needs --config and
+    /// --episodes).
+    #[arg(long, default_value = "text", value_parser = ["text", "conversation"])]
+    pub env: String,
+    /// Requests to send (texts drawn from the corpus in seeded random order, repeating passes;
+    /// --env text).
+    #[arg(long, required_if_eq("env", "text"))]
+    pub requests: Option<usize>,
+    /// Conversations to play (--env conversation).
+    #[arg(long, required_if_eq("env", "conversation"))]
+    pub episodes: Option<usize>,
+    /// The config whose [env] gives the conversations' turns, p_stay, continuity_bonus and
+    /// reward_at (--env conversation; e.g. the served config).
+    #[arg(long, short, required_if_eq("env", "conversation"))]
+    pub config: Option<PathBuf>,
+    /// Requests (or conversations) in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Wait this long after a decision before sending its reward.
+    /// Wait this long after a decision before sending its reward (--env text).
     #[arg(long, default_value_t = 0)]
     pub feedback_delay_ms: u64,
-    /// Probability that a decision's reward is never sent.
+    /// Probability that a decision's reward is never sent (--env text).
     #[arg(long, default_value_t = 0.0)]
     pub missing_feedback: f64,
-    /// Seed of the text order and the missing feedback.
+    /// Seed of the text order and the missing feedback (and of the conversations' topics).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// File whose first line is an API key (sent as a bearer token).

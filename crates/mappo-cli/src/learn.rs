@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_config::Config;
-use mappo_learn::gate::{GateConfig, GateDecision, gate};
+use mappo_learn::episode_ope::{LoggedEpisode, read_ended_episodes};
+use mappo_learn::gate::{GateConfig, GateDecision, gate, gate_episodes};
 use mappo_learn::learner::{
     Candidate, EventCounts, LearnEvent, Learner, PublishGate, take_batch, trainer_from_checkpoint,
     update_trainer,
@@ -28,6 +29,9 @@ use crate::signals::StopRequest;
 /// The newest rewarded events the promotion gate evaluates on.
 const GATE_WINDOW: usize = 2000;
 
+/// The newest ended episodes the promotion gate evaluates a policy of episodes on.
+const GATE_EPISODES: u32 = 1000;
+
 /// The promotion gate of `mappo learn --publish`: before each round it reads the newest events
 /// (decisions older than `learn.reward_wait_s`, as the learner) and the current version; a
 /// round's candidate is published only when off-policy evaluation on those events says it is
@@ -45,6 +49,10 @@ struct Gate {
     current: Option<(i64, OpePolicy)>,
     /// The decision taken by the last `should_publish`, to be recorded after the round.
     last: Option<(GateDecision, String)>,
+    /// For a policy of episodes: the newest ended episodes, laid out for the current version.
+    episodes: Vec<LoggedEpisode>,
+    /// The discount of episode returns (`ppo.gamma`).
+    gamma: f64,
 }
 
 impl Gate {
@@ -56,6 +64,8 @@ impl Gate {
             after: None,
             current: None,
             last: None,
+            episodes: Vec::new(),
+            gamma: cfg.ppo.gamma,
         })
     }
 
@@ -83,6 +93,19 @@ impl Gate {
             let ckpt = Checkpoint::from_bytes(&p.checkpoint, &Device::Cpu)?;
             self.current = Some((p.info.version, OpePolicy::from_checkpoint(&ckpt, &Device::Cpu)?));
         }
+        if let Some((_, current)) = &self.current
+            && current.shape != mappo_train::EpisodeShape::OneStep
+            && let Some(layout) = current.layout()
+        {
+            let wait = self.reward_wait.as_secs_f64();
+            let (eps, warnings) =
+                read_ended_episodes(log, GATE_EPISODES, wait, layout, current.shape, current.num_actions())
+                    .await?;
+            for w in warnings {
+                tracing::debug!("gate: {w}");
+            }
+            self.episodes = eps;
+        }
         Ok(())
     }
 
@@ -90,6 +113,9 @@ impl Gate {
         let Some((_, current)) = &self.current else { return Ok(None) };
         let ckpt = Checkpoint::from_bytes(bytes, &Device::Cpu)?;
         let candidate = OpePolicy::from_checkpoint(&ckpt, &Device::Cpu)?;
+        if candidate.shape != mappo_train::EpisodeShape::OneStep {
+            return Ok(Some(gate_episodes(&self.episodes, &candidate, current, &self.cfg, self.gamma, 0)?));
+        }
         let events: Vec<LoggedEvent> = self.window.iter().cloned().collect();
         Ok(Some(gate(&events, &candidate, current, &self.cfg)?))
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use mappo_client::{SimOptions, SimPrompt, simulate as run};
+use mappo_client::{ConversationOptions, SimOptions, SimPrompt, simulate as run, simulate_conversations};
 use mappo_env::EnvError;
 use serde_json::Value;
 
@@ -37,27 +37,79 @@ fn read_corpus(path: &std::path::Path) -> Result<Vec<SimPrompt>> {
     Ok(out)
 }
 
+/// The first key line of an API key file.
+fn api_key(f: &std::path::Path) -> Result<String> {
+    let key = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+    let key = key.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    Ok(key.with_context(|| format!("{} holds no key", f.display()))?.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `mappo simulate --env conversation`: multi-turn users (see `mappo_client::conversations`).
+fn conversations(a: &SimulateArgs, corpus: &[SimPrompt]) -> Result<()> {
+    let (Some(config), Some(episodes)) = (&a.config, a.episodes) else {
+        bail!("--env conversation needs --config FILE and --episodes N");
+    };
+    let cfg = mappo_config::Config::load(Some(config), &[])?;
+    let env = &cfg.env;
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let opts = ConversationOptions {
+        base_url: a.url.clone(),
+        episodes,
+        concurrency: a.concurrency.max(1),
+        turns: env.turns,
+        p_stay: env.p_stay,
+        continuity_bonus: env.continuity_bonus,
+        reward_at_end: env.reward_at == mappo_config::RewardAt::End,
+        seed: a.seed,
+        id_prefix: format!("sim-{unix_ms}-{}", a.seed),
+        api_key: a.api_key_file.as_deref().map(api_key).transpose()?,
+        timeout: Duration::from_secs(30),
+    };
+    tracing::info!(
+        "simulating {episodes} conversations of {} turns against {} ({} at a time)",
+        env.turns,
+        a.url,
+        opts.concurrency
+    );
+    let report = runtime()?.block_on(simulate_conversations(corpus, &opts))?;
+    tracing::info!(
+        "{} conversations ({} turns), {} errors, mean return {:.4} in {:.1} s",
+        report.episodes,
+        report.steps,
+        report.errors,
+        report.mean_return,
+        report.seconds
+    );
+    outln!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
 pub fn simulate(a: SimulateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.missing_feedback) {
         bail!("--missing-feedback must be a probability in [0, 1], got {}", a.missing_feedback);
     }
     let corpus = read_corpus(&a.corpus)?;
-    let mut opts = SimOptions::new(a.url.clone(), a.requests);
+    if a.env == "conversation" {
+        return conversations(&a, &corpus);
+    }
+    let Some(requests) = a.requests else { bail!("--requests N is needed with --env text") };
+    let mut opts = SimOptions::new(a.url.clone(), requests);
     opts.concurrency = a.concurrency.max(1);
     opts.feedback_delay = Duration::from_millis(a.feedback_delay_ms);
     opts.missing_feedback = a.missing_feedback;
     opts.seed = a.seed;
-    if let Some(f) = &a.api_key_file {
-        let key = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let key = key.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
-        opts.api_key = Some(key.with_context(|| format!("{} holds no key", f.display()))?.to_string());
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    tracing::info!("simulating {} requests against {} ({} at a time)", a.requests, a.url, opts.concurrency);
+    opts.api_key = a.api_key_file.as_deref().map(api_key).transpose()?;
+    let rt = runtime()?;
+    tracing::info!("simulating {requests} requests against {} ({} at a time)", a.url, opts.concurrency);
     let report = rt.block_on(run(&corpus, &opts))?;
     tracing::info!(
         "{} requests, {} errors, mean reward {:.4}, {} rewards sent in {:.1} s",

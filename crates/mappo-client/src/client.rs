@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::wire::{ErrorAnswer, FeedbackAck, RouteDecision};
+use crate::wire::{EpisodeEndAck, ErrorAnswer, FeedbackAck, RouteDecision};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,5 +119,24 @@ impl Client {
     /// `POST /v1/feedback`: the reward of a decision.
     pub async fn feedback(&self, decision_id: &str, reward: f64) -> Result<FeedbackAck, ClientError> {
         self.call("/v1/feedback", serde_json::json!({"decision_id": decision_id, "reward": reward})).await
+    }
+
+    /// `POST /v1/route` with one text as the next step of episode `episode_id` (a conversation's
+    /// next turn): the decision (sampled).
+    pub async fn route_step(&self, text: &str, episode_id: &str) -> Result<RouteDecision, ClientError> {
+        self.call("/v1/route", serde_json::json!({"text": text, "episode_id": episode_id})).await
+    }
+
+    /// `POST /v1/feedback` that ends episode `episode_id`, with its reward as a whole or none.
+    pub async fn end_episode(
+        &self,
+        episode_id: &str,
+        reward: Option<f64>,
+    ) -> Result<EpisodeEndAck, ClientError> {
+        let mut body = serde_json::json!({"episode_id": episode_id, "end": true});
+        if let Some(r) = reward {
+            body["reward"] = r.into();
+        }
+        self.call("/v1/feedback", body).await
     }
 }

@@ -23,11 +23,13 @@
 //! ```
 
 mod client;
+pub mod conversations;
 pub mod loadgen;
 pub mod simulate;
 mod wire;
 
 pub use client::{Client, ClientError};
+pub use conversations::{ConversationOptions, ConversationReport, simulate_conversations};
 pub use loadgen::{LoadOptions, LoadReport, quantile, run_levels, run_load};
 pub use simulate::{SimOptions, SimPrompt, SimReport, simulate};
-pub use wire::{FeedbackAck, RouteDecision};
+pub use wire::{EpisodeEndAck, FeedbackAck, RouteDecision};

@@ -29,6 +29,15 @@ pub struct FeedbackAck {
     pub accepted: bool,
 }
 
+/// The answer of `POST /v1/feedback` that ends an episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeEndAck {
+    /// The episode ended.
+    pub episode_id: String,
+    /// Always true.
+    pub accepted: bool,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ErrorAnswer {

@@ -10,7 +10,10 @@ use mappo_log::{DecisionLog, GateRecord, PublishMeta, Published, Timestamp};
 use serde::Serialize;
 use sha2::Digest;
 
-use crate::ope::{Candidate, OpeOptions, OpeReport, cross_fit_reward_model, evaluate_prepared, prepare};
+use crate::episode_ope::{EpisodeOpeReport, LoggedEpisode};
+use crate::ope::{
+    Candidate, Estimate, OpeOptions, OpeReport, cross_fit_reward_model, evaluate_prepared, prepare,
+};
 use crate::{LearnError, LoggedEvent};
 
 pub use mappo_config::GateEstimator;
@@ -44,8 +47,9 @@ impl Default for GateConfig {
 pub struct GateDecision {
     /// Whether the candidate may be published.
     pub publish: bool,
-    /// `dr` or `snips`.
-    pub estimator: GateEstimator,
+    /// The estimate compared: `dr` or `snips` (`learn.gate_estimator`), or `wpdis` for a policy
+    /// of episodes.
+    pub estimator: String,
     /// The margin applied.
     pub margin: f64,
     /// The candidate's compared estimate.
@@ -61,9 +65,80 @@ pub struct GateDecision {
     /// One line: why.
     pub reason: String,
     /// The candidate's whole report.
-    pub candidate: OpeReport,
+    pub candidate: GateReport,
     /// The current version's whole report.
-    pub current: OpeReport,
+    pub current: GateReport,
+}
+
+/// A policy's off-policy evaluation in a gate decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum GateReport {
+    /// IPS, SNIPS and DR on one-step decisions.
+    Bandit(OpeReport),
+    /// PDIS and WPDIS on episodes.
+    Episodes(EpisodeOpeReport),
+}
+
+/// The rule, once both estimates are known: publish when the candidate's lower bound is at
+/// least the current estimate minus the margin.
+fn judge(
+    estimator: &str,
+    margin: f64,
+    n: usize,
+    (c, k): (Estimate, Estimate),
+    (candidate, current): (GateReport, GateReport),
+) -> GateDecision {
+    let publish = c.ci[0] >= k.value - margin;
+    let verdict = if publish { "published: the candidate's" } else { "refused: the candidate's" };
+    let cmp = if publish { "≥" } else { "<" };
+    let reason = format!(
+        "{verdict} {estimator} lower bound {:.4} {cmp} the current {estimator} {:.4} − margin {margin}",
+        c.ci[0], k.value
+    );
+    GateDecision {
+        publish,
+        estimator: estimator.to_string(),
+        margin,
+        candidate_value: c.value,
+        candidate_ci: c.ci,
+        current_value: k.value,
+        current_ci: k.ci,
+        n,
+        reason,
+        candidate,
+        current,
+    }
+}
+
+/// [`gate`] for policies of episodes: both are evaluated with WPDIS on the same logged episodes
+/// (`gamma` the discount of their returns; `seed` seeds the bootstrap intervals).
+pub fn gate_episodes(
+    episodes: &[LoggedEpisode],
+    candidate: &Candidate,
+    current: &Candidate,
+    cfg: &GateConfig,
+    gamma: f64,
+    seed: u64,
+) -> Result<GateDecision, LearnError> {
+    if candidate.num_actions() != current.num_actions() || candidate.shape != current.shape {
+        return Err(LearnError::Mismatch(format!(
+            "the candidate ({} agents, {:?}) and the current version ({} agents, {:?}) differ",
+            candidate.num_actions(),
+            candidate.shape,
+            current.num_actions(),
+            current.shape
+        )));
+    }
+    let cand = crate::episode_ope::evaluate(episodes, candidate, gamma, seed)?;
+    let cur = crate::episode_ope::evaluate(episodes, current, gamma, seed)?;
+    Ok(judge(
+        "wpdis",
+        cfg.margin,
+        cand.n,
+        (cand.wpdis, cur.wpdis),
+        (GateReport::Episodes(cand), GateReport::Episodes(cur)),
+    ))
 }
 
 /// Decides whether `candidate` may replace `current`, by off-policy evaluation of both on
@@ -101,33 +176,13 @@ pub fn gate(
         GateEstimator::Snips => r.snips,
     };
     let (c, k) = (pick(&cand), pick(&cur));
-    let threshold = k.value - cfg.margin;
-    let publish = c.ci[0] >= threshold;
-    let est = cfg.estimator.as_str();
-    let reason = if publish {
-        format!(
-            "published: the candidate's {est} lower bound {:.4} ≥ the current {est} {:.4} − margin {}",
-            c.ci[0], k.value, cfg.margin
-        )
-    } else {
-        format!(
-            "refused: the candidate's {est} lower bound {:.4} < the current {est} {:.4} − margin {}",
-            c.ci[0], k.value, cfg.margin
-        )
-    };
-    Ok(GateDecision {
-        publish,
-        estimator: cfg.estimator,
-        margin: cfg.margin,
-        candidate_value: c.value,
-        candidate_ci: c.ci,
-        current_value: k.value,
-        current_ci: k.ci,
-        n: p.len(),
-        reason,
-        candidate: cand,
-        current: cur,
-    })
+    Ok(judge(
+        cfg.estimator.as_str(),
+        cfg.margin,
+        p.len(),
+        (c, k),
+        (GateReport::Bandit(cand), GateReport::Bandit(cur)),
+    ))
 }
 
 impl GateDecision {
@@ -146,7 +201,7 @@ impl GateDecision {
             candidate_version,
             current_version,
             candidate_sha256: sha256,
-            estimator: self.estimator.as_str().into(),
+            estimator: self.estimator.clone(),
             margin: self.margin,
             n: self.n as i64,
             candidate_value: self.candidate_value,

@@ -295,9 +295,8 @@ pub fn take_batch_of(
     (b, i)
 }
 
-/// Adds a ready episode's steps to `b`, or counts why it cannot be learned: a step that was not
-/// sampled (no propensity to weigh it by), a row that does not fit the policy, a cascade's
-/// second step (its input, the first agent's answer, is not logged).
+/// Adds a ready episode's steps to `b` (laid out by [`crate::episode_ope::episode_inputs`], as
+/// OPE weighs them), or counts why it cannot be learned.
 fn add_episode(
     b: &mut PreparedBatch,
     t: &Trajectory,
@@ -305,33 +304,23 @@ fn add_episode(
     shape: EpisodeShape,
     num_agents: usize,
 ) {
-    let actions: Vec<u32> = t.steps.iter().map(|s| s.action).collect();
-    if t.steps.iter().any(|s| s.kind != DecisionKind::Sampled) {
-        b.counts.not_sampled += 1;
-        return;
-    }
-    let cascade_answer = matches!(shape, EpisodeShape::Cascade { .. }) && t.steps.len() > 1;
-    let mut rows = Vec::new();
-    for (k, s) in t.steps.iter().enumerate() {
-        let row = layout.row(&s.embedding, shape.extras(&actions[..k], s.cost_weight, None));
-        let ok = (s.num_agents == 0 || s.num_agents <= num_agents)
-            && (s.action as usize) < num_agents
-            && s.propensity.is_finite()
-            && s.propensity > 0.0
-            && s.propensity <= 1.0;
-        match row.filter(|r| ok && !cascade_answer && r.iter().all(|v| v.is_finite())) {
-            Some(r) => rows.push(r),
-            None => {
-                b.counts.skipped_bad += 1;
-                return;
-            }
+    use crate::episode_ope::{Unusable, episode_inputs};
+    let ep = match episode_inputs(&t.steps, t.end_reward, layout, shape, num_agents) {
+        Ok(ep) => ep,
+        Err(Unusable::NotSampled) => {
+            b.counts.not_sampled += 1;
+            return;
         }
-    }
+        Err(_) => {
+            b.counts.skipped_bad += 1;
+            return;
+        }
+    };
     let Some(last) = t.steps.last() else { return };
     if !t.ended {
         // Cut after its last logged step: bootstrap from the state that step leads to.
-        let next = layout.row(&last.embedding, shape.extras(&actions, last.cost_weight, None));
-        match next {
+        let actions: Vec<u32> = t.steps.iter().map(|s| s.action).collect();
+        match layout.row(&last.embedding, shape.extras(&actions, last.cost_weight, None)) {
             Some(r) => b.bootstrap.extend(r),
             None => {
                 b.counts.skipped_bad += 1;
@@ -339,22 +328,16 @@ fn add_episode(
             }
         }
     }
-    let n = t.steps.len();
-    for (k, (s, row)) in t.steps.iter().zip(rows).enumerate() {
-        let mut r = s.reward.unwrap_or(0.0);
-        if k + 1 == n {
-            r += t.end_reward.unwrap_or(0.0);
-        }
-        b.obs.extend(row);
-        b.actions.push(s.action);
-        b.propensities.push(s.propensity);
-        b.rewards.push(r as f32);
-        b.ends.push(match (k + 1 == n, t.ended) {
-            (false, _) => StepEnd::Continues,
-            (true, true) => StepEnd::Done,
-            (true, false) => StepEnd::Truncated,
-        });
-    }
+    let n = ep.len();
+    b.obs.extend_from_slice(&ep.contexts);
+    b.actions.extend(ep.actions.iter().map(|&a| a as u32));
+    b.propensities.extend(ep.propensities.iter().map(|&p| p as f32));
+    b.rewards.extend(ep.rewards.iter().map(|&r| r as f32));
+    b.ends.extend((0..n).map(|k| match (k + 1 == n, t.ended) {
+        (false, _) => StepEnd::Continues,
+        (true, true) => StepEnd::Done,
+        (true, false) => StepEnd::Truncated,
+    }));
     b.counts.learned += n as u64;
     b.counts.episodes += 1;
 }

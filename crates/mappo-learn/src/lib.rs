@@ -10,6 +10,7 @@
 //!
 //! It sits above `mappo-train` and `mappo-log` and below the CLI; it knows no HTTP.
 
+pub mod episode_ope;
 pub mod error;
 pub mod events;
 pub mod gate;

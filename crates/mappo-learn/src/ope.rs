@@ -135,6 +135,8 @@ pub struct Candidate {
     pub greedy: bool,
     /// A name for messages (e.g. the checkpoint's path or `version 3`).
     pub name: String,
+    /// What its episodes look like (one step unless it comes from a checkpoint of episodes).
+    pub shape: mappo_train::EpisodeShape,
 }
 
 impl fmt::Debug for Candidate {
@@ -157,6 +159,7 @@ impl Candidate {
         let name = ckpt.path.as_ref().map_or_else(|| "checkpoint".to_string(), |p| p.display().to_string());
         Ok(Candidate {
             min_prob: policy.min_prob(),
+            shape: policy.episode(),
             policy: Arc::new(Network { policy }),
             greedy: false,
             name,
@@ -173,6 +176,7 @@ impl Candidate {
             min_prob: 0.0,
             greedy: false,
             name: name.into(),
+            shape: mappo_train::EpisodeShape::OneStep,
         }
     }
 

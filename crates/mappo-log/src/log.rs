@@ -1004,6 +1004,17 @@ impl DecisionLog {
         })
     }
 
+    /// The ids of the newest `limit` ended episodes, newest end first.
+    pub async fn ended_episodes(&self, limit: u32) -> Result<Vec<String>, LogError> {
+        on_pool!(self, p, Db, pg => {
+            sqlx::query_scalar("SELECT episode_id FROM episode_ends ORDER BY time_us DESC, episode_id LIMIT $1")
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await
+                .map_err(|e| self.err(e))
+        })
+    }
+
     /// Every decision of an episode joined with its reward, in step order (empty for an unknown
     /// episode).
     pub async fn episode_events(&self, id: &str) -> Result<Vec<JoinedEvent>, LogError> {
