@@ -185,8 +185,8 @@ impl Curves<'_> {
             XAxis::Update => "update",
             XAxis::Seconds => "training seconds",
         };
-        let y_decimals = decimals(y1 - y0);
-        let x_decimals = if self.x == XAxis::Update { 0 } else { decimals(x1 - x0) };
+        // Updates are whole numbers: ticks at least a unit apart.
+        let x_width = if self.x == XAxis::Update { (x1 - x0).max(5.0) } else { x1 - x0 };
         let mut chart = ChartBuilder::on(area)
             .caption(spec.title, ("sans-serif", 15))
             .margin(8)
@@ -202,8 +202,8 @@ impl Curves<'_> {
             .x_desc(x_desc)
             .label_style(("sans-serif", 12))
             .axis_desc_style(("sans-serif", 12))
-            .x_label_formatter(&|v| tick(*v, x_decimals))
-            .y_label_formatter(&|v| tick(*v, y_decimals))
+            .x_label_formatter(&|v| tick(*v, x_width))
+            .y_label_formatter(&|v| tick(*v, y1 - y0))
             .light_line_style(WHITE)
             .draw()
             .map_err(e)?;
@@ -267,11 +267,11 @@ fn decimals(width: f64) -> i32 {
     if step > 0.0 && step.is_finite() { (-step.log10().floor()).clamp(0.0, 9.0) as i32 } else { 2 }
 }
 
-/// A tick label with `decimals` decimals, or in scientific notation for very small or large
-/// values (as many mantissa digits as `decimals` asks for, at least one).
-fn tick(v: f64, decimals: i32) -> String {
-    let a = v.abs();
-    if a == 0.0 {
+/// A tick label on an axis `width` wide: with the decimals that tell ticks apart, or in
+/// scientific notation for very small or large values; 0 for what is 0 but for rounding.
+fn tick(v: f64, width: f64) -> String {
+    let (a, decimals) = (v.abs(), decimals(width));
+    if a <= width * 1e-9 {
         "0".into()
     } else if !(1e-3..1e5).contains(&a) {
         let digits = (decimals + a.log10().floor() as i32).clamp(1, 4) as usize;
@@ -287,14 +287,15 @@ mod tests {
 
     #[test]
     fn ticks_are_told_apart_and_ranges_never_collapse() {
-        assert_eq!(tick(0.25, decimals(0.2)), "0.25");
-        assert_eq!(tick(0.4, decimals(1.0)), "0.4");
-        assert_eq!(tick(1500.0, decimals(2000.0)), "1500");
-        assert_eq!(tick(0.00012, decimals(0.0001)), "1.2e-4");
-        assert_eq!(tick(5e-7, decimals(1.2e-6)), "5.0e-7");
-        assert_eq!(tick(0.0, decimals(1.0)), "0");
+        assert_eq!(tick(0.25, 0.2), "0.25");
+        assert_eq!(tick(0.4, 1.0), "0.4");
+        assert_eq!(tick(1500.0, 2000.0), "1500");
+        assert_eq!(tick(0.00012, 0.0001), "1.2e-4");
+        assert_eq!(tick(5e-7, 1.2e-6), "5.0e-7");
+        assert_eq!(tick(0.0, 1.0), "0");
+        assert_eq!(tick(-2.8e-17, 0.15), "0", "rounding noise is 0");
         // Close values keep the digits that tell them apart.
-        assert_eq!(tick(1.38615, decimals(0.00025)), "1.38615");
+        assert_eq!(tick(1.38615, 0.00025), "1.38615");
         let (lo, hi) = pad(3.0, 3.0, 0.06);
         assert!(lo < 3.0 && hi > 3.0);
         let (lo, hi) = pad(0.0, 0.0, 0.0);
