@@ -38,6 +38,9 @@ pub enum Cmd {
     Train(TrainArgs),
     /// Evaluate a checkpoint greedily (argmax): fresh synthetic prompts, or a corpus for text checkpoints.
     Eval(EvalArgs),
+    /// Draw the training curves of runs from their metrics.jsonl into an SVG or PNG (several runs
+    /// overlaid).
+    Plot(PlotArgs),
     /// Route texts with a text-env checkpoint: the chosen (most probable) agent and every agent's probability.
     Route(RouteArgs),
     /// Find the cost weight λ at which a cost-aware router meets a budget on a calibration corpus.
@@ -211,6 +214,61 @@ pub struct EvalArgs {
     /// in the JSON: its curve, APGR and CPT).
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub one_step: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = plot_help())]
+pub struct PlotArgs {
+    /// Run directories written by `mappo train` (each with its metrics.jsonl). Several are
+    /// overlaid, one colour each, the legend naming each directory.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// Image to write: FILE.svg or FILE.png (repeatable: one image each). Default
+    /// RUN_DIR/curves.svg for one run; required for several. Each path is printed on stdout.
+    #[arg(long, short, value_name = "FILE.svg|FILE.png")]
+    pub output: Vec<PathBuf>,
+    /// Horizontal axis: the update count, or the training seconds (evaluation excluded; the
+    /// calls of a resumed run added up).
+    #[arg(long, value_enum, default_value_t = XAxis::Update)]
+    pub x: XAxis,
+    /// Print what was drawn as one JSON object instead of the paths: {"outputs", "x", "width",
+    /// "height", "plotted" (series names, panel order), "left_out" (the other series), "runs":
+    /// [{"dir", "colour", "update_lines", "eval_lines", "truncated_line", "series": [{"name",
+    /// "points", "first", "last"}]}]}, each point as {"update", "seconds", "value"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mappo plot --help`'s list of series, from the one list of them (`mappo_train::metrics`).
+fn plot_help() -> String {
+    use mappo_train::metrics::{LineKind, SERIES};
+    let width = SERIES.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let mut h = String::from("One panel per series of the runs' metrics.jsonl, in this order:\n");
+    for s in SERIES {
+        h += &format!("  {:width$}  {}\n", s.name, s.title);
+    }
+    let every = |k: LineKind| match k {
+        LineKind::Update => "train.log_interval",
+        LineKind::Eval => "train.eval_interval",
+    };
+    h += &format!(
+        "\nThe first ones are logged every {} updates, the eval.* ones (the periodic greedy evaluation) \
+         every {}. A series no run logged is left out, and so is mean_return where it repeats \
+         mean_reward (one-step envs); stderr says what was drawn. A cut-short last line (a run that \
+         crashed mid-write) is left out with a warning.",
+        every(LineKind::Update),
+        every(LineKind::Eval)
+    );
+    h
+}
+
+/// The horizontal axis of `mappo plot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XAxis {
+    /// The update count.
+    Update,
+    /// Training seconds.
+    Seconds,
 }
 
 #[derive(clap::Args)]

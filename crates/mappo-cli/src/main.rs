@@ -1,11 +1,12 @@
 //! `mappo`: train a PPO prompt router, evaluate it, route prompts.
 //!
 //! This file only sets up logging and dispatches; the arguments are in
-//! `args.rs`, the commands in `train.rs` and `commands.rs`, progress display
-//! in `progress.rs`, signal handling in `signals.rs`.
+//! `args.rs`, the commands in `train.rs`, `commands.rs`, `curves.rs` (`plot`) and the
+//! others, progress display in `progress.rs`, signal handling in `signals.rs`.
 
 mod args;
 mod commands;
+mod curves;
 mod db;
 mod learn;
 mod ope;
@@ -53,6 +54,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Train(a) => Ok(train::train(a, mode)?.unwrap_or(0)),
         Cmd::Eval(a) => commands::eval(a, mode).map(|()| 0),
+        Cmd::Plot(a) => curves::plot(a).map(|()| 0),
         Cmd::Route(a) => commands::route(a).map(|()| 0),
         Cmd::Calibrate(a) => commands::calibrate(a, mode).map(|()| 0),
         Cmd::Embed(a) => commands::embed(a, mode).map(|()| 0),

@@ -1,8 +1,10 @@
-//! `mappo eval --plot FILE.png|FILE.svg`: the quality–cost curve of a router on an outcome
-//! corpus, with each agent alone, random routing (the line between the weak and the strong
-//! agent), the oracle and, when fit, the full-information ridge baseline. plotters' SVG or
-//! bitmap backend; text is laid out (and, in a PNG, drawn) with DejaVu Sans embedded in the
-//! binary, so no system font is needed.
+//! Drawing into image files, shared by the commands that plot: the embedded font and the
+//! backend chosen by the file's extension ([`save`]), plotters' SVG or bitmap backend; text is
+//! laid out (and, in a PNG, drawn) with DejaVu Sans embedded in the binary, so no system font is
+//! needed. Also `mappo eval --plot FILE.png|FILE.svg`: the quality–cost curve of a router on an
+//! outcome corpus, with each agent alone, random routing (the line between the weak and the
+//! strong agent), the oracle and, when fit, the full-information ridge baseline. (`mappo plot`'s
+//! training curves are in `curves.rs`.)
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -12,28 +14,68 @@ use mappo_eval::{CurvePoint, RoutingReport};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Image size in pixels.
+/// Image size of `eval --plot` in pixels.
 const SIZE: (u32, u32) = (800, 560);
 
+/// Something drawn into an image file by [`save`].
+pub trait Figure {
+    /// Draws onto `root` (already sized); `path` names the file in errors.
+    fn render<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>, path: &Path) -> Result<()>;
+}
+
+/// The image formats [`save`] writes, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+/// The format `path`'s extension asks for; `flag` names the option in the error.
+pub fn format_of(path: &Path, flag: &str) -> Result<Format> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
+        _ => bail!("{flag}: give a file name ending in .png or .svg, got {}", path.display()),
+    }
+}
+
+/// Draws `figure` (`size` pixels) into `path`: an SVG for `.svg`, a PNG for `.png`.
+pub fn save(figure: &impl Figure, path: &Path, size: (u32, u32), flag: &str) -> Result<()> {
+    let format = format_of(path, flag)?;
+    font(flag)?;
+    match format {
+        Format::Svg => figure.render(SVGBackend::new(path, size).into_drawing_area(), path),
+        Format::Png => figure.render(BitMapBackend::new(path, size).into_drawing_area(), path),
+    }
+}
+
+/// Maps plotters' errors to one naming the file being drawn.
+pub fn drawing_error<E: std::error::Error + Send + Sync>(
+    path: &Path,
+) -> impl Fn(DrawingAreaErrorKind<E>) -> anyhow::Error + Copy + '_ {
+    move |e| anyhow::anyhow!("drawing {}: {e}", path.display())
+}
+
 /// Registers the embedded DejaVu Sans as plotters' "sans-serif" (once per process).
-fn font() -> Result<()> {
+fn font(flag: &str) -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok()
     });
     if !ok {
-        bail!("--plot: the embedded font could not be loaded");
+        bail!("{flag}: the embedded font could not be loaded");
     }
     Ok(())
 }
 
 /// Draws `r` into `path`: a PNG for `.png`, an SVG for `.svg`.
 pub fn draw(r: &RoutingReport, path: &Path) -> Result<()> {
-    font()?;
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg") => render(SVGBackend::new(path, SIZE).into_drawing_area(), r, path),
-        Some("png") => render(BitMapBackend::new(path, SIZE).into_drawing_area(), r, path),
-        _ => bail!("--plot: give a file name ending in .png or .svg, got {}", path.display()),
+    save(r, path, SIZE, "--plot")
+}
+
+impl Figure for RoutingReport {
+    fn render<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>, path: &Path) -> Result<()> {
+        render(root, self, path)
     }
 }
 
@@ -54,7 +96,7 @@ fn render<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, r: &RoutingReport, p
     let pad_x = ((x1 - x0) * 0.05).max(1e-6);
     let pad_y = ((y1 - y0) * 0.08).max(1e-3);
 
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing {}: {e}", path.display());
+    let e = drawing_error::<DB::ErrorType>(path);
     root.fill(&WHITE).map_err(e)?;
     let apgr = r.summary.apgr.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into());
     let mut chart = ChartBuilder::on(&root)

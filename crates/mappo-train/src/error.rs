@@ -38,6 +38,16 @@ pub enum TrainError {
         /// What failed.
         message: String,
     },
+    /// A run's `metrics.jsonl` cannot be read as one.
+    #[error("{path}{}: {problem}", line_note(.line))]
+    Metrics {
+        /// The file.
+        path: String,
+        /// The 1-based line at fault, when one is.
+        line: Option<usize>,
+        /// What is wrong.
+        problem: String,
+    },
     /// A loss or gradient became NaN or infinite.
     #[error("training diverged at update {update}: the {what} is not finite; {}", kept_note(.last_checkpoint))]
     NonFinite {
@@ -60,6 +70,10 @@ pub enum TrainError {
         /// Why it cannot be used.
         reason: String,
     },
+}
+
+fn line_note(line: &Option<usize>) -> String {
+    line.map(|l| format!(": line {l}")).unwrap_or_default()
 }
 
 fn kept_note(last: &Option<PathBuf>) -> String {

@@ -31,6 +31,7 @@ mod checkpoint;
 mod error;
 mod eval;
 mod loss;
+pub mod metrics;
 mod policy;
 mod run;
 mod setup;

@@ -4,7 +4,8 @@
 //! Run directory layout:
 //! * `config.toml` — the resolved config;
 //! * `metrics.jsonl` — one JSON object per line: `{"kind":"update", ...}`
-//!   every `log_interval` updates, `{"kind":"eval", ...}` every `eval_interval`;
+//!   every `log_interval` updates, `{"kind":"eval", ...}` every `eval_interval` (written and
+//!   read by [`crate::metrics`]);
 //! * `checkpoints/update-NNNNNNN.safetensors` — every `save_interval` and at the end.
 
 use std::io::Write;
@@ -17,6 +18,7 @@ use mappo_env::Env;
 use mappo_nn::Policy;
 use serde::Serialize;
 
+use crate::metrics::{self, EvalLine, UpdateLine, first_crossing, write_line};
 use crate::{Checkpoint, EvalReport, Evaluate, TrainError, Trainer, UpdateMetrics};
 
 /// Where and how to run: the run directory and what watches the run. The
@@ -126,24 +128,6 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
-#[derive(Serialize)]
-struct UpdateLine<'a> {
-    kind: &'static str,
-    #[serde(flatten)]
-    m: &'a UpdateMetrics,
-    train_seconds: f64,
-    updates_per_s: f64,
-}
-
-#[derive(Serialize)]
-struct EvalLine<'a> {
-    kind: &'static str,
-    update: u64,
-    train_seconds: f64,
-    #[serde(flatten)]
-    r: &'a EvalReport,
-}
-
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io { path: path.display().to_string(), message: e.to_string() }
 }
@@ -179,9 +163,9 @@ impl<E: Env, P: Policy> Trainer<E, P> {
 
 /// Refuses (or with `force` clears) a directory that already holds a run.
 fn claim_run_dir(dir: &Path, ckpt_dir: &Path, force: bool) -> Result<(), TrainError> {
-    let metrics = dir.join("metrics.jsonl");
+    let log = dir.join(metrics::FILE);
     let has_ckpts = std::fs::read_dir(ckpt_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if !has_ckpts && !metrics.exists() {
+    if !has_ckpts && !log.exists() {
         return Ok(());
     }
     if !force {
@@ -196,7 +180,7 @@ fn claim_run_dir(dir: &Path, ckpt_dir: &Path, force: bool) -> Result<(), TrainEr
     for p in Checkpoint::list(dir)? {
         std::fs::remove_file(&p).map_err(|e| io_err(&p, format!("cannot remove: {e}")))?;
     }
-    for name in ["metrics.jsonl", "summary.json"] {
+    for name in [metrics::FILE, "summary.json"] {
         let p = dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| io_err(&p, format!("cannot remove: {e}")))?;
@@ -240,8 +224,8 @@ fn run_loop<E: Env, P: Policy>(
     let cfg_path = dir.join("config.toml");
     mappo_config::write_atomic(&cfg_path, cfg.to_toml_string().as_bytes())
         .map_err(|e| io_err(&cfg_path, e))?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let earlier = truncate_metrics(&metrics_path, start_update)?;
+    let metrics_path = dir.join(metrics::FILE);
+    let earlier = metrics::truncate(&metrics_path, start_update)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -337,40 +321,4 @@ fn run_loop<E: Env, P: Policy>(
         last_eval,
         interrupted,
     })
-}
-
-/// The first logged evaluation at or above `target`: `(update, train_seconds)`.
-fn first_crossing(earlier: &[serde_json::Value], target: f64) -> Option<(u64, f64)> {
-    earlier.iter().find_map(|v| {
-        let is_eval = v.get("kind").and_then(serde_json::Value::as_str) == Some("eval");
-        let agreement = v.get("oracle_agreement").and_then(serde_json::Value::as_f64)?;
-        let update = v.get("update").and_then(serde_json::Value::as_u64)?;
-        let secs = v.get("train_seconds").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
-        (is_eval && agreement >= target).then_some((update, secs))
-    })
-}
-
-fn write_line(log: &mut impl Write, path: &Path, v: &impl Serialize) -> Result<(), TrainError> {
-    let s = serde_json::to_string(v).map_err(|e| io_err(path, e))?;
-    writeln!(log, "{s}").map_err(|e| io_err(path, e))
-}
-
-/// Keeps the lines of `metrics.jsonl` whose `update` is at most `upto` and
-/// returns them parsed.
-fn truncate_metrics(path: &Path, upto: u64) -> Result<Vec<serde_json::Value>, TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
-    };
-    let mut kept_text = String::new();
-    let mut kept = Vec::new();
-    for l in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else { continue };
-        if v.get("update").and_then(serde_json::Value::as_u64).is_some_and(|u| u <= upto) {
-            kept_text.push_str(l);
-            kept_text.push('\n');
-            kept.push(v);
-        }
-    }
-    mappo_config::write_atomic(path, kept_text.as_bytes()).map_err(|e| io_err(path, e))?;
-    Ok(kept)
 }
