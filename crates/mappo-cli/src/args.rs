@@ -127,6 +127,22 @@ pub enum PolicyCmd {
         #[arg(long = "set", value_name = "KEY=VALUE", requires = "gate")]
         set: Vec<String>,
     },
+    /// Write a published version's checkpoint to a file (e.g. to `mappo eval` or `mappo route`
+    /// the version being served).
+    Export {
+        /// Database: sqlite:PATH or postgres://...
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: String,
+        /// The version (default: the newest).
+        #[arg(long)]
+        version: Option<i64>,
+        /// The checkpoint file to write (refused if it exists, unless --force).
+        #[arg(long, value_name = "FILE.safetensors")]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// List the published versions, newest last, and the promotion gate's decisions.
     List {
         /// Database: sqlite:PATH or postgres://...

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use mappo_log::{DecisionLog, ExportOptions, PublishMeta};
 use mappo_train::Checkpoint;
@@ -109,6 +109,28 @@ pub fn policy(cmd: PolicyCmd) -> Result<()> {
                     tracing::info!("{} was already published as version {}", path.display(), p.version);
                 }
                 outln!("{}", p.version);
+            }
+            PolicyCmd::Export { db, version, out, force } => {
+                if out.exists() && !force {
+                    bail!("{} exists: choose another --out or pass --force", out.display());
+                }
+                let log = DecisionLog::open(&db).await?;
+                let p = match version {
+                    Some(v) => {
+                        log.policy(v).await?.with_context(|| format!("no policy version {v} in {db}"))?
+                    }
+                    None => log
+                        .latest_policy()
+                        .await?
+                        .with_context(|| format!("no policy is published in {db}"))?,
+                };
+                // Written whole or not at all.
+                let tmp = out.with_extension("safetensors.partial");
+                std::fs::write(&tmp, &p.checkpoint)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::rename(&tmp, &out).with_context(|| format!("cannot write {}", out.display()))?;
+                tracing::info!("version {} written to {}", p.info.version, out.display());
+                outln!("{}", out.display());
             }
             PolicyCmd::List { db, json } => {
                 let log = DecisionLog::open(&db).await?;

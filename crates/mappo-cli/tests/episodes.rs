@@ -147,6 +147,25 @@ fn conversations_are_served_simulated_learned_gated_and_evaluated_from_the_log()
     assert!(!decisions.is_empty(), "the gate decided: {list}");
     assert!(decisions.iter().all(|d| d["estimator"] == "wpdis" && d["n"] == 300), "{decisions:?}");
 
+    // The served version, exported, routes conversations; a second export is refused.
+    let v1 = tmp.path().join("v1.safetensors");
+    let o = mappo(&["policy", "export", "--db", &db, "--version", "1", "--out", s(&v1)]);
+    assert!(o.status.success() && v1.exists(), "{}", stderr(&o));
+    let o = mappo(&[
+        "route",
+        "--checkpoint",
+        s(&v1),
+        "--json",
+        "my card was declined",
+        "and my account is locked",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2, "two turns");
+    let o = mappo(&["policy", "export", "--db", &db, "--out", s(&v1)]);
+    assert!(!o.status.success() && stderr(&o).contains("--force"), "{}", stderr(&o));
+    let o = mappo(&["policy", "export", "--db", &db, "--version", "99", "--out", s(&tmp.path().join("x"))]);
+    assert!(!o.status.success() && stderr(&o).contains("no policy version 99"), "{}", stderr(&o));
+
     // A conversation checkpoint trained offline, evaluated on the served episodes.
     let run = tmp.path().join("run");
     let o = mappo(&["train", "--config", s(&cfg), "--out", s(&run), "--quiet"]);
