@@ -93,3 +93,47 @@ fn the_pipeline_stages_learn_together_and_gamma_zero_cannot() {
     let (_, myopic, _, _dir) = run(&["ppo.gamma=0.0"]);
     assert!(myopic.normalized_return < after.normalized_return - 0.3, "γ = 0: {myopic:?} vs {after:?}");
 }
+
+/// A served or logged conversation step is laid out exactly as the training env lays it out:
+/// `EpisodeShape::extras` after the earlier turns' actions gives the env's rows, turn by turn.
+#[test]
+fn a_conversation_step_row_is_the_envs_row() {
+    use mappo_env::Env;
+    let mut cfg = Config::default();
+    cfg.env.kind = mappo_config::EnvKind::Conversation;
+    cfg.env.reward = mappo_config::RewardModel::Label;
+    cfg.env.corpus = "unused.jsonl".into();
+    cfg.env.turns = 3;
+    cfg.env.agents = ["a", "b", "c"]
+        .iter()
+        .map(|n| mappo_config::AgentSpec { name: (*n).into(), ..Default::default() })
+        .collect();
+    let dim = 4;
+    let texts = 12;
+    let emb: Vec<f32> = (0..texts * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+    let labels: Vec<Option<usize>> = (0..texts).map(|i| Some(i % 3)).collect();
+    let dev = candle_core::Device::Cpu;
+    let mut env = mappo_env::ConversationEnv::new(&cfg.env, emb, dim, &labels, 5, &dev).expect("env");
+    let shape = mappo_train::EpisodeShape::of(&cfg);
+    let spec = mappo_env::ObservationSpec::for_env(&cfg.env, dim);
+    let mut rng = Rng::new(4);
+    let mut obs = env.reset(&mut rng).expect("reset");
+    let mut earlier: Vec<Vec<u32>> = vec![Vec::new(); 5];
+    for turn in 0..3 {
+        let rows = obs.to_vec2::<f32>().expect("rows");
+        for (row, e) in rows.iter().zip(&earlier) {
+            let mine = spec.row(&row[..dim], shape.extras(e, None, None)).expect("fits");
+            assert_eq!(&mine, row, "turn {turn}, earlier {e:?}");
+        }
+        let actions: Vec<u32> = (0..5).map(|i| ((i + turn) % 3) as u32).collect();
+        for (e, &a) in earlier.iter_mut().zip(&actions) {
+            e.push(a);
+        }
+        let step = env.step(&actions, &mut rng).expect("step");
+        match step.next_obs {
+            Some(o) => obs = o,
+            None => break,
+        }
+    }
+    assert!(earlier.iter().all(|e| e.len() == 3), "three turns stepped");
+}
