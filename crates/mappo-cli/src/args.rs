@@ -468,9 +468,10 @@ pub struct LearnArgs {
 
 #[derive(clap::Args)]
 pub struct SimulateArgs {
-    /// The service, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub url: String,
+    /// The service, e.g. http://127.0.0.1:8080. With --env conversation it may be repeated (one
+    /// per replica): each conversation's turns then go to the replicas in turn.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
     /// JSON lines with "text" and "label" (an agent name): the user's reward is 1 when the routed
     /// agent is the label, else 0 (for conversations, plus the continuity bonus when a turn keeps
     /// the previous turn's agent).

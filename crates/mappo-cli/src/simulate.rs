@@ -62,7 +62,7 @@ fn conversations(a: &SimulateArgs, corpus: &[SimPrompt]) -> Result<()> {
     let unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let opts = ConversationOptions {
-        base_url: a.url.clone(),
+        base_urls: a.url.clone(),
         episodes,
         concurrency: a.concurrency.max(1),
         turns: env.turns,
@@ -77,7 +77,7 @@ fn conversations(a: &SimulateArgs, corpus: &[SimPrompt]) -> Result<()> {
     tracing::info!(
         "simulating {episodes} conversations of {} turns against {} ({} at a time)",
         env.turns,
-        a.url,
+        a.url.join(", "),
         opts.concurrency
     );
     let report = runtime()?.block_on(simulate_conversations(corpus, &opts))?;
@@ -102,14 +102,15 @@ pub fn simulate(a: SimulateArgs) -> Result<()> {
         return conversations(&a, &corpus);
     }
     let Some(requests) = a.requests else { bail!("--requests N is needed with --env text") };
-    let mut opts = SimOptions::new(a.url.clone(), requests);
+    let [url] = a.url.as_slice() else { bail!("--env text takes one --url") };
+    let mut opts = SimOptions::new(url.clone(), requests);
     opts.concurrency = a.concurrency.max(1);
     opts.feedback_delay = Duration::from_millis(a.feedback_delay_ms);
     opts.missing_feedback = a.missing_feedback;
     opts.seed = a.seed;
     opts.api_key = a.api_key_file.as_deref().map(api_key).transpose()?;
     let rt = runtime()?;
-    tracing::info!("simulating {requests} requests against {} ({} at a time)", a.url, opts.concurrency);
+    tracing::info!("simulating {requests} requests against {url} ({} at a time)", opts.concurrency);
     let report = rt.block_on(run(&corpus, &opts))?;
     tracing::info!(
         "{} requests, {} errors, mean reward {:.4}, {} rewards sent in {:.1} s",

@@ -10,6 +10,9 @@ pub enum ClientError {
     /// The HTTP client cannot be built (e.g. no TLS backend).
     #[error("cannot build the HTTP client: {0}")]
     Build(#[source] reqwest::Error),
+    /// The options cannot be used (e.g. no server to talk to).
+    #[error("{0}")]
+    Setup(String),
     /// No answer: the connection failed or timed out.
     #[error("{url}: {source}")]
     Transport {

@@ -13,13 +13,14 @@ use mappo_config::Rng;
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
-use crate::simulate::SimPrompt;
+use crate::simulate::{SimPrompt, gather, mean_of};
 
 /// How to simulate conversations.
 #[derive(Debug, Clone)]
 pub struct ConversationOptions {
-    /// The server, e.g. `http://127.0.0.1:8080`.
-    pub base_url: String,
+    /// The servers, e.g. `http://127.0.0.1:8080`: turn t of conversation i goes to server
+    /// `(i + t) mod n`, so with several replicas every conversation moves between them.
+    pub base_urls: Vec<String>,
     /// Conversations to play.
     pub episodes: usize,
     /// Conversations in flight at once.
@@ -111,8 +112,15 @@ pub async fn simulate_conversations(
             seconds: 0.0,
         });
     }
-    let client =
-        Client::new(&opts.base_url, opts.api_key.clone(), opts.timeout, opts.concurrency.max(1) * 2)?;
+    let clients: Vec<Client> = opts
+        .base_urls
+        .iter()
+        .map(|u| Client::new(u, opts.api_key.clone(), opts.timeout, opts.concurrency.max(1) * 2))
+        .collect::<Result<_, _>>()?;
+    if clients.is_empty() {
+        return Err(ClientError::Setup("no server URL to simulate against".into()));
+    }
+    let clients = Arc::new(clients);
     let scripts = Arc::new(scripts(corpus, opts));
     let corpus: Arc<Vec<SimPrompt>> = Arc::new(corpus.to_vec());
     let opts = Arc::new(opts.clone());
@@ -122,8 +130,8 @@ pub async fn simulate_conversations(
     let t0 = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..opts.concurrency.max(1) {
-        let (client, scripts, corpus, opts, next) =
-            (client.clone(), scripts.clone(), corpus.clone(), opts.clone(), next.clone());
+        let (clients, scripts, corpus, opts, next) =
+            (clients.clone(), scripts.clone(), corpus.clone(), opts.clone(), next.clone());
         let (sent, ferr, steps) = (sent.clone(), ferr.clone(), steps.clone());
         workers.push(tokio::spawn(async move {
             let mut returns: Vec<(usize, Option<f64>)> = Vec::new();
@@ -134,7 +142,8 @@ pub async fn simulate_conversations(
                 let mut total = 0.0;
                 let mut previous: Option<String> = None;
                 let mut failed = false;
-                for &j in script {
+                for (t, &j) in script.iter().enumerate() {
+                    let client = &clients[(i + t) % clients.len()];
                     let p = &corpus[j];
                     let d = match client.route_step(&p.text, &id).await {
                         Ok(d) => d,
@@ -157,6 +166,7 @@ pub async fn simulate_conversations(
                     }
                 }
                 let reward = (opts.reward_at_end && !failed).then_some(total);
+                let client = &clients[(i + script.len()) % clients.len()];
                 let c = if client.end_episode(&id, reward).await.is_ok() { &sent } else { &ferr };
                 c.fetch_add(1, Ordering::Relaxed);
                 returns.push((i, (!failed).then_some(total)));
@@ -164,18 +174,8 @@ pub async fn simulate_conversations(
             returns
         }));
     }
-    let mut by_index: Vec<Option<f64>> = vec![None; scripts.len()];
-    for w in workers {
-        if let Ok(rs) = w.await {
-            for (i, r) in rs {
-                by_index[i] = r;
-            }
-        }
-    }
-    let mean = |xs: &[Option<f64>]| {
-        let ok: Vec<f64> = xs.iter().flatten().copied().collect();
-        if ok.is_empty() { 0.0 } else { ok.iter().sum::<f64>() / ok.len() as f64 }
-    };
+    let by_index = gather(workers, scripts.len()).await;
+    let mean = mean_of;
     Ok(ConversationReport {
         episodes: scripts.len(),
         steps: steps.load(Ordering::Relaxed),
@@ -194,7 +194,7 @@ mod tests {
 
     fn opts(p_stay: f64) -> ConversationOptions {
         ConversationOptions {
-            base_url: String::new(),
+            base_urls: Vec::new(),
             episodes: 400,
             concurrency: 1,
             turns: 8,

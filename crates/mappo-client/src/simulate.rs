@@ -158,18 +158,8 @@ pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimRepo
             rewards
         }));
     }
-    let mut by_index: Vec<Option<f64>> = vec![None; order.len()];
-    for w in workers {
-        if let Ok(rs) = w.await {
-            for (i, r) in rs {
-                by_index[i] = r;
-            }
-        }
-    }
-    let mean = |xs: &[Option<f64>]| {
-        let ok: Vec<f64> = xs.iter().flatten().copied().collect();
-        if ok.is_empty() { 0.0 } else { ok.iter().sum::<f64>() / ok.len() as f64 }
-    };
+    let by_index = gather(workers, order.len()).await;
+    let mean = mean_of;
     Ok(SimReport {
         requests: order.len(),
         errors: by_index.iter().filter(|r| r.is_none()).count(),
@@ -179,6 +169,31 @@ pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimRepo
         feedback_errors: feedback_errors.load(Ordering::Relaxed),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Each worker's `(index, value)` results in index order (`None` where a worker failed or gave
+/// none).
+pub(crate) async fn gather(
+    workers: Vec<tokio::task::JoinHandle<Vec<(usize, Option<f64>)>>>,
+    n: usize,
+) -> Vec<Option<f64>> {
+    let mut by_index: Vec<Option<f64>> = vec![None; n];
+    for w in workers {
+        if let Ok(rs) = w.await {
+            for (i, r) in rs {
+                if let Some(slot) = by_index.get_mut(i) {
+                    *slot = r;
+                }
+            }
+        }
+    }
+    by_index
+}
+
+/// The mean of the values present (0 when none is).
+pub(crate) fn mean_of(xs: &[Option<f64>]) -> f64 {
+    let ok: Vec<f64> = xs.iter().flatten().copied().collect();
+    if ok.is_empty() { 0.0 } else { ok.iter().sum::<f64>() / ok.len() as f64 }
 }
 
 #[cfg(test)]
