@@ -91,14 +91,18 @@ fn postgres_sigkill_under_load_loses_no_acknowledged_decision_or_reward() {
 fn sigkill_under_load(db: &str) {
     let db = db.to_string();
     let (mut child, addr) = start(&db);
-    let acked = std::sync::Arc::new(std::sync::Mutex::new((Vec::<String>::new(), Vec::<String>::new())));
+    // Acknowledged decisions (with their episode and step), rewards and episode ends.
+    type Acked = (Vec<(String, String, u64)>, Vec<String>, Vec<String>);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Acked::default()));
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let (addr, acked) = (addr.clone(), acked.clone());
             std::thread::spawn(move || {
                 for n in 0..10_000 {
                     let Ok(mut stream) = TcpStream::connect(&addr) else { return };
-                    let body = format!(r#"{{"text": "request {n} of worker {w}"}}"#);
+                    // Every request is a step of a three-step episode; the third ends it.
+                    let (episode, step) = (format!("w{w}-e{}", n / 3), (n % 3) as u64);
+                    let body = format!(r#"{{"text": "request {n} of worker {w}", "episode_id": "{episode}"}}"#);
                     let req = format!(
                         "POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -112,7 +116,22 @@ fn sigkill_under_load(db: &str) {
                     }
                     let Some(v) = resp.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok()) else { return };
                     let Some(id) = v["decision_id"].as_str().map(str::to_string) else { return };
-                    acked.lock().expect("lock").0.push(id.clone());
+                    acked.lock().expect("lock").0.push((id.clone(), episode.clone(), step));
+                    if step == 2 {
+                        let Ok(mut st) = TcpStream::connect(&addr) else { return };
+                        let end = format!(r#"{{"episode_id": "{episode}", "reward": 0.5, "end": true}}"#);
+                        let req = format!(
+                            "POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{end}",
+                            end.len()
+                        );
+                        let mut r = String::new();
+                        if st.write_all(req.as_bytes()).is_err() || st.read_to_string(&mut r).is_err() {
+                            return;
+                        }
+                        if r.starts_with("HTTP/1.1 200") {
+                            acked.lock().expect("lock").2.push(episode.clone());
+                        }
+                    }
                     if n % 2 == 0 {
                         let (code, _) = {
                             let Ok(mut st) = TcpStream::connect(&addr) else { return };
@@ -148,13 +167,31 @@ fn sigkill_under_load(db: &str) {
     for w in workers {
         w.join().expect("worker");
     }
-    let (decisions, rewards) = acked.lock().expect("lock").clone();
+    let (decisions, rewards, ends) = acked.lock().expect("lock").clone();
     assert!(decisions.len() >= 150, "the load must have run: {}", decisions.len());
     let rows = export(&db);
     let by_id: std::collections::HashMap<String, &serde_json::Value> =
         rows.iter().map(|r| (r["decision_id"].as_str().unwrap_or_default().to_string(), r)).collect();
-    let lost: Vec<&String> = decisions.iter().filter(|id| !by_id.contains_key(*id)).collect();
+    let lost: Vec<&String> =
+        decisions.iter().map(|(id, _, _)| id).filter(|id| !by_id.contains_key(*id)).collect();
     assert!(lost.is_empty(), "{} of {} acknowledged decisions lost", lost.len(), decisions.len());
+    for (id, episode, step) in &decisions {
+        let r = by_id[id];
+        assert_eq!(
+            (r["episode_id"].as_str(), r["step"].as_u64()),
+            (Some(episode.as_str()), Some(*step)),
+            "{r}"
+        );
+    }
+    // Every acknowledged episode end is on its last step's row, with its reward.
+    assert!(ends.len() >= 40, "the load must have ended episodes: {}", ends.len());
+    for e in &ends {
+        let last = rows.iter().find(|r| r["episode_id"] == e.as_str() && r["step"] == 2);
+        assert!(
+            last.is_some_and(|r| r["episode_end"] == true && r["episode_reward"] == 0.5),
+            "episode {e}: its acknowledged end is lost: {last:?}"
+        );
+    }
     let lost_rewards: Vec<&String> =
         rewards.iter().filter(|id| by_id.get(*id).is_none_or(|r| r["reward"].is_null())).collect();
     assert!(lost_rewards.is_empty(), "{} of {} acknowledged rewards lost", lost_rewards.len(), rewards.len());
