@@ -20,7 +20,7 @@ use mappo_train::EpisodeShape;
 use serde::Serialize;
 
 use crate::LearnError;
-use crate::learner::LearnEvent;
+use crate::events::LearnEvent;
 use crate::ope::{Candidate, Estimate};
 
 /// Bootstrap resamples of the intervals.

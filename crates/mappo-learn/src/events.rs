@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use mappo_env::{ObservationSpec, RowExtras};
-use mappo_log::{DecisionKind, JoinedEvent};
+use mappo_log::{DecisionKind, JoinedEvent, Timestamp, Watermark};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -236,5 +236,107 @@ mod tests {
         let text = "{\"action\":0}\n{\"action\":-1}\n";
         let err = read_export(text.as_bytes(), Path::new("log.jsonl")).expect_err("refused");
         assert!(err.to_string().starts_with("log.jsonl:2:"), "{err}");
+    }
+}
+
+/// One logged decision as the learner sees it (a decision-log row or a line of an exported
+/// log), its reward already resolved against `learn.reward_wait_s`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnEvent {
+    /// Its position in the log (`None` for a line of a file).
+    pub watermark: Option<Watermark>,
+    /// Sampled, greedy or forced: only sampled decisions are learned from.
+    pub kind: DecisionKind,
+    /// The chosen agent.
+    pub action: u32,
+    /// How many agents the logging policy had.
+    pub num_agents: usize,
+    /// μ(action | context).
+    pub propensity: f32,
+    /// The context embedding.
+    pub embedding: Vec<f32>,
+    /// The cost weight λ a cost-aware policy decided at (appended to the embedding as the
+    /// policy's last input when the policy takes it).
+    pub cost_weight: Option<f32>,
+    /// The reward, `None` when it did not arrive (in time).
+    pub reward: Option<f64>,
+    /// Where it sits in its episode (`None`: a one-step decision).
+    pub episode: Option<mappo_log::EpisodeStep>,
+    /// For an episode's first step, when the learner learns episodes: the whole episode,
+    /// resolved when it was read (see [`Trajectory`]).
+    pub trajectory: Option<Trajectory>,
+}
+
+/// An episode as the learner takes it, at its first step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    /// Its steps in step order, the first included.
+    pub steps: Vec<LearnEvent>,
+    /// The episode's end reward when it ended with one (added to its last step's reward).
+    pub end_reward: Option<f64>,
+    /// Whether it ended; else it is cut after its last logged step.
+    pub ended: bool,
+    /// Whether it may be learned now: ended, or started more than `learn.episode_timeout_s`
+    /// before the learner's clock. A first step that is not ready stops the batch there.
+    pub ready: bool,
+}
+
+impl LearnEvent {
+    /// A decision-log row: a reward recorded more than `reward_wait_s` after its decision counts
+    /// as missing (so what an event contributes never depends on when the learner ran).
+    pub fn from_joined(e: &JoinedEvent, reward_wait_s: f64) -> Self {
+        let d = &e.decision;
+        let wait_us = (reward_wait_s * 1e6) as i64;
+        LearnEvent {
+            watermark: Some(e.watermark()),
+            kind: d.kind,
+            action: d.action,
+            num_agents: d.probabilities.len(),
+            propensity: d.propensity,
+            embedding: d.embedding.clone(),
+            cost_weight: d.cost_weight,
+            reward: e.reward.filter(|r| r.time.0.saturating_sub(d.time.0) <= wait_us).map(|r| r.reward),
+            episode: d.episode.clone(),
+            trajectory: None,
+        }
+    }
+
+    /// The first step of an episode with the whole episode (`events`: its joined events in step
+    /// order, as [`DecisionLog::episode_events`] returns them) resolved at time `now`.
+    pub fn with_trajectory(
+        mut self,
+        events: &[JoinedEvent],
+        reward_wait_s: f64,
+        timeout_s: f64,
+        now: Timestamp,
+    ) -> Self {
+        let start = events.first().map_or(now, |e| e.decision.time);
+        let end = events.first().and_then(|e| e.episode_end);
+        let timeout_us = (timeout_s * 1e6) as i64;
+        self.trajectory = Some(Trajectory {
+            steps: events.iter().map(|e| LearnEvent::from_joined(e, reward_wait_s)).collect(),
+            end_reward: end.and_then(|x| x.reward),
+            ended: end.is_some(),
+            ready: end.is_some() || now.0.saturating_sub(start.0) > timeout_us,
+        });
+        self
+    }
+
+    /// An event of an exported or foreign log ([`crate::read_export_jsonl`]), its text
+    /// already embedded ([`crate::embed_texts`]): one without an embedding or a propensity is
+    /// kept (it counts as consumed) and skipped as unusable when batched.
+    pub fn from_logged(e: &LoggedEvent) -> Self {
+        LearnEvent {
+            watermark: None,
+            kind: e.kind,
+            action: u32::try_from(e.action).unwrap_or(u32::MAX),
+            num_agents: e.probabilities.len(),
+            propensity: e.logged_propensity().map_or(f32::NAN, |p| p as f32),
+            embedding: e.embedding.clone().unwrap_or_default(),
+            cost_weight: e.cost_weight,
+            reward: e.reward,
+            episode: None,
+            trajectory: None,
+        }
     }
 }
