@@ -35,8 +35,15 @@ struct FakeUpstream {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
+/// What a fake upstream answers to a user text, when not the default `"[NAME] MODEL: text"`.
+type Reply = fn(&str) -> String;
+
 impl FakeUpstream {
     fn start(name: &'static str, delay: Duration) -> Self {
+        Self::start_with(name, delay, None)
+    }
+
+    fn start_with(name: &'static str, delay: Duration, reply: Option<Reply>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake upstream");
         let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -46,7 +53,7 @@ impl FakeUpstream {
                 let Ok(conn) = conn else { continue };
                 let log = log.clone();
                 std::thread::spawn(move || {
-                    let _ = answer(name, delay, conn, &log);
+                    let _ = answer(name, delay, reply, conn, &log);
                 });
             }
         });
@@ -58,7 +65,13 @@ impl FakeUpstream {
     }
 }
 
-fn answer(name: &str, delay: Duration, conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn answer(
+    name: &str,
+    delay: Duration,
+    reply: Option<Reply>,
+    conn: TcpStream,
+    log: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -109,7 +122,7 @@ fn answer(name: &str, delay: Duration, conn: TcpStream, log: &Mutex<Vec<Seen>>) 
             e.len()
         );
     }
-    let content = format!("[{name}] {model}: {text}");
+    let content = reply.map_or_else(|| format!("[{name}] {model}: {text}"), |f| f(&text));
     if body["stream"] == json!(true) {
         write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")?;
         let chunk = |delta: Value, finish: Value| {
@@ -255,7 +268,7 @@ fn the_openai_client_gets_routed_streamed_and_forced_answers_and_feedback_is_joi
 
     // The upstreams saw their own model names, alpha its key, and never the `mappo` object.
     let (a, b) = (alpha.seen(), beta.seen());
-    assert_eq!(a.len() + b.len(), 3, "three calls went upstream: {a:?} {b:?}");
+    assert_eq!(a.len() + b.len(), 6, "six calls went upstream: {a:?} {b:?}");
     for s in &a {
         assert_eq!(s.authorization.as_deref(), Some("Bearer alpha-secret"), "{s:?}");
         assert!(s.body["model"].as_str().is_some_and(|m| m.starts_with("alpha-")), "{s:?}");
@@ -273,7 +286,7 @@ fn the_openai_client_gets_routed_streamed_and_forced_answers_and_feedback_is_joi
     let (s, _, m) = http_with(&addr, "GET", "/metrics", &[("Authorization", "Bearer mappo-test-key")], "");
     assert_eq!(s, 200);
     assert!(
-        m.contains("mappo_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 3"),
+        m.contains("mappo_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 6"),
         "{m}"
     );
     assert!(m.contains("mappo_upstream_requests_total{agent=\"math\",outcome=\"ok\"}"), "{m}");
@@ -283,7 +296,7 @@ fn the_openai_client_gets_routed_streamed_and_forced_answers_and_feedback_is_joi
     assert_eq!(child.wait().expect("wait").code(), Some(0));
 
     let rows = export(&db);
-    assert_eq!(rows.len(), 3, "one decision per proxied call: {rows:?}");
+    assert_eq!(rows.len(), 6, "one decision per proxied call: {rows:?}");
     let routed = by_id(&rows, out["routed"]["decision_id"].as_str().expect("routed id"));
     assert_eq!(routed["agent"], out["routed"]["agent"]);
     assert_eq!(routed["kind"], "sampled");
@@ -303,6 +316,20 @@ fn the_openai_client_gets_routed_streamed_and_forced_answers_and_feedback_is_joi
         "{forced}"
     );
     assert_eq!(forced["propensity"], json!(1.0), "{forced}");
+
+    // The conversation: one episode, its three turns as steps 0, 1, 2, the episode's reward on
+    // the last; the turn after the end was not logged.
+    let conversation = out["conversation"]["episode_id"].as_str().expect("episode id");
+    let turns = out["conversation"]["turns"].as_array().expect("turns");
+    let steps: Vec<&Value> = rows.iter().filter(|r| r["episode_id"] == conversation).collect();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    for (i, (row, turn)) in steps.iter().zip(turns).enumerate() {
+        assert_eq!(row["decision_id"], turn["decision_id"], "{row}");
+        assert_eq!((row["step"].as_u64(), row["agent"].clone()), (Some(i as u64), turn["agent"].clone()));
+        assert_eq!(row["kind"], "sampled");
+    }
+    assert_eq!(steps[2]["episode_reward"], json!(0.5), "{:?}", steps[2]);
+    assert!(steps[..2].iter().all(|r| r.get("episode_reward").is_none()), "{steps:?}");
 }
 
 #[test]
@@ -396,11 +423,27 @@ fn upstream_failures_are_502_json_and_logged_and_unknown_models_are_404() {
         json!({"model": "mappo", "messages": [{"role": "system", "content": "no user"}]}),
         json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}], "mappo": {"budget": 1}}),
         json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
+        json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}], "mappo": {"episode_id": ""}}),
+        json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}],
+            "mappo": {"episode_id": "x".repeat(129)}}),
     ] {
         let (s, _, b) = http_with(&addr, "POST", "/v1/chat/completions", &[], &bad.to_string());
         assert_eq!(s, 422, "{bad} → {b}");
         assert!(json(&b)["error"].is_string(), "{b}");
     }
+    // A conversation id in the header and another in the body: 422 naming both, nothing decided.
+    let body = json!({"model": "mappo", "messages": [{"role": "user", "content": "hi"}],
+        "mappo": {"episode_id": "chat-b"}});
+    let (s, h, b) = http_with(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("x-mappo-episode-id", "chat-a")],
+        &body.to_string(),
+    );
+    assert_eq!(s, 422, "{b}");
+    assert!(b.contains("chat-a") && b.contains("chat-b"), "{b}");
+    assert!(!h.contains_key("x-mappo-decision-id"));
     let (s, _, b) = http_with(&addr, "POST", "/v1/chat/completions", &[], "{not json");
     assert_eq!(s, 400, "{b}");
     // The models list and the OpenAPI document.
@@ -549,5 +592,155 @@ fn a_cost_aware_router_behind_the_proxy_decides_at_the_requested_cost_weight() {
         assert_eq!(r["kind"], "sampled", "{r}");
         let i = r["action"].as_u64().expect("action") as usize;
         assert_eq!(r["propensity"], r["probabilities"][i], "{r}");
+    }
+}
+
+/// What the fake `small` agent says when it is unsure (as its unsure answers in
+/// data/cascade.jsonl) and when it is sure.
+const SMALL_BAD: &str = "Sorry, I am not sure about this one; my answer is probably wrong.";
+const SMALL_GOOD: &str = "Here is the complete answer, checked step by step.";
+
+#[test]
+fn a_cascade_behind_the_proxy_calls_the_first_agent_and_escalates_when_its_answer_is_bad() {
+    let python = openai_venv();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let corpus = root.join("data/cascade.jsonl");
+    // A cascade trained on data/cascade.jsonl (as tests/llm_routing.rs trains it): it accepts
+    // `small`'s answer when it sounds sure and escalates when it does not.
+    let sets = [
+        "env.kind=cascade".to_string(),
+        format!("env.corpus={:?}", corpus.to_str().expect("utf-8")),
+        "env.reward=outcome".into(),
+        "env.reward_noise=0".into(),
+        "env.agents=[{name=\"small\", cost=1.0}, {name=\"large\", cost=10.0}]".into(),
+        "env.cost_weight_range=[0.0, 0.6]".into(),
+        format!("env.cache_dir={:?}", tmp.path().join("cache").to_str().expect("utf-8")),
+        "model.projection_dim=32".into(),
+        "model.critic=\"centralized\"".into(),
+        "ppo.gamma=1.0".into(),
+        "ppo.lr_actor=0.003".into(),
+        "train.rollout_len=2".into(),
+        "train.total_updates=150".into(),
+        "train.batch_size=64".into(),
+        "train.save_interval=150".into(),
+        "train.eval_interval=0".into(),
+    ];
+    let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let o = common::train(&tmp.path().join("run"), &refs);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let ckpt = common::last_line(&o);
+
+    fn small_reply(text: &str) -> String {
+        if text.ends_with(" (hard)") { SMALL_BAD } else { SMALL_GOOD }.to_string()
+    }
+    let small = FakeUpstream::start_with("small", Duration::ZERO, Some(small_reply));
+    let large = FakeUpstream::start("large", Duration::ZERO);
+    let cfg = tmp.path().join("serve.toml");
+    let extra = [
+        "[serve]\nmin_prob = 0.05\n".to_string(),
+        upstream_table("small", &small.url, "small-model", ""),
+        upstream_table("large", &large.url, "large-model", ""),
+    ]
+    .concat();
+    std::fs::write(&cfg, extra).expect("write the config");
+    let db = format!("sqlite:{}", tmp.path().join("serve.db").display());
+    // Published first, then served with the proxy's [serve] section.
+    let o = common::mappo(&["policy", "publish", "--db", &db, "--checkpoint", ckpt.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let (mut child, addr) = start_with_env(&db, &["--config", cfg.to_str().expect("utf-8")], &[]);
+
+    // 40 prompts of the corpus, every other one answered badly by `small`.
+    let text = std::fs::read_to_string(&corpus).expect("corpus");
+    let prompts: Vec<Value> = text
+        .lines()
+        .take(40)
+        .enumerate()
+        .map(|(i, l)| {
+            let t = json(l)["text"].as_str().expect("text").to_string();
+            let bad = i % 2 == 0;
+            json!({"text": if bad { format!("{t} (hard)") } else { t }, "bad": bad})
+        })
+        .collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy_openai_cascade.py");
+    let o = Command::new(&python)
+        .arg(&script)
+        .args([&format!("http://{addr}"), &Value::from(prompts).to_string(), SMALL_BAD, SMALL_GOOD])
+        .output()
+        .expect("run the openai cascade script");
+    assert!(
+        o.status.success(),
+        "the openai cascade script failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = json(String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default());
+    let cascades = out["cascades"].as_array().expect("cascades");
+    assert_eq!(cascades.len(), 40);
+
+    // Who was called: `small` then maybe `large`, or `large` alone; one decision per step.
+    let (mut bad, mut bad_escalated, mut good, mut good_escalated) = (0, 0, 0, 0);
+    for c in cascades {
+        let agents = c["agents"].as_str().expect("agents");
+        let n = c["decisions"].as_array().expect("decisions").len();
+        match agents {
+            "large" => assert_eq!(n, 1, "{c}"),
+            "small" | "small,large" => {
+                assert_eq!(n, 2, "{c}");
+                let escalated = agents == "small,large";
+                if c["bad"] == json!(true) {
+                    bad += 1;
+                    bad_escalated += usize::from(escalated);
+                } else {
+                    good += 1;
+                    good_escalated += usize::from(escalated);
+                }
+            }
+            other => panic!("agents {other:?}: {c}"),
+        }
+    }
+    eprintln!(
+        "cascades: {bad_escalated}/{bad} bad first answers escalated, {good_escalated}/{good} good ones"
+    );
+    assert!(bad >= 5 && good >= 5, "too few cascades started with `small`: {bad} bad, {good} good");
+    let (bad_share, good_share) = (bad_escalated as f64 / bad as f64, good_escalated as f64 / good as f64);
+    assert!(
+        bad_share >= 0.7 && good_share <= 0.3,
+        "escalated after {bad_escalated}/{bad} bad and {good_escalated}/{good} good first answers"
+    );
+    // Every upstream call is one the headers name: `small` saw every cascade that started with
+    // it (without `stream`: its answer is read whole), `large` every escalation and direct call.
+    let calls =
+        |who: &str| cascades.iter().filter(|c| c["agents"].as_str().is_some_and(|a| a.contains(who))).count();
+    assert_eq!(small.seen().len(), calls("small"));
+    assert_eq!(large.seen().len(), calls("large"));
+    assert!(small.seen().iter().all(|s| s.body.get("stream").is_none()), "the first call is not streamed");
+
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(ok.success());
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+
+    // The log: each cascade one episode, its steps `first` then `escalation` (accept or
+    // escalate, as the headers said), ended with its reward on the last step.
+    let rows = export(&db);
+    assert_eq!(
+        rows.len(),
+        cascades.iter().map(|c| c["decisions"].as_array().map_or(0, Vec::len)).sum::<usize>()
+    );
+    for c in cascades {
+        let steps: Vec<&Value> = rows.iter().filter(|r| r["episode_id"] == c["episode_id"]).collect();
+        let ids: Vec<&Value> = steps.iter().map(|r| &r["decision_id"]).collect();
+        assert_eq!(ids, c["decisions"].as_array().expect("ids").iter().collect::<Vec<_>>(), "{c}");
+        assert_eq!(steps[0]["stage"], "first", "{:?}", steps[0]);
+        assert_eq!(steps[0]["agent"], c["agents"].as_str().and_then(|a| a.split(',').next()).expect("first"));
+        if let Some(second) = steps.get(1) {
+            let want = if c["agents"] == "small,large" { "escalate" } else { "accept" };
+            assert_eq!(
+                (second["stage"].as_str(), second["agent"].as_str()),
+                (Some("escalation"), Some(want))
+            );
+        }
+        let last = steps.last().expect("a step");
+        assert!(last["episode_reward"].is_number(), "{last}");
     }
 }

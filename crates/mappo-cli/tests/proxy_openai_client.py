@@ -89,14 +89,53 @@ try:
 except openai.NotFoundError as e:
     check("mappo" in str(e) and "math" in str(e), f"unknown model error {e}")
 
+
+
+def feedback(body):
+    req = urllib.request.Request(
+        base + "/v1/feedback",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
 # Feedback for the routed decision.
-req = urllib.request.Request(
-    base + "/v1/feedback",
-    data=json.dumps({"decision_id": did, "reward": 1.0}).encode(),
-    headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
-)
-with urllib.request.urlopen(req, timeout=30) as r:
-    fb = json.load(r)
+fb = feedback({"decision_id": did, "reward": 1.0})
 check(fb == {"decision_id": did, "accepted": True}, f"feedback {fb}")
+
+# A three-turn conversation: one episode, each turn a step of it. The id goes in the header,
+# then in the mappo object, then in both.
+conversation = "openai-chat-1"
+messages = [{"role": "system", "content": "be brief"}]
+turns = []
+for i, text in enumerate(["my parcel never arrived", "can you refund it?", "thanks, and what is 7 * 6?"]):
+    messages.append({"role": "user", "content": text})
+    how = {}
+    if i in (0, 2):
+        how["extra_headers"] = {"x-mappo-episode-id": conversation}
+    if i in (1, 2):
+        how["extra_body"] = {"mappo": {"episode_id": conversation}}
+    raw = client.chat.completions.with_raw_response.create(model="mappo", messages=messages, **how)
+    tagent, tdid = raw.headers.get("x-mappo-agent"), raw.headers.get("x-mappo-decision-id")
+    check(raw.headers.get("x-mappo-episode-id") == conversation, f"turn {i} headers {dict(raw.headers)}")
+    check(tagent in expected and tdid and "," not in tdid, f"turn {i} headers {dict(raw.headers)}")
+    content = raw.parse().choices[0].message.content
+    check(content == answer_of(tagent, text), f"turn {i} answer {content!r}")
+    messages.append({"role": "assistant", "content": content})
+    turns.append({"decision_id": tdid, "agent": tagent})
+fb = feedback({"episode_id": conversation, "reward": 0.5, "end": True})
+check(fb.get("accepted") is True and fb.get("episode_id") == conversation, f"episode feedback {fb}")
+# The conversation has ended: a fourth turn is refused (409).
+messages.append({"role": "user", "content": "one more thing"})
+try:
+    client.chat.completions.create(
+        model="mappo", messages=messages, extra_headers={"x-mappo-episode-id": conversation}
+    )
+    check(False, "a turn after the end was accepted")
+except openai.ConflictError as e:
+    check("ended" in str(e), f"turn after the end: {e}")
+out["conversation"] = {"episode_id": conversation, "turns": turns}
 
 print(json.dumps(out))

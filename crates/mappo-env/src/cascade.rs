@@ -88,6 +88,9 @@ pub struct CascadeRules {
 }
 
 impl CascadeRules {
+    /// The second step's action that escalates (0 accepts the first agent's answer).
+    pub const ESCALATE: usize = 1;
+
     /// The rules of a config's agents.
     pub fn new(cfg: &EnvConfig) -> Self {
         let costs: Vec<f32> = cfg.normalized_costs().into_iter().map(|c| c as f32).collect();
@@ -272,7 +275,7 @@ impl Env for CascadeEnv {
                 if a > 1 {
                     return Err(EnvError::BadAction { row: i, action: a as u32, num_actions: 2 });
                 }
-                Some(self.rules.outcome_of(self.first[i], a == 1))
+                Some(self.rules.outcome_of(self.first[i], a == CascadeRules::ESCALATE))
             };
             if let Some((agent, cost)) = end {
                 reward[i] = self.data.outcome(row, agent) - self.lambda[i] * cost;

@@ -110,7 +110,29 @@ pub(crate) struct Engine {
     pending: Arc<Mutex<Option<LoadedPolicy>>>,
     version: Arc<AtomicI64>,
     agents: Arc<RwLock<Arc<[String]>>>,
+    escalates_to: Arc<RwLock<Option<String>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The agent a cascade policy escalates to, by name.
+fn escalation_target(p: &LoadedPolicy) -> Option<String> {
+    p.model.escalates_to().and_then(|i| p.agents.get(i).cloned())
+}
+
+/// Writes `value` into `slot` (a poisoned lock is still written: its value is plain data).
+fn set<T>(slot: &RwLock<T>, value: T) {
+    match slot.write() {
+        Ok(mut a) => *a = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+/// Reads `slot` (a poisoned lock is still read: its value is plain data).
+fn get<T: Clone>(slot: &RwLock<T>) -> T {
+    match slot.read() {
+        Ok(a) => a.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 impl Engine {
@@ -130,6 +152,7 @@ impl Engine {
         let pending = Arc::new(Mutex::new(None));
         let version = Arc::new(AtomicI64::new(policy.version));
         let agents = Arc::new(RwLock::new(policy.agents.clone()));
+        let escalates_to = Arc::new(RwLock::new(escalation_target(&policy)));
         metrics.policy_version.set(policy.version);
         let shadow_rng = Rng::new(rng.next_u64());
         let worker = Worker {
@@ -143,10 +166,11 @@ impl Engine {
             pending: pending.clone(),
             version: version.clone(),
             agents: agents.clone(),
+            escalates_to: escalates_to.clone(),
             metrics,
         };
         let thread = std::thread::Builder::new().name("mappo-model".into()).spawn(move || worker.run(rx))?;
-        Ok(Self { tx: Some(tx), pending, version, agents, thread: Some(thread) })
+        Ok(Self { tx: Some(tx), pending, version, agents, escalates_to, thread: Some(thread) })
     }
 
     /// Routes `texts` (one job, answered together) at cost weight 0.
@@ -207,10 +231,12 @@ impl Engine {
 
     /// The agents of the version the model thread serves now, in index order.
     pub fn agents(&self) -> Arc<[String]> {
-        match self.agents.read() {
-            Ok(a) => a.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        get(&self.agents)
+    }
+
+    /// For a cascade policy, the agent its escalation calls (the served version's).
+    pub fn escalates_to(&self) -> Option<String> {
+        get(&self.escalates_to)
     }
 
     /// Stops the thread once the queued jobs are answered.
@@ -239,6 +265,7 @@ struct Worker {
     pending: Arc<Mutex<Option<LoadedPolicy>>>,
     version: Arc<AtomicI64>,
     agents: Arc<RwLock<Arc<[String]>>>,
+    escalates_to: Arc<RwLock<Option<String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -285,10 +312,8 @@ impl Worker {
         if let Some(p) = next {
             tracing::info!(from = self.policy.version, to = p.version, "serving a new policy version");
             self.version.store(p.version, Ordering::Release);
-            match self.agents.write() {
-                Ok(mut a) => *a = p.agents.clone(),
-                Err(poisoned) => *poisoned.into_inner() = p.agents.clone(),
-            }
+            set(&self.agents, p.agents.clone());
+            set(&self.escalates_to, escalation_target(&p));
             self.metrics.policy_version.set(p.version);
             self.metrics.policy_switches.inc();
             self.policy = p;

@@ -87,6 +87,11 @@ pub trait PolicyModel: Send + 'static {
         let _ = earlier;
         Ok(StageInfo { name: "route".into(), options: self.agents().to_vec(), needs_response: false })
     }
+    /// For a cascade, the agent its escalation calls (its steps after any other agent see that
+    /// agent's answer); `None` for every other policy (default).
+    fn escalates_to(&self) -> Option<usize> {
+        None
+    }
     /// π over each row's stage options, the rows being steps of episodes (`steps`, one per row).
     /// Default: the steps do not change the input ([`PolicyModel::probabilities_at`]).
     fn step_probabilities(
@@ -211,6 +216,13 @@ impl PolicyModel for MlpPolicy {
 
     fn cost_aware(&self) -> bool {
         self.policy.cost_aware()
+    }
+
+    fn escalates_to(&self) -> Option<usize> {
+        match self.policy.episode() {
+            mappo_train::EpisodeShape::Cascade { strong } => Some(strong),
+            _ => None,
+        }
     }
 
     fn stage(&self, earlier: &[u32]) -> Result<StageInfo, String> {

@@ -16,7 +16,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::parse_body;
-use crate::decide::{Ask, Choice, decide_and_log};
+use crate::decide::{Ask, Choice, Decided, EpisodeAsk, decide_and_log};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -35,6 +35,10 @@ pub const ROUTER_MODEL: &str = "mappo";
 pub const DECISION_HEADER: &str = "x-mappo-decision-id";
 /// Header naming the agent that answered.
 pub const AGENT_HEADER: &str = "x-mappo-agent";
+/// Header naming every agent called (a cascade that escalated calls two).
+pub const AGENTS_HEADER: &str = "x-mappo-agents";
+/// Header carrying a conversation id: the request is the next step of that episode.
+pub const EPISODE_HEADER: &str = "x-mappo-episode-id";
 
 /// The OpenAPI tag of the proxy's operations (the module path they had when the document was
 /// first published; kept so that generated clients do not change).
@@ -47,6 +51,9 @@ pub struct MappoOptions {
     /// Cost weight λ for a cost-aware policy (as `cost_weight` in `/v1/route`); default
     /// `serve.cost_weight`. Ignored when an agent is forced.
     pub cost_weight: Option<f64>,
+    /// A conversation id (1–128 bytes, as `x-mappo-episode-id`): the request is the next step
+    /// of that episode (a conversation turn), its earlier steps read from the decision log.
+    pub episode_id: Option<String>,
 }
 
 /// One message of a conversation (only what the proxy reads; the whole message is forwarded).
@@ -150,22 +157,37 @@ pub(crate) fn last_user_text(messages: &Value) -> Result<String, &'static str> {
     Ok(text)
 }
 
-/// What was decided for one request.
+/// What was decided and called for one request: one decision, or an episode's steps (a
+/// cascade: the first agent, then accept or escalate).
 struct Chosen {
-    decision_id: Uuid,
+    /// Every decision of this request, in step order.
+    decisions: Vec<Uuid>,
+    /// The agent that answers (the last one called).
     agent: String,
+    /// Every agent called upstream, in order.
+    called: Vec<String>,
+    /// The episode the decisions are steps of.
+    episode_id: Option<String>,
 }
 
 impl Chosen {
-    /// Adds `x-mappo-decision-id` and `x-mappo-agent` to a response.
+    /// Adds `x-mappo-decision-id`, `x-mappo-agent`, `x-mappo-agents` and, for an episode,
+    /// `x-mappo-episode-id` to a response.
     fn tag(&self, mut r: Response) -> Response {
         let h = r.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&self.decision_id.to_string()) {
+        let ids: Vec<String> = self.decisions.iter().map(Uuid::to_string).collect();
+        if let Ok(v) = HeaderValue::from_str(&ids.join(",")) {
             h.insert(HeaderName::from_static(DECISION_HEADER), v);
         }
         // Agent names are UTF-8: from_bytes keeps non-ASCII ones (obs-text) rather than failing.
         if let Ok(v) = HeaderValue::from_bytes(self.agent.as_bytes()) {
             h.insert(HeaderName::from_static(AGENT_HEADER), v);
+        }
+        if let Ok(v) = HeaderValue::from_bytes(self.called.join(",").as_bytes()) {
+            h.insert(HeaderName::from_static(AGENTS_HEADER), v);
+        }
+        if let Some(v) = self.episode_id.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+            h.insert(HeaderName::from_static(EPISODE_HEADER), v);
         }
         r
     }
@@ -177,40 +199,80 @@ impl Chosen {
 
 /// Forward a chat completion to the agent mappo chooses (`"model": "mappo"`) or to the agent
 /// named (forced). The answer is the upstream's, with `x-mappo-decision-id` and `x-mappo-agent`.
+/// A conversation id (`x-mappo-episode-id` or `"mappo": {"episode_id"}`) makes the request the
+/// next step of that episode. Behind a cascade policy, `"model": "mappo"` runs the cascade: the
+/// first agent is called, its answer decides whether to escalate, and one answer is returned.
 #[utoipa::path(
     post,
     path = "/v1/chat/completions",
     tag = PROXY_TAG,
     request_body = ChatCompletionRequest,
+    params(
+        ("x-mappo-episode-id" = Option<String>, Header,
+            description = "A conversation id (1–128 bytes): the request is the next step of that episode (as `mappo.episode_id`)"),
+    ),
     responses(
         (status = 200, description = "The upstream's answer (a JSON chat completion, or with \
             `\"stream\": true` its server-sent events as they arrive), with headers \
-            x-mappo-decision-id and x-mappo-agent",
+            x-mappo-decision-id, x-mappo-agent, x-mappo-agents and, for an episode, x-mappo-episode-id",
             content(("application/json"), ("text/event-stream")),
             headers(
-                ("x-mappo-decision-id" = String, description = "The decision (UUID), for /v1/feedback"),
-                ("x-mappo-agent" = String, description = "The agent that answered")
+                ("x-mappo-decision-id" = String, description = "The decisions (UUIDs, comma-separated: a cascade's first and escalation steps), for /v1/feedback"),
+                ("x-mappo-agent" = String, description = "The agent that answered"),
+                ("x-mappo-agents" = String, description = "Every agent called, in order (comma-separated; two when a cascade escalated)"),
+                ("x-mappo-episode-id" = String, description = "The episode the decisions are steps of (a cascade without a conversation id gets a new one)")
             )),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model (the message lists the allowed ones)", body = ErrorBody),
+        (status = 409, description = "The episode has ended, or has no further step for the served policy", body = ErrorBody),
         (status = 413, description = "Body or routed text over the limit", body = ErrorBody),
-        (status = 422, description = "No `model`, no user message with text, or a bad `mappo` object", body = ErrorBody),
-        (status = 502, description = "The upstream failed: unreachable, timed out (serve.upstreams.<agent>.timeout_s) or answered non-2xx (its error is quoted)", body = ErrorBody),
+        (status = 422, description = "No `model`, no user message with text, a bad `mappo` object or episode id", body = ErrorBody),
+        (status = 502, description = "The upstream failed: unreachable, timed out (serve.upstreams.<agent>.timeout_s) or answered non-2xx (its error is quoted); or a cascade's first answer has no text", body = ErrorBody),
         (status = 503, description = "The agent has no upstream, the service is overloaded, or the decision log is unavailable", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn chat_completions(
     State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match proxy(st, body).await {
+    match proxy(st, &headers, body).await {
         Ok(r) | Err(r) => r,
     }
 }
 
-async fn proxy(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, Response> {
+/// The conversation id of a request: the header or `mappo.episode_id` (the same if both).
+fn episode_id_of(headers: &HeaderMap, options: &MappoOptions) -> Result<Option<String>, ApiError> {
+    let header = match headers.get(EPISODE_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::unprocessable(format!("`{EPISODE_HEADER}` must be visible ASCII")))?
+                .to_string(),
+        ),
+    };
+    let id = match (header, options.episode_id.clone()) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::unprocessable(format!(
+                "`{EPISODE_HEADER}` ({h:?}) and `mappo.episode_id` ({b:?}) differ: give one"
+            )));
+        }
+        (h, b) => h.or(b),
+    };
+    if let Some(id) = &id {
+        mappo_log::EpisodeStep::check_id(id)
+            .map_err(|e| ApiError::unprocessable(format!("episode id: {e}")))?;
+    }
+    Ok(id)
+}
+
+async fn proxy(
+    st: Arc<AppState>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Response> {
     let e422 = |m: String| ApiError::unprocessable(m).into_response();
     let mut req: Map<String, Value> = parse_body(body).map_err(IntoResponse::into_response)?;
     let Some(model) = req.get("model").and_then(Value::as_str).map(str::to_string) else {
@@ -225,6 +287,7 @@ async fn proxy(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(e422("`stream` must be a boolean".into())),
     };
+    let given_episode = episode_id_of(headers, &options).map_err(IntoResponse::into_response)?;
 
     // Which agent: the router's choice, or the one named.
     let forced = model != ROUTER_MODEL;
@@ -251,45 +314,173 @@ async fn proxy(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result
         }
     }
     let text = last_user_text(req.get("messages").unwrap_or(&Value::Null)).map_err(|m| e422(m.into()))?;
+    // A cascade policy runs every routed request as a cascade: an episode of its own unless the
+    // client names one.
+    let cascade = if forced { None } else { st.engine.escalates_to() };
+    let episode_id = match (given_episode, &cascade) {
+        (Some(id), _) => Some(id),
+        (None, Some(_)) => Some(format!("cascade-{}", Uuid::now_v7())),
+        (None, None) => None,
+    };
 
     // Decide, and commit the decision before anything goes upstream.
-    let decided = decide_and_log(
+    let first = decide_one(
         &st,
+        text.clone(),
+        if forced { Choice::Force(model) } else { Choice::Sample },
+        options.cost_weight,
+        episode_id.clone().map(|id| EpisodeAsk { id, stage: None, response: None }),
+    )
+    .await?;
+    let mut chosen = Chosen {
+        decisions: vec![first.decision.id],
+        agent: first.decision.agent.clone(),
+        called: vec![first.decision.agent.clone()],
+        episode_id,
+    };
+    let target = upstream_of(&st, &chosen)?;
+    req.insert("model".into(), Value::String(target.model().to_string()));
+    let escalation = match (&cascade, &chosen.episode_id) {
+        (Some(strong), Some(id)) if *strong != chosen.agent => Some((strong.clone(), id.clone())),
+        _ => None,
+    };
+    let Some((strong, id)) = escalation else {
+        // One agent answers: forwarded as asked (streamed through when asked).
+        let out = serde_json::to_vec(&req)
+            .map_err(|e| chosen.error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        return match target.forward(&chosen.agent, first.decision.id, out, stream, &st.metrics).await {
+            Ok(r) => Ok(chosen.tag(r)),
+            Err(e) => Err(chosen.tag(e.into_response())),
+        };
+    };
+
+    // A cascade: the first agent's whole answer (not streamed), then accept or escalate.
+    let mut first_req = req.clone();
+    first_req.remove("stream");
+    first_req.remove("stream_options");
+    let out = serde_json::to_vec(&first_req)
+        .map_err(|e| chosen.error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let answered = target
+        .forward(&chosen.agent, first.decision.id, out, false, &st.metrics)
+        .await
+        .map_err(|e| chosen.tag(e.into_response()))?;
+    let (parts, body) = answered.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_CASCADE_ANSWER_BYTES).await.map_err(|e| {
+        chosen
+            .error(StatusCode::BAD_GATEWAY, format!("reading agent `{}`'s answer failed: {e}", chosen.agent))
+    })?;
+    let completion: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let Some(answer) = completion.pointer("/choices/0/message/content").and_then(Value::as_str) else {
+        return Err(chosen.error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "agent `{}`'s answer is not a chat completion with text in choices[0].message.content: \
+                 the cascade cannot look at it",
+                chosen.agent
+            ),
+        ));
+    };
+    let second = decide_one(
+        &st,
+        text,
+        Choice::Sample,
+        options.cost_weight,
+        Some(EpisodeAsk { id, stage: None, response: Some(answer.to_string()) }),
+    )
+    .await
+    .map_err(|r| chosen.tag(r))?;
+    chosen.decisions.push(second.decision.id);
+    if second.agent_index == mappo_env::CascadeRules::ESCALATE {
+        chosen.agent = strong.clone();
+        chosen.called.push(strong);
+        let target = upstream_of(&st, &chosen)?;
+        req.insert("model".into(), Value::String(target.model().to_string()));
+        let out = serde_json::to_vec(&req)
+            .map_err(|e| chosen.error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        return match target.forward(&chosen.agent, second.decision.id, out, stream, &st.metrics).await {
+            Ok(r) => Ok(chosen.tag(r)),
+            Err(e) => Err(chosen.tag(e.into_response())),
+        };
+    }
+    // Accepted: the first answer, as the client asked for it.
+    if stream {
+        return Ok(chosen.tag(as_event_stream(&completion)));
+    }
+    Ok(chosen.tag(Response::from_parts(parts, axum::body::Body::from(bytes))))
+}
+
+/// The most a cascade's first answer may weigh (it is read whole to be embedded).
+const MAX_CASCADE_ANSWER_BYTES: usize = 16 << 20;
+
+/// Decides one text (a step of `episode` when given) and commits it.
+async fn decide_one(
+    st: &AppState,
+    text: String,
+    choice: Choice,
+    cost_weight: Option<f64>,
+    episode: Option<EpisodeAsk>,
+) -> Result<Decided, Response> {
+    let decided = decide_and_log(
+        st,
         Ask {
             texts: vec![text],
             text_name: &|_| "the last user message".into(),
-            choice: if forced { Choice::Force(model) } else { Choice::Sample },
-            cost_weight: options.cost_weight,
+            choice,
+            cost_weight,
             cost_weight_field: "`mappo.cost_weight`",
-            episode: None,
+            episode,
         },
     )
     .await
     .map_err(IntoResponse::into_response)?;
-    let Some(d) = decided.into_iter().next() else {
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision").into_response());
-    };
-    let chosen = Chosen { decision_id: d.decision.id, agent: d.decision.agent };
+    decided
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no decision").into_response())
+}
 
-    // Forward.
-    let Some(target) = st.upstreams.get(&chosen.agent) else {
+/// The upstream of the chosen agent, or a 503 naming the missing table.
+fn upstream_of<'a>(st: &'a AppState, chosen: &Chosen) -> Result<&'a crate::upstream::Target, Response> {
+    st.upstreams.get(&chosen.agent).ok_or_else(|| {
         st.metrics.observe_upstream(&chosen.agent, "unconfigured");
-        tracing::warn!(agent = %chosen.agent, decision = %chosen.decision_id, "the chosen agent has no upstream");
-        return Err(chosen.error(
+        tracing::warn!(agent = %chosen.agent, decisions = ?chosen.decisions, "the chosen agent has no upstream");
+        chosen.error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "mappo chose agent `{0}`, which has no upstream: add a [serve.upstreams.{0}] table",
                 chosen.agent
             ),
-        ));
+        )
+    })
+}
+
+/// A whole chat completion as the server-sent events a streamed one would have been: one chunk
+/// with the message, one with the finish reason, then `[DONE]` (a cascade's accepted answer for
+/// a client that asked for a stream).
+fn as_event_stream(completion: &Value) -> Response {
+    let choice = completion.pointer("/choices/0").cloned().unwrap_or(Value::Null);
+    let chunk = |delta: Value, finish: Value| {
+        let c = serde_json::json!({
+            "id": completion.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": completion.get("created").cloned().unwrap_or(Value::from(0)),
+            "model": completion.get("model").cloned().unwrap_or(Value::Null),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {c}\n\n")
     };
-    req.insert("model".into(), Value::String(target.model().to_string()));
-    let out = serde_json::to_vec(&req)
-        .map_err(|e| chosen.error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match target.forward(&chosen.agent, chosen.decision_id, out, stream, &st.metrics).await {
-        Ok(r) => Ok(chosen.tag(r)),
-        Err(e) => Err(chosen.tag(e.into_response())),
-    }
+    let message = choice.get("message").cloned().unwrap_or(Value::Null);
+    let delta = serde_json::json!({
+        "role": message.get("role").cloned().unwrap_or(Value::from("assistant")),
+        "content": message.get("content").cloned().unwrap_or(Value::Null),
+    });
+    let finish = choice.get("finish_reason").cloned().unwrap_or(Value::from("stop"));
+    let body =
+        format!("{}{}data: [DONE]\n\n", chunk(delta, Value::Null), chunk(serde_json::json!({}), finish));
+    let mut r = Response::new(axum::body::Body::from(body));
+    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 #[cfg(test)]
