@@ -224,29 +224,8 @@ fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
     let tmp = tempfile::tempdir().expect("tmp");
     let corpus = root().join("data/cascade.jsonl");
     let corpus_s = corpus.to_str().expect("utf-8");
-    let cache = tmp.path().join("cache");
-    let sets = [
-        "env.kind=cascade".to_string(),
-        format!("env.corpus={corpus_s:?}"),
-        "env.reward=outcome".into(),
-        "env.reward_noise=0".into(),
-        "env.agents=[{name=\"small\", cost=1.0}, {name=\"large\", cost=10.0}]".into(),
-        "env.cost_weight_range=[0.0, 0.6]".into(),
-        format!("env.cache_dir={:?}", cache.to_str().expect("utf-8")),
-        "model.projection_dim=32".into(),
-        "model.critic=\"centralized\"".into(),
-        "ppo.gamma=1.0".into(),
-        "ppo.lr_actor=0.003".into(),
-        "train.rollout_len=2".into(),
-        "train.total_updates=150".into(),
-        "train.batch_size=64".into(),
-        "train.save_interval=150".into(),
-        "train.eval_interval=0".into(),
-    ];
-    let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let o = train(&tmp.path().join("run"), &refs);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ckpt = last_line(&o);
+    let sets = common::cascade_sets(tmp.path(), &corpus);
+    let ckpt = common::train_cascade(tmp.path(), &corpus);
     let o = mappo(&["eval", "--checkpoint", ckpt.to_str().expect("utf-8"), "--corpus", corpus_s, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r = json(&stdout(&o));

@@ -608,28 +608,7 @@ fn a_cascade_behind_the_proxy_calls_the_first_agent_and_escalates_when_its_answe
     let corpus = root.join("data/cascade.jsonl");
     // A cascade trained on data/cascade.jsonl (as tests/llm_routing.rs trains it): it accepts
     // `small`'s answer when it sounds sure and escalates when it does not.
-    let sets = [
-        "env.kind=cascade".to_string(),
-        format!("env.corpus={:?}", corpus.to_str().expect("utf-8")),
-        "env.reward=outcome".into(),
-        "env.reward_noise=0".into(),
-        "env.agents=[{name=\"small\", cost=1.0}, {name=\"large\", cost=10.0}]".into(),
-        "env.cost_weight_range=[0.0, 0.6]".into(),
-        format!("env.cache_dir={:?}", tmp.path().join("cache").to_str().expect("utf-8")),
-        "model.projection_dim=32".into(),
-        "model.critic=\"centralized\"".into(),
-        "ppo.gamma=1.0".into(),
-        "ppo.lr_actor=0.003".into(),
-        "train.rollout_len=2".into(),
-        "train.total_updates=150".into(),
-        "train.batch_size=64".into(),
-        "train.save_interval=150".into(),
-        "train.eval_interval=0".into(),
-    ];
-    let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
-    let o = common::train(&tmp.path().join("run"), &refs);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let ckpt = common::last_line(&o);
+    let ckpt = common::train_cascade(tmp.path(), &corpus);
 
     fn small_reply(text: &str) -> String {
         if text.ends_with(" (hard)") { SMALL_BAD } else { SMALL_GOOD }.to_string()

@@ -37,6 +37,39 @@ pub fn train(dir: &Path, sets: &[&str]) -> Output {
     mappo(&args)
 }
 
+/// Trains the small cascade of data/cascade.jsonl (`small` at cost 1, `large` at 10, λ drawn
+/// from [0, 0.6]) into `dir/run`, returning its final checkpoint: it learns to accept `small`'s
+/// answer when it sounds sure and to escalate when it does not.
+pub fn train_cascade(dir: &Path, corpus: &Path) -> PathBuf {
+    let sets = cascade_sets(dir, corpus);
+    let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let o = train(&dir.join("run"), &refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    last_line(&o)
+}
+
+/// The `--set`s of [`train_cascade`] (its embedding cache in `dir/cache`).
+pub fn cascade_sets(dir: &Path, corpus: &Path) -> Vec<String> {
+    vec![
+        "env.kind=cascade".to_string(),
+        format!("env.corpus={:?}", corpus.to_str().expect("utf-8")),
+        "env.reward=outcome".into(),
+        "env.reward_noise=0".into(),
+        "env.agents=[{name=\"small\", cost=1.0}, {name=\"large\", cost=10.0}]".into(),
+        "env.cost_weight_range=[0.0, 0.6]".into(),
+        format!("env.cache_dir={:?}", dir.join("cache").to_str().expect("utf-8")),
+        "model.projection_dim=32".into(),
+        "model.critic=\"centralized\"".into(),
+        "ppo.gamma=1.0".into(),
+        "ppo.lr_actor=0.003".into(),
+        "train.rollout_len=2".into(),
+        "train.total_updates=150".into(),
+        "train.batch_size=64".into(),
+        "train.save_interval=150".into(),
+        "train.eval_interval=0".into(),
+    ]
+}
+
 /// A fresh PostgreSQL database for one test, dropped when this goes out of scope. Its server
 /// is the one `MAPPO_TEST_DATABASE_URL` names (`cargo xtask test` starts a throwaway cluster and
 /// sets it).
