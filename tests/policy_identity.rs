@@ -143,7 +143,7 @@ async fn serve_ope_and_route_give_identical_probabilities() {
     for ((id, p), (text, l)) in served.iter().zip(texts.iter().zip(lambdas)) {
         let i = events
             .iter()
-            .position(|e| e.decision_id.map(|u| u.to_string()).as_deref() == Some(id.as_str()))
+            .position(|e| e.decision_id.as_deref() == Some(id.as_str()))
             .expect("the decision is logged");
         assert_eq!(events[i].cost_weight, Some(l as f32), "λ is logged with the decision");
         assert_eq!(&events[i].probabilities, p, "the log holds what was answered");

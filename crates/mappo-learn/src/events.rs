@@ -8,7 +8,6 @@ use std::path::Path;
 use mappo_env::{ObservationSpec, RowExtras};
 use mappo_log::{DecisionKind, JoinedEvent, Timestamp, Watermark};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::LearnError;
 
@@ -20,10 +19,12 @@ use crate::LearnError;
 /// embedding or a text to embed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedEvent {
-    /// The decision id (`None` in a foreign log without one).
-    pub decision_id: Option<Uuid>,
-    /// The policy version that decided (`None` when unknown).
-    pub policy_version: Option<i64>,
+    /// The decision id as the log gives it: mappo's UUID, or a foreign log's own id (`"ev-0"`,
+    /// Vowpal Wabbit's `EventId`, a number), kept as given (`None` in a log without one).
+    pub decision_id: Option<String>,
+    /// The policy version that decided, as the log gives it (mappo's integer, or a foreign
+    /// log's string such as `"v2"`; `None` when unknown).
+    pub policy_version: Option<String>,
     /// Index of the chosen agent.
     pub action: usize,
     /// Name of the chosen agent, when known.
@@ -79,8 +80,8 @@ impl From<&JoinedEvent> for LoggedEvent {
     fn from(e: &JoinedEvent) -> Self {
         let d = &e.decision;
         LoggedEvent {
-            decision_id: Some(d.id),
-            policy_version: Some(d.policy_version),
+            decision_id: Some(d.id.to_string()),
+            policy_version: Some(d.policy_version.to_string()),
             action: d.action as usize,
             agent: Some(d.agent.clone()),
             probabilities: d.probabilities.clone(),
@@ -98,8 +99,8 @@ impl From<JoinedEvent> for LoggedEvent {
     fn from(e: JoinedEvent) -> Self {
         let d = e.decision;
         LoggedEvent {
-            decision_id: Some(d.id),
-            policy_version: Some(d.policy_version),
+            decision_id: Some(d.id.to_string()),
+            policy_version: Some(d.policy_version.to_string()),
             action: d.action as usize,
             agent: Some(d.agent),
             probabilities: d.probabilities,
@@ -117,10 +118,10 @@ impl From<JoinedEvent> for LoggedEvent {
 /// `action` optional, unknown fields ignored (a foreign logger may add its own).
 #[derive(Debug, Deserialize)]
 struct RawLine {
-    #[serde(default)]
-    decision_id: Option<Uuid>,
-    #[serde(default)]
-    policy_version: Option<i64>,
+    #[serde(default, deserialize_with = "opaque_id")]
+    decision_id: Option<String>,
+    #[serde(default, deserialize_with = "opaque_id")]
+    policy_version: Option<String>,
     action: usize,
     #[serde(default)]
     agent: Option<String>,
@@ -138,6 +139,18 @@ struct RawLine {
     embedding: Option<Vec<f32>>,
     #[serde(default)]
     cost_weight: Option<f32>,
+}
+
+/// An id as a foreign log writes it: a string kept as given, a number in its JSON form; `null`
+/// is none. Objects and arrays are refused (they are not ids).
+fn opaque_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s)),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        serde_json::Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(serde::de::Error::custom(format!("an id must be a string or a number, not {other}"))),
+    }
 }
 
 /// Reads an exported log (`mappo log export [--embeddings]`, one JSON object per line; blank
@@ -200,43 +213,6 @@ pub fn embed_texts(
         }
     }
     Ok(todo.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_an_export_with_and_without_embeddings() {
-        let text = concat!(
-            r#"{"decision_id":"0193c4a2-0000-7000-8000-000000000001","time":"2026-01-01T00:00:00Z","#,
-            r#""policy_version":1,"action":1,"agent":"b","probabilities":[0.25,0.75],"propensity":0.75,"#,
-            r#""reward":1.0,"kind":"sampled","embedding":[0.5,-0.5]}"#,
-            "\n\n",
-            r#"{"action":0,"propensity":0.5,"reward":null,"text":"hello","kind":"greedy"}"#,
-            "\n",
-            r#"{"action":0,"probabilities":[0.4,0.6],"reward":0}"#,
-            "\n",
-        );
-        let ev = read_export(text.as_bytes(), Path::new("x.jsonl")).expect("reads");
-        assert_eq!(ev.len(), 3);
-        assert_eq!(ev[0].embedding.as_deref(), Some(&[0.5f32, -0.5][..]));
-        assert_eq!(ev[0].logged_propensity(), Some(0.75));
-        assert!(ev[0].is_sampled());
-        assert!(ev[1].is_greedy());
-        assert_eq!(ev[1].text.as_deref(), Some("hello"));
-        assert_eq!(ev[1].reward, None);
-        // No propensity: read from the probabilities.
-        assert!((ev[2].logged_propensity().expect("from probabilities") - 0.4).abs() < 1e-6);
-        assert!(ev[2].is_sampled(), "a foreign log without kind counts as sampled");
-    }
-
-    #[test]
-    fn a_bad_line_is_named() {
-        let text = "{\"action\":0}\n{\"action\":-1}\n";
-        let err = read_export(text.as_bytes(), Path::new("log.jsonl")).expect_err("refused");
-        assert!(err.to_string().starts_with("log.jsonl:2:"), "{err}");
-    }
 }
 
 /// One logged decision as the learner sees it (a decision-log row or a line of an exported
@@ -338,5 +314,62 @@ impl LearnEvent {
             episode: None,
             trajectory: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_export_with_and_without_embeddings() {
+        let text = concat!(
+            r#"{"decision_id":"0193c4a2-0000-7000-8000-000000000001","time":"2026-01-01T00:00:00Z","#,
+            r#""policy_version":1,"action":1,"agent":"b","probabilities":[0.25,0.75],"propensity":0.75,"#,
+            r#""reward":1.0,"kind":"sampled","embedding":[0.5,-0.5]}"#,
+            "\n\n",
+            r#"{"action":0,"propensity":0.5,"reward":null,"text":"hello","kind":"greedy"}"#,
+            "\n",
+            r#"{"action":0,"probabilities":[0.4,0.6],"reward":0}"#,
+            "\n",
+        );
+        let ev = read_export(text.as_bytes(), Path::new("x.jsonl")).expect("reads");
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[0].embedding.as_deref(), Some(&[0.5f32, -0.5][..]));
+        assert_eq!(ev[0].logged_propensity(), Some(0.75));
+        assert!(ev[0].is_sampled());
+        assert!(ev[1].is_greedy());
+        assert_eq!(ev[1].text.as_deref(), Some("hello"));
+        assert_eq!(ev[1].reward, None);
+        // No propensity: read from the probabilities.
+        assert!((ev[2].logged_propensity().expect("from probabilities") - 0.4).abs() < 1e-6);
+        assert!(ev[2].is_sampled(), "a foreign log without kind counts as sampled");
+    }
+
+    #[test]
+    fn foreign_ids_and_versions_are_kept_as_given() {
+        let text = concat!(
+            r#"{"decision_id":"ev-0","policy_version":"v2","action":0,"propensity":0.5,"reward":1}"#,
+            "\n",
+            r#"{"decision_id":17,"policy_version":3,"action":1,"propensity":0.5,"reward":0}"#,
+            "\n",
+            r#"{"decision_id":null,"action":1,"propensity":0.5,"reward":0}"#,
+            "\n",
+        );
+        let ev = read_export(text.as_bytes(), Path::new("vw.jsonl")).expect("reads");
+        let ids: Vec<Option<&str>> = ev.iter().map(|e| e.decision_id.as_deref()).collect();
+        assert_eq!(ids, [Some("ev-0"), Some("17"), None]);
+        let versions: Vec<Option<&str>> = ev.iter().map(|e| e.policy_version.as_deref()).collect();
+        assert_eq!(versions, [Some("v2"), Some("3"), None]);
+        let err = read_export(r#"{"decision_id":{"a":1},"action":0}"#.as_bytes(), Path::new("x.jsonl"))
+            .expect_err("an object is no id");
+        assert!(err.to_string().contains("string or a number"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let text = "{\"action\":0}\n{\"action\":-1}\n";
+        let err = read_export(text.as_bytes(), Path::new("log.jsonl")).expect_err("refused");
+        assert!(err.to_string().starts_with("log.jsonl:2:"), "{err}");
     }
 }

@@ -307,7 +307,7 @@ mod tests {
                 let r = if rng.uniform() < m[a] { 1.0 } else { 0.0 };
                 LoggedEvent {
                     decision_id: None,
-                    policy_version: Some(1),
+                    policy_version: Some("1".into()),
                     action: a,
                     agent: None,
                     probabilities: mu.to_vec(),
