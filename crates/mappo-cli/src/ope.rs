@@ -66,7 +66,12 @@ pub fn ope(a: OpeArgs) -> Result<()> {
         }
         candidate = candidate.with_min_prob(m);
     }
-    let opts = OpeOptions { folds: a.folds, ..OpeOptions::default() };
+    let serve = &ckpt.config.serve;
+    let opts = OpeOptions {
+        folds: a.folds,
+        reward_range: Some([serve.reward_min, serve.reward_max]),
+        ..OpeOptions::default()
+    };
     if opts.folds < 2 {
         bail!("--folds {}: at least 2", opts.folds);
     }

@@ -240,12 +240,34 @@ pub struct OpeOptions {
     pub folds: usize,
     /// Ridge penalty of the reward model.
     pub ridge: f64,
+    /// The range rewards can take (`[serve.reward_min, serve.reward_max]`), when known: SNIPS's
+    /// interval is then at least the Wilson score interval of a mean over the effective sample
+    /// size, in the range the used rewards span (this one when they are all equal), so it stays
+    /// honest where the delta method collapses (every matched reward equal gives a standard
+    /// error of 0). `None`: the delta method alone.
+    pub reward_range: Option<[f64; 2]>,
 }
 
 impl Default for OpeOptions {
     fn default() -> Self {
-        OpeOptions { folds: 5, ridge: 1.0 }
+        OpeOptions { folds: 5, ridge: 1.0, reward_range: None }
     }
+}
+
+/// The Wilson score interval (95%) of a mean `value` of rewards in `range` seen `n` times
+/// (here the effective sample size), mapped back to the reward scale.
+pub fn score_interval(value: f64, range: [f64; 2], n: f64) -> [f64; 2] {
+    let [lo, hi] = range;
+    let width = hi - lo;
+    if !(width > 0.0) || !(n > 0.0) || !value.is_finite() {
+        return [lo.min(value), hi.max(value)];
+    }
+    let p = ((value - lo) / width).clamp(0.0, 1.0);
+    let z2 = Z95 * Z95;
+    let denom = 1.0 + z2 / n;
+    let center = (p + z2 / (2.0 * n)) / denom;
+    let half = Z95 / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    [lo + width * (center - half).max(0.0), lo + width * (center + half).min(1.0)]
 }
 
 /// One estimate with its 95% confidence interval.
@@ -596,7 +618,25 @@ pub fn evaluate(
 ) -> Result<OpeReport, LearnError> {
     let p = prepare(events, candidate.num_actions(), candidate.layout())?;
     let reward_model = cross_fit_reward_model(&p, opts);
-    evaluate_prepared(&p, candidate, &reward_model)
+    let mut r = evaluate_prepared(&p, candidate, &reward_model)?;
+    if let Some(configured) = opts.reward_range {
+        // The rewards' own range when they differ, else the configured one (all equal: the
+        // delta method's collapse this guards against).
+        let lo = p.rewards.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = p.rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let range = if hi > lo { [lo, hi] } else { configured };
+        let [a, b] = score_interval(r.snips.value, range, r.ess);
+        let [c, d] = r.snips.ci;
+        if a < c - 1e-12 || b > d + 1e-12 {
+            r.warnings.push(format!(
+                "SNIPS's delta-method interval [{c:.4}, {d:.4}] is narrower than the score interval [{a:.4}, {b:.4}] \
+                 of a mean in [{}, {}] over the effective sample size {:.1}: the wider one is reported",
+                range[0], range[1], r.ess
+            ));
+            r.snips.ci = [c.min(a), d.max(b)];
+        }
+    }
+    Ok(r)
 }
 
 /// [`evaluate`] on prepared events with a given reward model (row-major `[n, k]`): lets one
@@ -687,6 +727,42 @@ mod tests {
             v += p.iter().zip(m).map(|(p, m)| p * m).sum::<f64>();
         }
         v / events.len() as f64
+    }
+
+    #[test]
+    fn snips_keeps_an_honest_interval_when_every_matched_reward_is_equal() {
+        // 300 rows, every reward 1: the delta method gives SNIPS the interval [1, 1] (se 0);
+        // with the reward range known, the score interval over the effective sample size is
+        // reported instead, and said so.
+        let (mut ev, _) = bandit(300, 11, &[0.5, 0.3, 0.2]);
+        for e in &mut ev {
+            e.reward = Some(1.0);
+        }
+        let c = smart();
+        let plain = evaluate(&ev, &c, &OpeOptions::default()).expect("evaluates");
+        assert_eq!((plain.snips.value, plain.snips.se), (1.0, 0.0));
+        assert_eq!(plain.snips.ci, [1.0, 1.0], "the collapse this guards against");
+        let opts = OpeOptions { reward_range: Some([0.0, 1.0]), ..OpeOptions::default() };
+        let loose = OpeOptions { reward_range: Some([-1.0, 1.0]), ..OpeOptions::default() };
+        let r = evaluate(&ev, &c, &loose).expect("evaluates");
+        assert!(r.snips.ci[0] < 0.98 && r.snips.ci[1] == 1.0, "{:?}", r.snips);
+        let r = evaluate(&ev, &c, &opts).expect("evaluates");
+        assert_eq!(r.snips.value, 1.0);
+        let want = score_interval(1.0, [0.0, 1.0], r.ess);
+        assert_eq!(r.snips.ci, [want[0], 1.0]);
+        // About n / (n + z²) with n the effective sample size.
+        let n = r.ess;
+        assert!((r.snips.ci[0] - n / (n + Z95 * Z95)).abs() < 1e-9 && r.snips.ci[0] < 0.99, "{:?}", r.snips);
+        assert!(r.warnings.iter().any(|w| w.contains("score interval")), "{:?}", r.warnings);
+        // On an ordinary log of 0/1 rewards the two intervals nearly agree (the rewards' own
+        // range is used, not a looser configured one): little changes.
+        let (ev, _) = bandit(3000, 12, &[0.5, 0.3, 0.2]);
+        let (a, b) = (
+            evaluate(&ev, &c, &OpeOptions::default()).expect("evaluates"),
+            evaluate(&ev, &c, &loose).expect("evaluates"),
+        );
+        let (wa, wb) = (a.snips.ci[1] - a.snips.ci[0], b.snips.ci[1] - b.snips.ci[0]);
+        assert!(wb >= wa && wb < 1.3 * wa, "delta width {wa}, reported {wb}");
     }
 
     #[test]

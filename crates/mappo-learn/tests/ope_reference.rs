@@ -107,7 +107,8 @@ fn the_whole_evaluation_matches_numpy_with_cross_fitting() {
         let s: f64 = e.iter().sum();
         e.iter().map(|v| (v / s) as f32).collect()
     });
-    let r = evaluate(&events, &candidate, &OpeOptions { folds: f.folds, ridge: f.ridge }).expect("evaluates");
+    let r = evaluate(&events, &candidate, &OpeOptions { folds: f.folds, ridge: f.ridge, reward_range: None })
+        .expect("evaluates");
     assert_eq!(r.n, f.n);
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     // The candidate's probabilities pass through f32: agreement to 1e-5, not 1e-12.
