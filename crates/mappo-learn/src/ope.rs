@@ -754,6 +754,10 @@ mod tests {
         let n = r.ess;
         assert!((r.snips.ci[0] - n / (n + Z95 * Z95)).abs() < 1e-9 && r.snips.ci[0] < 0.99, "{:?}", r.snips);
         assert!(r.warnings.iter().any(|w| w.contains("score interval")), "{:?}", r.warnings);
+        eprintln!(
+            "300 rows, every reward 1: SNIPS {:?} (delta method {:?}), ESS {:.1}",
+            r.snips.ci, plain.snips.ci, r.ess
+        );
         // On an ordinary log of 0/1 rewards the two intervals nearly agree (the rewards' own
         // range is used, not a looser configured one): little changes.
         let (ev, _) = bandit(3000, 12, &[0.5, 0.3, 0.2]);
