@@ -178,7 +178,14 @@ fn upstream_table(agent: &str, url: &str, model: &str, more: &str) -> String {
 
 /// A Python venv with `openai` installed, kept under the target directory across runs. Python
 /// and the package registry are required: their absence fails the test with the reason.
+/// The tests of this binary run side by side: one of them builds the venv while the others
+/// wait (they used to race, one deleting the venv the other was creating).
 fn openai_venv() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_openai_venv).clone()
+}
+
+fn build_openai_venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("openai-venv-{OPENAI_VERSION}"));
     let python = dir.join("bin/python");
     let ready = dir.join(".mappo-ready");
