@@ -39,6 +39,8 @@ pub struct Cluster {
     bindir: PathBuf,
     base: PathBuf,
     as_postgres: bool,
+    /// The server's options (`pg_ctl start -o`): the same port on a restart.
+    opts: String,
     /// `postgres://mappo@127.0.0.1:PORT/postgres`
     pub url: String,
 }
@@ -87,12 +89,12 @@ impl Cluster {
                 bail!("chown postgres {} failed", base.display());
             }
         }
-        let log = base.join("server.log");
         // Built before initdb so that a failure below still stops and removes what was made.
         let mut cluster = Cluster {
             bindir: bindir.to_path_buf(),
             base: base.to_path_buf(),
             as_postgres,
+            opts: String::new(),
             url: String::new(),
         };
         run(
@@ -110,17 +112,38 @@ impl Cluster {
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' \
              -c max_connections=300 -c fsync=off -c full_page_writes=off"
         );
+        cluster.opts = opts;
+        cluster.pg_start()?;
+        cluster.url = format!("postgres://mappo@127.0.0.1:{port}/postgres");
+        Ok(cluster)
+    }
+
+    /// `pg_ctl start` (waits until it accepts connections).
+    fn pg_start(&self) -> Result<()> {
+        let (data, log) = (self.base.join("data"), self.base.join("server.log"));
         run(
-            bindir,
-            as_postgres,
+            &self.bindir,
+            self.as_postgres,
             "pg_ctl",
-            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &opts, "-w", "-t", "60", "start"],
+            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &self.opts, "-w", "-t", "60", "start"],
         )
         .with_context(|| {
             format!("starting PostgreSQL; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-        })?;
-        cluster.url = format!("postgres://mappo@127.0.0.1:{port}/postgres");
-        Ok(cluster)
+        })
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`: clients are disconnected), keeping its data —
+    /// a database outage, for `crates/mappo-cli/tests/outage.rs` (which includes this file).
+    #[allow(dead_code)]
+    pub fn stop(&self) -> Result<()> {
+        let data = self.base.join("data");
+        run(&self.bindir, self.as_postgres, "pg_ctl", &["-D", path_str(&data)?, "stop", "-m", "fast", "-w"])
+    }
+
+    /// Starts the server again after [`Cluster::stop`], on the same port.
+    #[allow(dead_code)]
+    pub fn restart(&self) -> Result<()> {
+        self.pg_start()
     }
 }
 

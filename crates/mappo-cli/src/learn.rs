@@ -214,10 +214,16 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
         .context("starting the async runtime")?;
     let t0 = Instant::now();
     let summary = rt.block_on(async {
-        let log = DecisionLog::open(&db).await?;
+        let log = open_log(&db, a.follow, stop.as_ref()).await?;
+        let Some(log) = log else {
+            return Ok(Summary { source: "db".into(), ..Summary::default() });
+        };
         let mut gate = Gate::new(&cfg)?;
         let mut learner = Learner::new(log.clone(), a.name.clone(), cfg)?;
         let mut s = Summary { source: "db".into(), ..Summary::default() };
+        // Rounds failed in a row (the database unreachable, say): the wait before the next one
+        // doubles with each, up to MAX_BACKOFF.
+        let mut failures: u32 = 0;
         loop {
             let round_start = Instant::now();
             if a.publish
@@ -228,10 +234,22 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
             let result = learner
                 .round(Timestamp::now(), round_updates, if a.publish { Some(&mut gate) } else { None })
                 .await;
+            let mut wait = interval;
             match result {
                 Ok(r) => {
-                    if a.publish {
-                        gate.record(&log, r.published).await?;
+                    if failures > 0 {
+                        tracing::info!("learning resumed after {failures} failed rounds");
+                        failures = 0;
+                    }
+                    if a.publish
+                        && let Err(e) = gate.record(&log, r.published).await
+                    {
+                        // The gate's verdict is a record for people; the update and any
+                        // version published are committed already.
+                        if !a.follow {
+                            return Err(e);
+                        }
+                        tracing::warn!("gate: cannot record its decision: {e:#}");
                     }
                     s.rounds += 1;
                     s.updates += r.updates;
@@ -262,11 +280,21 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
                         continue;
                     }
                 }
-                Err(e) if a.follow => tracing::warn!("learning round failed (retrying in {interval:?}): {e}"),
+                Err(e) if a.follow => {
+                    // Nothing of a failed round is kept: the learner reloads its committed state
+                    // (events after its watermark, its last checkpoint) once the log answers, so
+                    // no event is skipped or learned twice.
+                    failures += 1;
+                    wait = backoff(interval, failures);
+                    tracing::warn!(
+                        "learning round failed ({failures} in a row; retrying in {:.1} s): {e}",
+                        wait.as_secs_f64()
+                    );
+                }
                 Err(e) => return Err(anyhow::Error::from(e)),
             }
             let Some(stop) = &stop else { break };
-            let wait = interval.saturating_sub(round_start.elapsed());
+            let wait = wait.saturating_sub(round_start.elapsed());
             let until = Instant::now() + wait;
             while Instant::now() < until && !stop.flag.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now()))).await;
@@ -279,6 +307,43 @@ fn from_db(a: &LearnArgs, cfg: Config) -> Result<i32> {
         Ok::<_, anyhow::Error>(s)
     })?;
     finish(a, Summary { seconds: t0.elapsed().as_secs_f64(), ..summary })
+}
+
+/// The longest wait between two failed rounds of `--follow`.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The wait after `failures` failed rounds in a row: `interval` doubled for each (at least
+/// 0.5 s, at most [`MAX_BACKOFF`]).
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let base = interval.max(Duration::from_millis(500));
+    base.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+/// Opens the decision log; with `--follow`, an unreachable database is waited for (retried with
+/// [`backoff`], logged) until it answers or a stop signal comes (`None`).
+async fn open_log(db: &str, follow: bool, stop: Option<&StopRequest>) -> Result<Option<DecisionLog>> {
+    let mut failures = 0;
+    loop {
+        match DecisionLog::open(db).await {
+            Ok(log) => return Ok(Some(log)),
+            Err(e) if follow && (e.is_unavailable() || matches!(e, mappo_log::LogError::Connect { .. })) => {
+                failures += 1;
+                let wait = backoff(Duration::from_secs(1), failures);
+                tracing::warn!(
+                    "cannot open the decision log ({failures} tries; retrying in {:.1} s): {e}",
+                    wait.as_secs_f64()
+                );
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if stop.is_some_and(|s| s.flag.load(Ordering::SeqCst)) {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn finish(a: &LearnArgs, s: Summary) -> Result<i32> {

@@ -55,6 +55,20 @@ pub struct ServeConfig {
     /// arrived, in milliseconds (requests that arrive while the model is busy
     /// are batched anyway). Default 1.
     pub batch_wait_ms: u64,
+    /// Longest a request waits for the decision log (a commit, or a read of an episode's
+    /// steps), in milliseconds; past it the answer is 503 and `/healthz` says why. Also how
+    /// long a pooled connection is waited for. Default 2000.
+    pub db_timeout_ms: u64,
+    /// Longest a client may take to send a request's headers, in milliseconds (slower: the
+    /// connection is closed). Also how long an idle kept-alive connection stays open. Default
+    /// 10000.
+    pub header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body, in milliseconds (slower: 408).
+    /// Default 10000.
+    pub body_timeout_ms: u64,
+    /// Most connections open at once; beyond it a new connection is answered 503 and closed.
+    /// Default 1024.
+    pub max_connections: usize,
     /// File of API keys, one per line (blank lines and `#` comments ignored);
     /// when set, every `/v1/*` and `/metrics` request needs
     /// `Authorization: Bearer KEY`. "" = no keys. Default "".
@@ -91,6 +105,10 @@ impl Default for ServeConfig {
             max_batch_texts: 64,
             max_body_bytes: 1 << 20,
             batch_wait_ms: 1,
+            db_timeout_ms: 2000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            max_connections: 1024,
             api_keys_file: String::new(),
             log_text: false,
             reward_min: -1.0,
@@ -128,6 +146,16 @@ impl ServeConfig {
         if self.batch_wait_ms > 10_000 {
             return Err(bad("batch_wait_ms", &self.batch_wait_ms, "must be at most 10000"));
         }
+        for (key, v) in [
+            ("db_timeout_ms", self.db_timeout_ms),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+        ] {
+            if !(10..=600_000).contains(&v) {
+                return Err(bad(key, &v, "must be an integer in [10, 600000] (milliseconds)"));
+            }
+        }
+        within("max_connections", self.max_connections, 1, 1 << 20)?;
         for (key, v) in [("reward_min", self.reward_min), ("reward_max", self.reward_max)] {
             if !v.is_finite() {
                 return Err(bad(key, &v, "must be a finite number"));

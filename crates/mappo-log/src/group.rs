@@ -32,6 +32,13 @@ enum Job {
 }
 
 impl Job {
+    /// Whether its caller has stopped waiting (a request that timed out): nothing to write.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Decisions { ack, .. } | Job::Reward { ack, .. } | Job::End { ack, .. } => ack.is_closed(),
+        }
+    }
+
     fn rows(&self) -> usize {
         match self {
             Job::Decisions { decisions, .. } => decisions.len(),
@@ -131,7 +138,12 @@ async fn run(log: DecisionLog, mut rx: mpsc::Receiver<Job>, max_batch: usize, co
                 Err(_) => break,
             }
         }
-        commit(&log, batch, &counters).await;
+        // Writes whose callers gave up (a request answered 503 after its timeout, during a
+        // database outage) are not made: nobody was told they were.
+        batch.retain(|j| !j.abandoned());
+        if !batch.is_empty() {
+            commit(&log, batch, &counters).await;
+        }
     }
 }
 

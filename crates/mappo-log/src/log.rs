@@ -31,8 +31,8 @@ pub struct OpenOptions {
     pub pg_schema: Option<String>,
     /// Most connections in the pool.
     pub max_connections: u32,
-    /// How long opening, or waiting for a pooled connection, may take before the database is
-    /// declared unreachable.
+    /// How long opening, or waiting for a pooled connection (SQLite: for a lock another
+    /// connection holds), may take before the database is declared unreachable.
     pub connect_timeout: Duration,
     /// SQLite only: `synchronous = FULL` (the default; a committed decision survives a power
     /// loss) or `NORMAL` (survives a crash of the process, not of the machine; faster commits).
@@ -310,7 +310,7 @@ impl DecisionLog {
                         SqliteSynchronous::Normal
                     })
                     .foreign_keys(true)
-                    .busy_timeout(opts.connect_timeout.max(Duration::from_secs(5)));
+                    .busy_timeout(opts.connect_timeout);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .acquire_timeout(opts.connect_timeout)
@@ -795,6 +795,21 @@ impl DecisionLog {
             tx.commit().await.map_err(|e| self.err(e))?;
             Ok(published)
         })
+    }
+
+    /// Whether the log takes writes now: SQLite takes its write lock (`BEGIN IMMEDIATE`, rolled
+    /// back — a reader in WAL mode succeeds while another process holds the lock, a writer does
+    /// not); PostgreSQL answers a query. What a replica probes before it says it is healthy again.
+    pub async fn check_writable(&self) -> Result<(), LogError> {
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                let tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.err(e))?;
+                tx.rollback().await.map_err(|e| self.err(e))
+            }
+            Backend::Postgres(p) => {
+                sqlx::query("SELECT 1").execute(p).await.map(|_| ()).map_err(|e| self.err(e))
+            }
+        }
     }
 
     /// The newest version number, `None` when nothing is published. One indexed query: cheap

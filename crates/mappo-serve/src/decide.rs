@@ -61,6 +61,7 @@ pub(crate) struct Decided {
 /// Too many or too long texts are 413, a cost weight that is not finite 422, an overloaded
 /// model thread or an unreachable log 503, a forced agent the policy no longer has 404.
 pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<Decided>, ApiError> {
+    let started = std::time::Instant::now();
     let Ask { texts, text_name, choice, cost_weight, cost_weight_field, episode } = ask;
     if texts.len() > st.cfg.max_batch_texts {
         return Err(ApiError::new(
@@ -133,8 +134,8 @@ pub(crate) async fn decide_and_log(st: &AppState, ask: Ask<'_>) -> Result<Vec<De
         });
     }
     // Committed before the answer leaves (or the request goes upstream).
-    st.committer.log_decisions(&decisions).await.map_err(|e| st.log_error(e))?;
-    st.log_ok();
+    // Within serve.db_timeout_ms of the request's start (the model's queue counts).
+    st.db_since(started, st.committer.log_decisions(&decisions)).await?;
     st.metrics.decisions_logged.inc_by(decisions.len() as u64);
     Ok(indices
         .into_iter()
@@ -166,7 +167,7 @@ async fn route_step(
             ),
         ));
     }
-    let state = st.log.episode(&ep.id).await.map_err(|e| st.log_error(e))?;
+    let state = st.db_read(st.log.episode(&ep.id)).await?;
     let earlier: Vec<u32> = state.iter().flat_map(|s| s.steps.iter().map(|&(_, action, _)| action)).collect();
     if state.as_ref().is_some_and(|s| s.end.is_some()) {
         return Err(ApiError::new(

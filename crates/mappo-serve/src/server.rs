@@ -144,7 +144,15 @@ impl Server {
         }
         // The proxy's upstreams (their API keys are read now: a missing one stops the start).
         let upstreams = Upstreams::from_config(&scfg.upstreams)?;
-        let log = DecisionLog::open(&opts.db).await?;
+        // A pooled connection is waited for no longer than a request waits for the log.
+        let log = DecisionLog::open_with(
+            &opts.db,
+            mappo_log::OpenOptions {
+                connect_timeout: Duration::from_millis(scfg.db_timeout_ms),
+                ..mappo_log::OpenOptions::default()
+            },
+        )
+        .await?;
         let loader: Arc<dyn ModelLoader> =
             opts.loader.clone().unwrap_or_else(|| Arc::new(CandleLoader::new(opts.model_dir.clone())));
 
@@ -290,6 +298,7 @@ impl Server {
             },
             metrics.clone(),
         )?;
+        let db_timeout = Duration::from_millis(scfg.db_timeout_ms);
         let committer = GroupCommitter::new(log.clone(), GroupCommitOptions::default());
         let state = Arc::new(AppState {
             engine,
@@ -300,6 +309,8 @@ impl Server {
             cfg: scfg,
             replica,
             db_ok: AtomicBool::new(true),
+            db_error: std::sync::Mutex::new(String::new()),
+            db_timeout,
             openapi: openapi_json(),
             upstreams,
         });
@@ -399,18 +410,28 @@ async fn watch_policies(
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        let v = match log.latest_policy_version().await {
-            Ok(Some(v)) => {
-                state.db_ok.store(true, Ordering::Relaxed);
-                v
+        // While the log is marked unreachable, only a write probe (within serve.db_timeout_ms)
+        // marks it reachable again: a read can succeed while writes cannot (a locked SQLite file).
+        if !state.db_ok.load(Ordering::Relaxed) {
+            match tokio::time::timeout(state.db_timeout, log.check_writable()).await {
+                Ok(Ok(())) => state.log_ok(),
+                Ok(Err(e)) => state.mark_unavailable(&e.to_string()),
+                Err(_) => state.mark_unavailable(&format!(
+                    "no answer within serve.db_timeout_ms = {} ms",
+                    state.db_timeout.as_millis()
+                )),
             }
+        }
+        let v = match log.latest_policy_version().await {
+            Ok(Some(v)) => v,
             Ok(None) => continue,
             Err(e) => {
                 if e.is_unavailable() {
-                    state.db_ok.store(false, Ordering::Relaxed);
+                    state.mark_unavailable(&e.to_string());
+                } else {
+                    state.metrics.database_errors.inc();
+                    tracing::warn!(error = %e, "polling the policy version failed");
                 }
-                state.metrics.database_errors.inc();
-                tracing::warn!(error = %e, "polling the policy version failed");
                 continue;
             }
         };

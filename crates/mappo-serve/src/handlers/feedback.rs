@@ -87,8 +87,7 @@ pub(crate) async fn feedback(
                     "`end` ends an episode: give `episode_id`, not `decision_id`",
                 ));
             }
-            st.committer.record_reward(id, reward).await.map_err(|e| st.log_error(e))?;
-            st.log_ok();
+            st.db(st.committer.record_reward(id, reward)).await?;
             st.metrics.rewards_joined.inc();
             Ok(Json(FeedbackResponse { decision_id: Some(id), episode_id: None, accepted: true }))
         }
@@ -101,8 +100,7 @@ pub(crate) async fn feedback(
                      rewards of single steps go with their `decision_id`",
                 ));
             }
-            st.committer.end_episode(&episode, req.reward).await.map_err(|e| st.log_error(e))?;
-            st.log_ok();
+            st.db(st.committer.end_episode(&episode, req.reward)).await?;
             st.metrics.episodes_ended.inc();
             Ok(Json(FeedbackResponse { decision_id: None, episode_id: Some(episode), accepted: true }))
         }

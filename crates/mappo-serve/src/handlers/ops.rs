@@ -43,7 +43,11 @@ pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
         })
         .into_response()
     } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the decision log is unavailable").into_response()
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the decision log is unavailable: {}", st.db_error()),
+        )
+        .into_response()
     }
 }
 
