@@ -33,6 +33,7 @@
 //! `policy_versions`, `gate_decisions` (the promotion gate's decisions), `learner_state`, `schema_migrations`. Times are microseconds since the Unix epoch
 //! (`time_us`); embeddings and probabilities are f32 little-endian blobs.
 
+mod dashboard;
 mod error;
 mod group;
 mod log;
@@ -40,6 +41,10 @@ pub mod migrations;
 mod types;
 mod url;
 
+pub use dashboard::{
+    Dashboard, DashboardGroup, DashboardQuery, DashboardTiming, MeanCi, RecentDecision, Tally, VersionMark,
+    mean_ci, share,
+};
 pub use error::LogError;
 pub use group::{CommitCounters, GroupCommitOptions, GroupCommitter};
 pub use log::{DecisionLog, OpenOptions};

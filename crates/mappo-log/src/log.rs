@@ -51,7 +51,7 @@ impl Default for OpenOptions {
 }
 
 #[derive(Debug, Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -62,7 +62,7 @@ enum Backend {
 /// returns. For many concurrent writers, put a [`crate::GroupCommitter`] in front of it.
 #[derive(Debug, Clone)]
 pub struct DecisionLog {
-    backend: Backend,
+    pub(crate) backend: Backend,
     db: Arc<str>,
 }
 
@@ -88,6 +88,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use on_pool;
 
 /// The columns of a joined event, in the order [`decode_event!`] reads them.
 const EVENT_COLUMNS: &str = "d.id, d.time_us, d.policy_version, d.action, d.agent, \
@@ -184,6 +185,49 @@ macro_rules! decode_event {
         })()
     }};
 }
+
+/// The columns of a `gate_decisions` row, in the order [`decode_gate!`] reads them.
+pub(crate) const GATE_COLUMNS: &str = "id, time_us, published, candidate_version, current_version, \
+     candidate_sha256, estimator, margin, n, candidate_value, candidate_low, candidate_high, \
+     current_value, current_low, current_high, reason, CAST(meta AS TEXT) AS meta";
+
+/// Decodes a row of [`GATE_COLUMNS`] (either backend) into a `Result<GateRecord, LogError>`.
+macro_rules! decode_gate {
+    ($row:expr) => {{
+        let row = $row;
+        (|| -> Result<GateRecord, LogError> {
+            let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
+            let meta: String = row.try_get("meta").map_err(c)?;
+            let cur: (Option<f64>, Option<f64>) =
+                (row.try_get("current_low").map_err(c)?, row.try_get("current_high").map_err(c)?);
+            Ok(GateRecord {
+                id: row.try_get("id").map_err(c)?,
+                time: Timestamp(row.try_get("time_us").map_err(c)?),
+                published: row.try_get("published").map_err(c)?,
+                candidate_version: row.try_get("candidate_version").map_err(c)?,
+                current_version: row.try_get("current_version").map_err(c)?,
+                candidate_sha256: row.try_get("candidate_sha256").map_err(c)?,
+                estimator: row.try_get("estimator").map_err(c)?,
+                margin: row.try_get("margin").map_err(c)?,
+                n: row.try_get("n").map_err(c)?,
+                candidate_value: row.try_get("candidate_value").map_err(c)?,
+                candidate_ci: [
+                    row.try_get("candidate_low").map_err(c)?,
+                    row.try_get("candidate_high").map_err(c)?,
+                ],
+                current_value: row.try_get("current_value").map_err(c)?,
+                current_ci: match cur {
+                    (Some(lo), Some(hi)) => Some([lo, hi]),
+                    _ => None,
+                },
+                reason: row.try_get("reason").map_err(c)?,
+                meta: serde_json::from_str(&meta)
+                    .map_err(|err| LogError::Corrupt(format!("gate decision meta: {err}")))?,
+            })
+        })()
+    }};
+}
+pub(crate) use decode_gate;
 
 /// Decodes a `policy_versions` row (without the checkpoint) into `Result<PolicyInfo, LogError>`.
 macro_rules! decode_policy_info {
@@ -383,7 +427,7 @@ impl DecisionLog {
         on_pool!(self, p, Db, pg => p.close().await)
     }
 
-    fn err(&self, e: sqlx::Error) -> LogError {
+    pub(crate) fn err(&self, e: sqlx::Error) -> LogError {
         LogError::from_sqlx(&self.db, e)
     }
 
@@ -961,47 +1005,11 @@ impl DecisionLog {
     /// Every gate decision, oldest first.
     pub async fn gate_decisions(&self) -> Result<Vec<GateRecord>, LogError> {
         on_pool!(self, p, Db, pg => {
-            let rows = sqlx::query(
-                "SELECT id, time_us, published, candidate_version, current_version, candidate_sha256, \
-                 estimator, margin, n, candidate_value, candidate_low, candidate_high, current_value, \
-                 current_low, current_high, reason, CAST(meta AS TEXT) AS meta \
-                 FROM gate_decisions ORDER BY id",
-            )
+            let rows = sqlx::query(AssertSqlSafe(format!("SELECT {GATE_COLUMNS} FROM gate_decisions ORDER BY id")))
             .fetch_all(p)
             .await
             .map_err(|e| self.err(e))?;
-            let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
-            let mut out = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let meta: String = row.try_get("meta").map_err(c)?;
-                let cur: (Option<f64>, Option<f64>) =
-                    (row.try_get("current_low").map_err(c)?, row.try_get("current_high").map_err(c)?);
-                out.push(GateRecord {
-                    id: row.try_get("id").map_err(c)?,
-                    time: Timestamp(row.try_get("time_us").map_err(c)?),
-                    published: row.try_get("published").map_err(c)?,
-                    candidate_version: row.try_get("candidate_version").map_err(c)?,
-                    current_version: row.try_get("current_version").map_err(c)?,
-                    candidate_sha256: row.try_get("candidate_sha256").map_err(c)?,
-                    estimator: row.try_get("estimator").map_err(c)?,
-                    margin: row.try_get("margin").map_err(c)?,
-                    n: row.try_get("n").map_err(c)?,
-                    candidate_value: row.try_get("candidate_value").map_err(c)?,
-                    candidate_ci: [
-                        row.try_get("candidate_low").map_err(c)?,
-                        row.try_get("candidate_high").map_err(c)?,
-                    ],
-                    current_value: row.try_get("current_value").map_err(c)?,
-                    current_ci: match cur {
-                        (Some(lo), Some(hi)) => Some([lo, hi]),
-                        _ => None,
-                    },
-                    reason: row.try_get("reason").map_err(c)?,
-                    meta: serde_json::from_str(&meta)
-                        .map_err(|err| LogError::Corrupt(format!("gate decision meta: {err}")))?,
-                });
-            }
-            Ok(out)
+            rows.iter().map(|row| decode_gate!(row)).collect()
         })
     }
 

@@ -137,6 +137,16 @@ CREATE TABLE episode_ends (
 );
 ",
     },
+    Migration {
+        version: 6,
+        name: "dashboard index",
+        // Covers the dashboard's aggregate over a time range (mappo-log's dashboard.rs): the
+        // query reads the index, never the wide rows with their embeddings.
+        sql: "
+CREATE INDEX decisions_dashboard ON decisions
+    (time_us, agent, kind, action, cost_weight, shadow_version, shadow_action, id);
+",
+    },
 ];
 
 /// PostgreSQL's migrations.
@@ -242,6 +252,16 @@ CREATE TABLE episode_ends (
     reward DOUBLE PRECISION,
     time_us BIGINT NOT NULL
 );
+",
+    },
+    Migration {
+        version: 6,
+        name: "dashboard index",
+        // Covers the dashboard's aggregate over a time range (mappo-log's dashboard.rs): the
+        // query reads the index, never the wide rows with their embeddings.
+        sql: "
+CREATE INDEX decisions_dashboard ON decisions
+    (time_us, agent, kind, action, cost_weight, shadow_version, shadow_action, id);
 ",
     },
 ];

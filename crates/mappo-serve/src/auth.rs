@@ -48,12 +48,16 @@ impl ApiKeys {
         self.digests.is_empty()
     }
 
-    /// Whether an `Authorization` header value (`Bearer KEY`) carries one of the keys. Every
-    /// key is compared, in constant time, whatever matched.
+    /// Whether an `Authorization` header value carries one of the keys: `Bearer KEY`, or HTTP
+    /// Basic with the key as the password (any user name) — what a browser sends for `/ui`.
+    /// Every key is compared, in constant time, whatever matched.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
         let Some(value) = authorization else { return false };
-        let Some(key) = strip_bearer(value) else { return false };
-        let d: [u8; 32] = Sha256::digest(key).into();
+        let basic = strip_scheme(value, b"basic ").and_then(basic_password);
+        let Some(key) = strip_scheme(value, b"bearer ").map(<[u8]>::to_vec).or(basic) else {
+            return false;
+        };
+        let d: [u8; 32] = Sha256::digest(&key).into();
         let mut ok = subtle::Choice::from(0u8);
         for k in &self.digests {
             ok |= k.ct_eq(&d);
@@ -62,9 +66,20 @@ impl ApiKeys {
     }
 }
 
-fn strip_bearer(v: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = (v.get(..7)?, v.get(7..)?);
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+/// The password of HTTP Basic credentials (`base64(user:password)`), trimmed like a key.
+fn basic_password(encoded: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    let password = decoded.get(colon + 1..)?;
+    let text = std::str::from_utf8(password).ok()?.trim();
+    (!text.is_empty()).then(|| text.as_bytes().to_vec())
+}
+
+/// The credentials after `scheme` (case-insensitive, with its trailing space), trimmed.
+fn strip_scheme<'a>(v: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let (given, rest) = (v.get(..scheme.len())?, v.get(scheme.len()..)?);
+    if !given.eq_ignore_ascii_case(scheme) {
         return None;
     }
     let start = rest.iter().position(|b| *b != b' ')?;
@@ -89,6 +104,20 @@ mod tests {
         assert!(!keys.allows(Some(b"alpha-key")));
         assert!(!keys.allows(None));
         assert!(!keys.allows(Some(b"Bearer # team keys")));
+    }
+
+    #[test]
+    fn basic_credentials_carry_the_key_as_password() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let keys = ApiKeys::parse("alpha-key\n");
+        assert!(keys.allows(Some(format!("Basic {}", b64("anyone:alpha-key")).as_bytes())));
+        assert!(keys.allows(Some(format!("basic {}", b64(":alpha-key")).as_bytes())));
+        assert!(!keys.allows(Some(format!("Basic {}", b64("alpha-key:")).as_bytes())));
+        assert!(!keys.allows(Some(format!("Basic {}", b64("alpha-key")).as_bytes())));
+        assert!(!keys.allows(Some(format!("Basic {}", b64("u:alpha")).as_bytes())));
+        assert!(!keys.allows(Some(b"Basic !!not base64!!")));
+        assert!(!keys.allows(Some(b"Basic ")));
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //! - `decide`: the one "decide and log" step of `/v1/route` and the proxy: check the texts,
 //!   route them through the model thread, build and commit the decisions.
 //! - `state`: what the handlers share (`AppState`) and the decision log's error mapping.
+//! - `ui`: `GET /ui`, the dashboard: one HTML page with inline SVG charts drawn from the
+//!   decision log.
 //! - `upstream`: the proxy's upstream calls (one HTTP client per agent, SSE pass-through).
 //! - `error`: [`ServeError`], the request errors and their JSON body ([`ErrorBody`]).
 //! - `engine`: the batching queue and the model thread; `metrics`: Prometheus; `auth`: API
@@ -51,11 +53,13 @@ mod decide;
 mod engine;
 mod error;
 mod handlers;
+mod limits;
 mod metrics;
 pub mod model;
 mod router;
 mod server;
 mod state;
+mod ui;
 mod upstream;
 
 pub use auth::ApiKeys;
@@ -69,5 +73,5 @@ pub use handlers::feedback::{FeedbackRequest, FeedbackResponse};
 pub use handlers::ops::HealthResponse;
 pub use handlers::route::{RouteBatchResponse, RouteDecision, RouteRequest, RouteResponse};
 pub use model::{CandleLoader, ModelError, ModelLoader, PolicyModel, TextEmbedder};
-pub use router::{ApiDoc, openapi_json};
+pub use router::{ApiDoc, openapi_json, openapi_json_for};
 pub use server::{ServeOptions, Server, serve, shutdown_signal};

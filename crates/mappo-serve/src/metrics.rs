@@ -66,6 +66,8 @@ pub(crate) struct Metrics {
     pub shadow_agreements: Counter,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_latency: Family<AgentLabels, Histogram, fn() -> Histogram>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -139,6 +141,14 @@ impl Metrics {
             "Time until an upstream's response headers, by agent",
             upstream_latency.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "HTTP connections open now", connections_open.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 and closed because serve.max_connections were open",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -155,6 +165,8 @@ impl Metrics {
             shadow_agreements,
             upstream_requests,
             upstream_latency,
+            connections_open,
+            connections_refused,
         }
     }
 

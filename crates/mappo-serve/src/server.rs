@@ -20,7 +20,7 @@ use crate::engine::{Engine, EngineOptions, LoadedPolicy};
 use crate::error::ServeError;
 use crate::metrics::Metrics;
 use crate::model::{CandleLoader, ModelError, ModelLoader};
-use crate::router::{openapi_json, router};
+use crate::router::{openapi_json_for, router};
 use crate::state::AppState;
 use crate::upstream::Upstreams;
 
@@ -300,6 +300,8 @@ impl Server {
         )?;
         let db_timeout = Duration::from_millis(scfg.db_timeout_ms);
         let committer = GroupCommitter::new(log.clone(), GroupCommitOptions::default());
+        // The OpenAPI document says what this server does: its limits, and security only with keys.
+        let openapi = openapi_json_for(&scfg, !keys.is_empty());
         let state = Arc::new(AppState {
             engine,
             committer,
@@ -311,7 +313,7 @@ impl Server {
             db_ok: AtomicBool::new(true),
             db_error: std::sync::Mutex::new(String::new()),
             db_timeout,
-            openapi: openapi_json(),
+            openapi,
             upstreams,
         });
         let (stop_watcher, stop_rx) = watch::channel(false);
@@ -348,7 +350,7 @@ impl Server {
     ) -> Result<(), ServeError> {
         let Server { listener, state, log, watcher, stop_watcher, .. } = self;
         let app = router(state.clone());
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        let served = crate::limits::serve_connections(listener, app, state.clone(), shutdown).await;
         let _ = stop_watcher.send(true);
         let _ = watcher.await;
         // The last handle: dropping it joins the model thread and ends the group committer.

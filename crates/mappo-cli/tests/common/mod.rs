@@ -246,3 +246,59 @@ pub fn simulate(addr: &str, requests: usize, seed: u64) -> serde_json::Value {
     let out = stdout(&o);
     serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+/// A Python venv with `package==version` installed, kept under the target directory across runs
+/// (`<package>-venv-<version>`); returns its directory. Python (with the venv module) and the
+/// package registry are required: their absence fails the test with the reason. The tests of one
+/// binary run side by side: call it once per binary (behind a `OnceLock`), or two tests race on
+/// one venv.
+pub fn python_venv(package: &str, version: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{package}-venv-{version}"));
+    let ready = dir.join(".mappo-ready");
+    if ready.is_file() && dir.join("bin/python").is_file() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let o =
+        Command::new("python3").args(["-m", "venv"]).arg(&dir).output().unwrap_or_else(|e| {
+            panic!("this test needs python3 (with the venv module) to run {package}: {e}")
+        });
+    assert!(
+        o.status.success(),
+        "`python3 -m venv {}` failed (install python3-venv): {}",
+        dir.display(),
+        stderr(&o)
+    );
+    let o = Command::new(dir.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", &format!("{package}=={version}")])
+        .output()
+        .expect("run pip");
+    assert!(
+        o.status.success(),
+        "`pip install {package}=={version}` failed (the test needs the Python package registry): {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    std::fs::write(&ready, version).expect("mark the venv ready");
+    dir
+}
+
+/// Reads one HTTP/1.1 request from `reader` (what a fake server gets): the request line, the
+/// headers (names in lower case) and the body (by its `Content-Length`).
+pub fn read_request(
+    reader: &mut impl BufRead,
+) -> std::io::Result<(String, BTreeMap<String, String>, Vec<u8>)> {
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let Some((k, v)) = line.trim_end().split_once(':') else { break };
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let length = headers.get("content-length").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok((request_line.trim_end().to_string(), headers, body))
+}

@@ -18,12 +18,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use mappo_config::ServeConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::parse_body;
+use super::{parse_body, schema};
 use crate::decide::{Ask, Choice, Decided, EpisodeAsk, decide_and_log};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -84,6 +85,96 @@ pub struct ChatCompletionRequest {
     pub mappo: Option<MappoOptions>,
 }
 
+impl ChatCompletionRequest {
+    /// The request body's schemas as the proxy checks it with `cfg`'s limits. The proxy reads
+    /// `model`, `stream`, `mappo` and the last `user` message; everything else is forwarded
+    /// unchanged for the upstream to judge, so any other field and any other message is allowed
+    /// here. JSON Schema cannot say "the *last* user message": the schema asks for one routable
+    /// user message (`contains`), and the description says which one is read.
+    pub(crate) fn schemas(cfg: &ServeConfig) -> Vec<(&'static str, Value)> {
+        let request = json!({
+            "type": "object",
+            "description": "`POST /v1/chat/completions`: an OpenAI chat completion request. Every field \
+                besides `model` and `mappo` is forwarded to the upstream unchanged (and checked there).",
+            "required": ["model", "messages"],
+            "properties": {
+                "model": {
+                    "type": "string",
+                    "description": "`mappo` (the router chooses the agent) or an agent's name (that agent \
+                        is forced; another name is 404); replaced by the upstream's `model` before \
+                        forwarding. `GET /v1/models` lists them.",
+                    "example": ROUTER_MODEL,
+                },
+                "messages": {
+                    "type": "array",
+                    "description": "The conversation, forwarded unchanged. mappo reads only the last \
+                        message whose `role` is `user`, which must have text to route on (a \
+                        ChatMessage; else 422); the others may be anything the upstream accepts.",
+                    "contains": {"$ref": "#/components/schemas/ChatMessage"},
+                },
+                "stream": {
+                    "type": ["boolean", "null"],
+                    "description": "Stream the answer as server-sent events (passed through from the \
+                        upstream).",
+                },
+                "mappo": {
+                    "oneOf": [{"$ref": "#/components/schemas/MappoOptions"}, {"type": "null"}],
+                    "description": "mappo's options (not forwarded).",
+                },
+            },
+        });
+        let text_part = json!({
+            "type": "object",
+            "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": schema::NOT_BLANK}},
+        });
+        let message = json!({
+            "type": "object",
+            "description": "The user message the router decides on: the last message with `role` \
+                `user`, its `content` a string, or an array of content parts whose `{\"type\": \
+                \"text\", \"text\"}` parts are routed on (joined by newlines). The text must not \
+                be blank, and at most serve.max_text_bytes bytes (longer → 413).",
+            "required": ["role", "content"],
+            "properties": {
+                "role": {"const": "user", "description": "`user`."},
+                "content": {
+                    "oneOf": [
+                        {
+                            "type": "string",
+                            "pattern": schema::NOT_BLANK,
+                            "maxLength": cfg.max_text_bytes,
+                        },
+                        {"type": "array", "contains": text_part},
+                    ],
+                },
+            },
+        });
+        let options = json!({
+            "type": "object",
+            "description": "The `mappo` extension object of a chat completion request (removed before \
+                forwarding).",
+            "properties": {
+                "cost_weight": schema::number_or_null(
+                    "Cost weight λ for a cost-aware policy (as `cost_weight` in `/v1/route`); default \
+                     `serve.cost_weight`. Ignored when an agent is forced.",
+                ),
+                "episode_id": {
+                    "oneOf": [
+                        schema::episode_id(
+                            "A conversation id (as `x-mappo-episode-id`; if both are given they must be \
+                             equal, else 422): the request is the next step of that episode, its \
+                             earlier steps read from the decision log.",
+                        ),
+                        {"type": "null"},
+                    ],
+                },
+            },
+            "additionalProperties": false,
+        });
+        vec![("ChatCompletionRequest", request), ("ChatMessage", message), ("MappoOptions", options)]
+    }
+}
+
 /// One entry of `GET /v1/models`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelEntry {
@@ -113,9 +204,8 @@ pub struct ModelList {
     tag = PROXY_TAG,
     responses(
         (status = 200, description = "`mappo` and the agents", body = ModelList),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 503, description = "serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn models(State(st): State<Arc<AppState>>) -> Json<ModelList> {
     let agents = st.engine.agents();
@@ -208,8 +298,9 @@ impl Chosen {
     tag = PROXY_TAG,
     request_body = ChatCompletionRequest,
     params(
-        ("x-mappo-episode-id" = Option<String>, Header,
-            description = "A conversation id (1–128 bytes): the request is the next step of that episode (as `mappo.episode_id`)"),
+        ("x-mappo-episode-id" = Option<String>, Header, min_length = 1, max_length = 128,
+            pattern = "^[ -~]*[!-~][ -~]*$",
+            description = "A conversation id, 1–128 visible ASCII characters (surrounding spaces are not part of it): the request is the next step of that episode (as `mappo.episode_id`; if both are given they must be equal, else 422)"),
     ),
     responses(
         (status = 200, description = "The upstream's answer (a JSON chat completion, or with \
@@ -223,15 +314,15 @@ impl Chosen {
                 ("x-mappo-episode-id" = String, description = "The episode the decisions are steps of (a cascade without a conversation id gets a new one)")
             )),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model (the message lists the allowed ones)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within serve.body_timeout_ms", body = ErrorBody),
         (status = 409, description = "The episode has ended, or has no further step for the served policy", body = ErrorBody),
-        (status = 413, description = "Body or routed text over the limit", body = ErrorBody),
-        (status = 422, description = "No `model`, no user message with text, a bad `mappo` object or episode id", body = ErrorBody),
+        (status = 413, description = "Body (serve.max_body_bytes) or routed text (serve.max_text_bytes) over the limit", body = ErrorBody),
+        (status = 422, description = "No `model` string, no last user message with text, a `stream` that is not a boolean, a bad `mappo` object or episode id, a header and a body episode id that differ", body = ErrorBody),
+        (status = 500, description = "The model or the decision log failed", body = ErrorBody),
         (status = 502, description = "The upstream failed: unreachable, timed out (serve.upstreams.<agent>.timeout_s) or answered non-2xx (its error is quoted); or a cascade's first answer has no text", body = ErrorBody),
-        (status = 503, description = "The agent has no upstream, the service is overloaded, or the decision log is unavailable", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 503, description = "The agent has no upstream, the service is overloaded, the decision log is unavailable; or serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn chat_completions(
     State(st): State<Arc<AppState>>,
@@ -280,6 +371,8 @@ async fn proxy(
     };
     let options: MappoOptions = match req.remove("mappo") {
         None | Some(Value::Null) => MappoOptions::default(),
+        // serde would read the struct from an array too.
+        Some(v) if !v.is_object() => return Err(e422("invalid `mappo` object: not an object".into())),
         Some(v) => serde_json::from_value(v).map_err(|e| e422(format!("invalid `mappo` object: {e}")))?,
     };
     let stream = match req.get("stream") {

@@ -7,11 +7,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use mappo_config::ServeConfig;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::parse_body;
+use super::{parse_body, schema};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
@@ -32,6 +34,65 @@ pub struct FeedbackRequest {
     /// `true` with `episode_id`: the episode ends (it takes no more steps). Default false.
     #[serde(default)]
     pub end: bool,
+}
+
+impl FeedbackRequest {
+    /// The request body's schemas as the server checks it with `cfg`'s reward range:
+    /// `FeedbackRequest` is one of `DecisionReward` and `EpisodeEnd`; a field the other shape
+    /// needs is absent or null.
+    pub(crate) fn schemas(cfg: &ServeConfig) -> Vec<(&'static str, Value)> {
+        let (lo, hi) = (cfg.reward_min, cfg.reward_max);
+        let reward = |nullable: bool, what: &str| {
+            json!({
+                "type": if nullable { json!(["number", "null"]) } else { json!("number") },
+                "minimum": lo,
+                "maximum": hi,
+                "description": format!(
+                    "{what} In [{lo}, {hi}] (serve.reward_min, serve.reward_max)."
+                ),
+            })
+        };
+        let decision = schema::shape(
+            "The reward of a decision. A decision not in the log is 404; one that already has a \
+             reward 409.",
+            &["decision_id", "reward"],
+            json!({
+                "decision_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "The id `/v1/route` (or the proxy's `x-mappo-decision-id`) returned \
+                        (the simple, braced and URN forms of a UUID are accepted too).",
+                },
+                "reward": reward(false, "The decision's reward."),
+                "episode_id": schema::absent("a reward goes to a decision or ends an episode, not both."),
+                "end": {
+                    "type": "boolean",
+                    "const": false,
+                    "description": "Absent or false: `end` ends an episode (see EpisodeEnd).",
+                },
+            }),
+        );
+        let episode = schema::shape(
+            "The end of an episode, with a reward for the episode as a whole or without one (its \
+             steps' own rewards stand). An episode not in the log is 404; one that has already \
+             ended 409.",
+            &["episode_id", "end"],
+            json!({
+                "episode_id": schema::episode_id("The episode to end (the `episode_id` its steps were routed with)."),
+                "end": {"type": "boolean", "const": true, "description": "`true`: the episode takes no more steps."},
+                "reward": reward(true, "The episode's reward, if any."),
+                "decision_id": schema::absent("a reward goes to a decision or ends an episode, not both."),
+            }),
+        );
+        let request = json!({
+            "description": "`POST /v1/feedback`: a decision's reward, or an episode's end.",
+            "oneOf": [
+                {"$ref": "#/components/schemas/DecisionReward"},
+                {"$ref": "#/components/schemas/EpisodeEnd"},
+            ],
+        });
+        vec![("FeedbackRequest", request), ("DecisionReward", decision), ("EpisodeEnd", episode)]
+    }
 }
 
 /// The reward (or the episode's end) was committed.
@@ -55,14 +116,14 @@ pub struct FeedbackResponse {
     responses(
         (status = 200, description = "The reward is committed", body = FeedbackResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such decision or episode", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within serve.body_timeout_ms", body = ErrorBody),
         (status = 409, description = "The decision already has a reward, or the episode has already ended", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 422, description = "A reward that is not finite or out of range, a malformed id, or a wrong combination of fields", body = ErrorBody),
-        (status = 503, description = "The decision log is unavailable", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 413, description = "Body over the limit (serve.max_body_bytes)", body = ErrorBody),
+        (status = 422, description = "A body that is not one of the request's shapes: a reward that is not a number or out of range, a malformed id, a missing `reward` or `end`, both ids, wrong or unknown fields", body = ErrorBody),
+        (status = 500, description = "The decision log failed", body = ErrorBody),
+        (status = 503, description = "The decision log is unavailable (serve.db_timeout_ms); or serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn feedback(
     State(st): State<Arc<AppState>>,

@@ -31,7 +31,7 @@ pub struct HealthResponse {
     path = "/healthz",
     responses(
         (status = 200, description = "Serving", body = HealthResponse),
-        (status = 503, description = "The decision log is unreachable", body = ErrorBody),
+        (status = 503, description = "The decision log is unreachable, or serve.max_connections connections are open (retry later)", body = ErrorBody),
     )
 )]
 pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
@@ -51,26 +51,32 @@ pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Prometheus metrics (text exposition format).
+/// The content type of `/metrics`: the OpenMetrics text format.
+pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Prometheus metrics (OpenMetrics text format).
 #[utoipa::path(
     get,
     path = "/metrics",
     responses(
-        (status = 200, description = "Prometheus text", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 200, description = "The metrics in the OpenMetrics text format", body = String, content_type = OPENMETRICS),
+        (status = 503, description = "serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        st.metrics.encode(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], st.metrics.encode()).into_response()
 }
 
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "The OpenAPI document")))]
+/// This document: the API as this server is configured (its limits; security only when
+/// `serve.api_keys_file` is set).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"),
+        (status = 503, description = "serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
+)]
 pub(crate) async fn openapi(State(st): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], st.openapi.clone()).into_response()
 }

@@ -7,11 +7,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use mappo_config::ServeConfig;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::parse_body;
+use super::{parse_body, schema};
 use crate::decide::{Ask, Choice, Decided, EpisodeAsk, decide_and_log};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
@@ -42,6 +44,95 @@ pub struct RouteRequest {
     pub stage: Option<String>,
     /// The earlier agent's answer, for a step that sees it (a cascade's `escalation` stage).
     pub previous_response: Option<String>,
+}
+
+impl RouteRequest {
+    /// The request body's schemas as the server checks it with `cfg`'s limits: `RouteRequest`
+    /// is one of `RouteText` (one text), `RouteTexts` (a batch) and `RouteStep` (a text as the
+    /// next step of an episode); a field another shape needs is absent or null.
+    pub(crate) fn schemas(cfg: &ServeConfig) -> Vec<(&'static str, Value)> {
+        let max = cfg.max_text_bytes;
+        let greedy = json!({
+            "type": "boolean",
+            "description": "Take the most probable agent instead of sampling; logged with propensity 1 and \
+                marked greedy (such decisions are not used for learning). Default false.",
+        });
+        let cost_weight = schema::number_or_null(
+            "Cost weight λ for a cost-aware policy (agents with a `cost`): higher = cheaper agents \
+             (`mappo calibrate` finds the λ of a budget). Default `serve.cost_weight`.",
+        );
+        let text = schema::text(max, false, "One prompt to route.");
+        let one = schema::shape(
+            "One text: the answer is one decision.",
+            &["text"],
+            json!({
+                "text": text,
+                "texts": schema::absent("one `text` or `texts`, not both."),
+                "greedy": greedy,
+                "cost_weight": cost_weight,
+                "episode_id": schema::absent("a text without an episode (see RouteStep)."),
+                "stage": schema::absent("only for an episode step (see RouteStep)."),
+                "previous_response": schema::absent("only for an episode step (see RouteStep)."),
+            }),
+        );
+        let batch = schema::shape(
+            "Several texts: the answer is `{\"decisions\": [...]}` in the same order.",
+            &["texts"],
+            json!({
+                "text": schema::absent("one `text` or `texts`, not both."),
+                "texts": {
+                    "type": "array",
+                    "items": schema::text(max, false, "A prompt."),
+                    "minItems": 1,
+                    "maxItems": cfg.max_batch_texts,
+                    "description": format!(
+                        "The prompts, 1 to {} (serve.max_batch_texts; more → 413).",
+                        cfg.max_batch_texts
+                    ),
+                },
+                "greedy": greedy,
+                "cost_weight": cost_weight,
+                "episode_id": schema::absent("an episode step routes one `text`."),
+                "stage": schema::absent("only for an episode step (see RouteStep)."),
+                "previous_response": schema::absent("only for an episode step (see RouteStep)."),
+            }),
+        );
+        let step = schema::shape(
+            "One text as the next step of an episode (a conversation turn, a cascade stage). The \
+             policy sees the episode's earlier decisions, read from the decision log, so any replica \
+             can take any step. An episode that has ended, or a step the served policy does not \
+             have, is 409.",
+            &["text", "episode_id"],
+            json!({
+                "text": text,
+                "texts": schema::absent("an episode step routes one `text`."),
+                "greedy": greedy,
+                "cost_weight": cost_weight,
+                "episode_id": schema::episode_id("The client's id of the episode."),
+                "stage": {
+                    "type": ["string", "null"],
+                    "description": "For a multi-stage policy, the stage this step decides (default: the \
+                        episode's next stage); another stage than the next is 409.",
+                },
+                "previous_response": schema::text(
+                    max,
+                    true,
+                    "The earlier agent's answer, for a step that sees it (a cascade's `escalation` \
+                     stage; without it such a step is 422).",
+                ),
+            }),
+        );
+        let request = json!({
+            "description": "`POST /v1/route`: one text (`text`), several (`texts`), or one text as an \
+                episode's next step (`text` with `episode_id`).",
+            "oneOf": [
+                {"$ref": "#/components/schemas/RouteText"},
+                {"$ref": "#/components/schemas/RouteTexts"},
+                {"$ref": "#/components/schemas/RouteStep"},
+            ],
+        });
+        vec![("RouteRequest", request), ("RouteText", one), ("RouteTexts", batch), ("RouteStep", step)]
+    }
 }
 
 /// One routing decision.
@@ -98,13 +189,13 @@ pub enum RouteResponse {
     responses(
         (status = 200, description = "The decisions, committed to the log", body = RouteResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within serve.body_timeout_ms", body = ErrorBody),
         (status = 409, description = "The episode has ended, has no such step for the served policy, or the step was taken by a concurrent request", body = ErrorBody),
-        (status = 413, description = "Body, text or number of texts over the limit", body = ErrorBody),
-        (status = 422, description = "Wrong fields or types, a malformed episode id, an episode step without what it needs", body = ErrorBody),
-        (status = 503, description = "Overloaded, or the decision log is unavailable", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 413, description = "The body (serve.max_body_bytes), a text or `previous_response` (serve.max_text_bytes) or the number of texts (serve.max_batch_texts) over its limit", body = ErrorBody),
+        (status = 422, description = "A body that is not one of the request's shapes: wrong or unknown fields or types, both `text` and `texts`, an empty `texts`, a malformed episode id, `stage` or `previous_response` without `episode_id`; or a step that needs `previous_response` without it", body = ErrorBody),
+        (status = 500, description = "The model or the decision log failed", body = ErrorBody),
+        (status = 503, description = "Overloaded, the decision log is unavailable (serve.db_timeout_ms); or serve.max_connections connections are open (retry later)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn route(
     State(st): State<Arc<AppState>>,
