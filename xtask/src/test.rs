@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the set-up a fresh clone needs (the embedding model, via
-//! `cargo xtask fetch-model`; a PostgreSQL database for the decision log's tests), then
-//! `cargo test --workspace`.
+//! `cargo xtask fetch-model`; a PostgreSQL database for the decision log's tests; a headless
+//! Chromium for the dashboard's browser test), then `cargo test --workspace`.
 //!
 //! PostgreSQL: the tests use `MAPPO_TEST_DATABASE_URL` when it is set; otherwise, when the
 //! server binaries are installed (Debian's `postgresql` package), a throwaway cluster is started
@@ -34,6 +34,7 @@ pub fn run(a: Args) -> Result<()> {
     cmd.args(["test", "--workspace"]).args(&a.cargo_args).current_dir(&root);
     // Kept alive (the cluster runs) until the tests have finished.
     let _cluster = postgres_for_tests(&root, &mut cmd)?;
+    chromium_for_tests(&mut cmd)?;
     let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("tests failed");
@@ -75,6 +76,66 @@ fn postgres_for_tests(root: &Path, cmd: &mut Command) -> Result<Option<postgres:
     }
     eprintln!("PostgreSQL tests SKIPPED: {why}");
     Ok(None)
+}
+
+/// The variable the dashboard's browser test reads: a headless Chromium.
+const CHROMIUM_VAR: &str = "MAPPO_CHROMIUM";
+
+/// Sets `MAPPO_CHROMIUM` for `cmd`: as given, `chromium` on the PATH, or — on a Debian machine
+/// where this runs as root — Debian's `chromium` package installed now (as PostgreSQL is). Without
+/// one, says the browser test is skipped and why (an error under `CI=true`).
+fn chromium_for_tests(cmd: &mut Command) -> Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if std::env::var(CHROMIUM_VAR).is_ok_and(|v| !v.is_empty()) {
+        eprintln!("browser test: using {CHROMIUM_VAR} from the environment");
+        return Ok(());
+    }
+    let found = || ["chromium", "chromium-browser"].into_iter().find_map(which);
+    let mut chromium = found();
+    if chromium.is_none() && is_root() && which("apt-get").is_some() {
+        eprintln!("browser test: installing Debian's chromium package (apt-get)");
+        let install = || {
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // A fresh machine may have no package lists yet.
+        if !install() {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+            install();
+        }
+        chromium = found();
+    }
+    match chromium {
+        Some(path) => {
+            eprintln!("browser test: {}", path.display());
+            cmd.env(CHROMIUM_VAR, path);
+            Ok(())
+        }
+        None if ci => bail!(
+            "CI=true and the dashboard's browser test cannot run: no chromium (install Debian's \
+             `chromium` package, or set {CHROMIUM_VAR})"
+        ),
+        None => {
+            eprintln!(
+                "browser test SKIPPED: no chromium (install Debian's `chromium` package, or set {CHROMIUM_VAR})"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `name`'s path on the PATH.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Whether this process runs as root (`id -u` is 0).
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// `CARGO_TARGET_DIR` or `<workspace>/target`.

@@ -4,9 +4,88 @@
 
 mod common;
 
+use std::path::PathBuf;
+use std::process::Command;
+
 use common::{config, start};
-use mappo_log::{DecisionLog, GateRecord, Timestamp};
+use mappo_log::{DecisionLog, GateRecord, PublishMeta, Stats, Timestamp};
+use mappo_serve::{CandleLoader, ModelLoader};
 use serde_json::{Value, json};
+
+/// The headless Chromium of the browser check: `MAPPO_CHROMIUM` (`cargo xtask test` sets it,
+/// installing Debian's `chromium` when it can) or `chromium` on the PATH. Without one the check
+/// is skipped, said on stderr — and under `CI=true` that is a failure.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MAPPO_CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "no chromium and CI=true: the dashboard's browser check must run (cargo xtask test)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the dashboard's browser check: no chromium (Debian's `chromium`, or MAPPO_CHROMIUM)"
+        );
+    }
+    found
+}
+
+/// Opens `/ui` in headless Chromium: the rendered DOM carries the log's numbers (as `stats`
+/// and the policy list say), every panel and chart, and the console stays clean. Also takes a
+/// screenshot (to `MAPPO_UI_SCREENSHOT` when set: docs/images/dashboard.png is made so).
+async fn browser_check(url: &str, stats: &Stats, versions: usize) {
+    let Some(chromium) = chromium() else { return };
+    let page = format!("{url}/ui?minutes=30&bucket=10");
+    let profile = tempfile::tempdir().expect("tmp");
+    let shot = std::env::var("MAPPO_UI_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| profile.path().join("dashboard.png"));
+    let run = |extra: Vec<String>| {
+        let (chromium, page, profile) = (chromium.clone(), page.clone(), profile.path().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            Command::new(&chromium)
+                .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+                .args(["--no-first-run", "--enable-logging=stderr", "--v=0", "--hide-scrollbars"])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .args(extra)
+                .arg(&page)
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", chromium.display()))
+        })
+    };
+    let out = run(vec!["--dump-dom".into()]).await.expect("join");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && dom.contains("<html"), "chromium failed: {log}");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    for id in ["decisions", "reward", "versions", "ope", "cost", "recent"] {
+        assert!(dom.contains(&format!("<section id=\"{id}\"")), "panel #{id} missing in the DOM");
+    }
+    assert_eq!(int(&dom, "decisions", "data-decisions"), stats.decisions);
+    assert_eq!(int(&dom, "decisions", "data-greedy"), stats.greedy);
+    assert_eq!(int(&dom, "reward", "data-rewarded"), stats.rewards);
+    let mean: f64 = attr(&dom, "reward", "data-reward-mean").parse().expect("mean");
+    assert!((mean - stats.reward_mean.expect("mean")).abs() < 1e-9);
+    let want: Vec<(String, i64, i64)> =
+        stats.agents.iter().map(|a| (a.agent.clone(), a.decisions, a.rewarded)).collect();
+    assert_eq!(agent_rows(&dom, "decisions"), want);
+    assert_eq!(int(&dom, "versions", "data-versions"), versions as i64);
+    assert_eq!(dom.matches("<svg").count(), 4, "every chart is in the DOM");
+    let out = run(vec![format!("--screenshot={}", shot.display()), "--window-size=1280,2600".into()])
+        .await
+        .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot: {} bytes", png.len());
+    eprintln!("browser check: DOM numbers match, no console message; screenshot {}", shot.display());
+}
 
 /// The value of attribute `name` in the start tag of the element with `id`.
 fn attr(html: &str, id: &str, name: &str) -> String {
@@ -148,6 +227,19 @@ async fn the_dashboard_shows_what_the_log_holds() {
     })
     .await
     .expect("gate decision");
+    // A second version, published as `mappo learn --publish` would: the server switches to it.
+    let bytes =
+        tokio::task::spawn_blocking(|| CandleLoader::new(None).fresh_checkpoint(&config(&["train.seed=7"])))
+            .await
+            .expect("join")
+            .expect("a fresh checkpoint");
+    let meta = PublishMeta { source: "test".into(), note: Some("the second".into()), meta: Value::Null };
+    assert_eq!(log.publish_policy(&bytes, &meta).await.expect("publish").version, 2);
+    let switched = std::time::Instant::now();
+    while srv.get("/metrics").await.1.lines().all(|l| l != "mappo_policy_version 2") {
+        assert!(switched.elapsed() < std::time::Duration::from_secs(10), "version 2 never served");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     let t0 = std::time::Instant::now();
     let (s, page) = srv.get("/ui?minutes=30&bucket=10").await;
@@ -185,7 +277,8 @@ async fn the_dashboard_shows_what_the_log_holds() {
     let policies = log.list_policies().await.expect("policies");
     assert_eq!(int(&page, "versions", "data-versions"), policies.len() as i64);
     assert!(page.contains(&format!("<tr data-version=\"{}\"", policies[0].version)));
-    assert_eq!(int(&page, "versions", "data-serving"), 1);
+    assert_eq!(policies.len(), 2);
+    assert_eq!(int(&page, "versions", "data-serving"), 2);
     assert_eq!(int(&page, "versions", "data-shadow-version"), 1);
     assert_eq!(int(&page, "versions", "data-shadowed"), 200);
     assert!(page.contains("data-gate-id=\"1\" data-published=\"false\""), "the refusal is listed");
@@ -210,6 +303,9 @@ async fn the_dashboard_shows_what_the_log_holds() {
     assert_eq!(check_svgs(&page), 4);
     check_xml(&page[page.find("<html").expect("html")..]);
     assert!(!page.contains("chart-error"), "every chart drew");
+
+    // The page as a browser renders it: the same numbers in the DOM, no console error.
+    browser_check(&srv.url, &stats, policies.len()).await;
 
     // The refresh is a meta tag.
     let (s, page) = srv.get("/ui?refresh=15").await;
