@@ -186,34 +186,7 @@ fn openai_venv() -> PathBuf {
 }
 
 fn build_openai_venv() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("openai-venv-{OPENAI_VERSION}"));
-    let python = dir.join("bin/python");
-    let ready = dir.join(".mappo-ready");
-    if ready.is_file() && python.is_file() {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let o = Command::new("python3").args(["-m", "venv"]).arg(&dir).output().unwrap_or_else(|e| {
-        panic!("this test needs python3 (with the venv module) to run the openai client: {e}")
-    });
-    assert!(
-        o.status.success(),
-        "`python3 -m venv {}` failed (install python3-venv): {}",
-        dir.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", &format!("openai=={OPENAI_VERSION}")])
-        .output()
-        .expect("run pip");
-    assert!(
-        o.status.success(),
-        "`pip install openai=={OPENAI_VERSION}` failed (the test needs the Python package registry): {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::write(&ready, OPENAI_VERSION).expect("mark the venv ready");
-    python
+    common::python_venv("openai", OPENAI_VERSION).join("bin/python")
 }
 
 fn by_id(rows: &[Value], id: &str) -> Value {
