@@ -35,10 +35,6 @@ pub struct Args {
     /// Concurrencies to load each server with (the first for throughput, the second for latency).
     #[arg(long, value_delimiter = ',', default_value = "32,4")]
     concurrency: Vec<usize>,
-    /// Checkpoint both servers route with [default: a short `mappo train` of configs/clinc150.toml
-    /// if data/clinc150 exists, else of configs/prompts.toml, written under target/bench-serve].
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
     /// Python interpreter with the reference server's packages [default: a venv made under
     /// target/bench-serve/venv with pip].
     #[arg(long)]
@@ -46,15 +42,67 @@ pub struct Args {
     /// Measure mappo serve only.
     #[arg(long)]
     no_python: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Print one JSON object at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How `mappo serve` is started (`cargo xtask soak` shares them).
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Checkpoint to serve [default: a short `mappo train` of configs/clinc150.toml if
+    /// data/clinc150 exists, else of configs/prompts.toml, written under target/<subcommand>].
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
     /// The embedding model directory [default: as `mappo` finds it; `cargo xtask fetch-model`].
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Extra `--set KEY=VALUE` for `mappo serve` (repeatable).
     #[arg(long = "set")]
-    set: Vec<String>,
-    /// Print one JSON object at the end.
-    #[arg(long)]
-    json: bool,
+    pub(crate) set: Vec<String>,
+}
+
+/// What starting `mappo serve` needs, ready.
+pub(crate) struct Ready {
+    /// The release binary.
+    pub(crate) mappo: PathBuf,
+    pub(crate) model_dir: PathBuf,
+    pub(crate) checkpoint: PathBuf,
+}
+
+impl ServeArgs {
+    /// Builds `mappo`, finds the model (`--model-dir`, else where `mappo` finds it) and the
+    /// checkpoint (`--checkpoint`, else a short training run under `work`).
+    pub(crate) fn ready(&self, root: &Path, work: &Path) -> Result<Ready> {
+        let mappo = build_mappo(root)?;
+        let model_dir = self.model_dir.clone().unwrap_or_else(mappo_embed::default_model_dir);
+        if !model_dir.join("model.safetensors").is_file() {
+            bail!(
+                "no model in {}: run `cargo xtask fetch-model` first (or pass --model-dir)",
+                model_dir.display()
+            );
+        }
+        let checkpoint = match &self.checkpoint {
+            Some(c) => c.clone(),
+            None => short_training(root, &mappo, work)?,
+        };
+        eprintln!("checkpoint {}", checkpoint.display());
+        Ok(Ready { mappo, model_dir, checkpoint })
+    }
+
+    /// `mappo serve --quiet` of the checkpoint on 127.0.0.1:`port`, logging to `db` (a `--db`
+    /// URL), with the `--set`s.
+    pub(crate) fn command(&self, r: &Ready, db: &str, port: u16) -> Command {
+        let mut cmd = Command::new(&r.mappo);
+        cmd.args(["serve", "--quiet", "--checkpoint"]).arg(&r.checkpoint).args(["--db", db]);
+        cmd.args(["--addr", &format!("127.0.0.1:{port}")]).env(mappo_embed::MODEL_DIR_ENV, &r.model_dir);
+        for s in &self.set {
+            cmd.args(["--set", s]);
+        }
+        cmd
+    }
 }
 
 /// One server under one concurrency.
@@ -70,55 +118,19 @@ struct Point {
 
 pub fn run(a: Args) -> Result<()> {
     let root = workspace_root();
-    let work = root.join("target/bench-serve");
-    std::fs::create_dir_all(&work)?;
-    let corpus = a.corpus.clone().unwrap_or_else(|| root.join("data/clinc150/val.jsonl"));
-    if !corpus.is_file() {
-        bail!(
-            "{} not found: run `cargo xtask fetch-data clinc150` first (or pass --corpus FILE)",
-            corpus.display()
-        );
-    }
+    let (work, corpus) = work_and_corpus(&root, "bench-serve", a.corpus.as_deref(), "val.jsonl")?;
     let texts = take_texts(&corpus, a.texts)?;
     let n = texts.len();
     eprintln!("bench-serve: {n} texts from {}", corpus.display());
 
-    eprintln!("bench-serve: building the release binary (mappo)");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "mappo-cli"])
-        .status()?;
-    if !st.success() {
-        bail!("cargo build failed");
-    }
-    let mappo = root.join("target/release/mappo");
-    let model_dir = match &a.model_dir {
-        Some(d) => d.clone(),
-        None => mappo_embed::default_model_dir(),
-    };
-    if !model_dir.join("model.safetensors").is_file() {
-        bail!(
-            "no model in {}: run `cargo xtask fetch-model` first (or pass --model-dir)",
-            model_dir.display()
-        );
-    }
-    let checkpoint = match &a.checkpoint {
-        Some(c) => c.clone(),
-        None => short_training(&root, &mappo, &work)?,
-    };
-    eprintln!("bench-serve: checkpoint {}", checkpoint.display());
+    let ready = a.serve.ready(&root, &work)?;
+    let (model_dir, checkpoint) = (&ready.model_dir, &ready.checkpoint);
 
     // mappo serve
     let db = work.join("mappo.db");
     remove_db(&db);
     let port = free_port()?;
-    let mut cmd = Command::new(&mappo);
-    cmd.args(["serve", "--quiet", "--checkpoint"]).arg(&checkpoint);
-    cmd.arg("--db").arg(format!("sqlite:{}", db.display()));
-    cmd.args(["--addr", &format!("127.0.0.1:{port}")]).env(mappo_embed::MODEL_DIR_ENV, &model_dir);
-    for s in &a.set {
-        cmd.args(["--set", s]);
-    }
+    let cmd = a.serve.command(&ready, &format!("sqlite:{}", db.display()), port);
     let server = Server::start(cmd, port, "mappo serve")?;
     let mappo_points = load(&texts, port, &a.concurrency);
     drop(server);
@@ -138,7 +150,7 @@ pub fn run(a: Args) -> Result<()> {
         remove_db(&db);
         let port = free_port()?;
         let mut cmd = Command::new(&py);
-        cmd.arg(&script).arg(&model_dir).arg(&checkpoint).arg(&db).arg(port.to_string());
+        cmd.arg(&script).arg(model_dir).arg(checkpoint).arg(&db).arg(port.to_string());
         let server = Server::start(cmd, port, "the Python reference server")?;
         let points = load(&texts, port, &a.concurrency);
         drop(server);
@@ -176,10 +188,48 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// The working directory `target/<name>` (made) and the corpus: `given`, else
+/// `data/clinc150/<clinc150_file>`; an error when it is not there.
+pub(crate) fn work_and_corpus(
+    root: &Path,
+    name: &str,
+    given: Option<&Path>,
+    clinc150_file: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let work = root.join("target").join(name);
+    std::fs::create_dir_all(&work)?;
+    let corpus = given.map_or_else(|| root.join("data/clinc150").join(clinc150_file), Path::to_path_buf);
+    if !corpus.is_file() {
+        bail!(
+            "{} not found: run `cargo xtask fetch-data clinc150` first (or pass --corpus FILE)",
+            corpus.display()
+        );
+    }
+    Ok((work, corpus))
+}
+
+/// The release binary `mappo`, built (`cargo build --release -p mappo-cli`).
+fn build_mappo(root: &Path) -> Result<PathBuf> {
+    eprintln!("building the release binary (mappo)");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "-p", "mappo-cli"])
+        .status()?;
+    if !st.success() {
+        bail!("cargo build failed");
+    }
+    Ok(root.join("target/release/mappo"))
+}
+
 /// The first `n` texts of `corpus` (JSON lines with a `text`).
 fn take_texts(corpus: &Path, n: usize) -> Result<Vec<String>> {
+    Ok(take_rows(corpus, n)?.into_iter().map(|(text, _)| text).collect())
+}
+
+/// The first `n` lines of `corpus` (JSON lines with a `text`), each with its `label` if any.
+pub(crate) fn take_rows(corpus: &Path, n: usize) -> Result<Vec<(String, Option<String>)>> {
     let f = std::fs::File::open(corpus).with_context(|| format!("cannot open {}", corpus.display()))?;
-    let mut texts = Vec::new();
+    let mut rows = Vec::new();
     for line in BufReader::new(f).lines() {
         let line = line?;
         if line.trim().is_empty() {
@@ -188,15 +238,15 @@ fn take_texts(corpus: &Path, n: usize) -> Result<Vec<String>> {
         let v: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("{}: not JSON", corpus.display()))?;
         let t = v["text"].as_str().with_context(|| format!("{}: a line without text", corpus.display()))?;
-        texts.push(t.to_string());
-        if texts.len() == n {
+        rows.push((t.to_string(), v["label"].as_str().map(str::to_string)));
+        if rows.len() == n {
             break;
         }
     }
-    if texts.is_empty() {
+    if rows.is_empty() {
         bail!("{} has no texts", corpus.display());
     }
-    Ok(texts)
+    Ok(rows)
 }
 
 /// A checkpoint to route with: a short training run (the routing cost does not depend on how
@@ -209,8 +259,9 @@ fn short_training(root: &Path, mappo: &Path, work: &Path) -> Result<PathBuf> {
     if ckpt.is_file() {
         return Ok(ckpt);
     }
-    eprintln!("bench-serve: a short training run of {} (the corpus is embedded once)", cfg.display());
+    eprintln!("a short training run of {} (the corpus is embedded once)", cfg.display());
     let st = Command::new(mappo)
+        .stdout(Stdio::null())
         .args(["train", "--quiet", "--force", "--config"])
         .arg(&cfg)
         .arg("--out")
@@ -256,23 +307,23 @@ fn python_venv(work: &Path) -> Result<PathBuf> {
     Ok(py)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn remove_db(db: &Path) {
+pub(crate) fn remove_db(db: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
 
 /// A server process, stopped (SIGTERM, then killed) when dropped.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Server {
     /// Starts `cmd` and waits until `GET /healthz` on `port` answers 200.
-    fn start(mut cmd: Command, port: u16, what: &str) -> Result<Self> {
-        eprintln!("bench-serve: starting {what} on port {port}");
+    pub(crate) fn start(mut cmd: Command, port: u16, what: &str) -> Result<Self> {
+        eprintln!("starting {what} on port {port}");
         let child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("cannot start {what}"))?;
         let mut s = Server(child);
         let t0 = Instant::now();
@@ -286,6 +337,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!("{what} did not answer /healthz within 300 s")
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
     }
 }
 

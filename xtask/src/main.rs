@@ -1,4 +1,5 @@
-//! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, bench-serve, build-cuda).
+//! `cargo xtask`: project automation (fetch-model, fetch-data, test, bench, bench-serve, soak,
+//! build-cuda).
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -10,6 +11,7 @@ mod build_cuda;
 mod fetch_data;
 mod fetch_model;
 mod postgres;
+mod soak;
 mod test;
 
 #[derive(Parser)]
@@ -31,6 +33,9 @@ enum Cmd {
     /// Measure `mappo serve` (routed texts/s at concurrency 32, p50/p99 at concurrency 4) side by
     /// side with a Python FastAPI + sentence-transformers server, in one run.
     BenchServe(bench_serve::Args),
+    /// Soak `mappo serve` (not part of `test`): 300,000 route + feedback requests at concurrency
+    /// 32 against SQLite and PostgreSQL; RSS, p50/p99 and database size per 10,000, PASS/FAIL.
+    Soak(soak::Args),
     /// Build the CUDA binary (and with --tests the GPU tests) on a machine without a GPU: the
     /// CUDA 13.0 toolchain from pinned PyPI wheels, CUDA_COMPUTE_CAP=90; output in target/cuda/dist.
     BuildCuda(build_cuda::Args),
@@ -45,6 +50,7 @@ fn main() -> Result<()> {
         Cmd::FetchData(a) => fetch_data::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::BenchServe(a) => bench_serve::run(a),
+        Cmd::Soak(a) => soak::run(a),
         Cmd::Test(a) => test::run(a),
         Cmd::BuildCuda(a) => build_cuda::run(a),
     }
