@@ -137,3 +137,37 @@ fn a_conversation_step_row_is_the_envs_row() {
     }
     assert!(earlier.iter().all(|e| e.len() == 3), "three turns stepped");
 }
+
+/// A routed pipeline step (`mappo route`) is laid out exactly as the training env lays it out:
+/// `RoutingPolicy::step_row` after the earlier stages' actions gives the env's rows, stage by
+/// stage, and no stage follows the last.
+#[test]
+fn a_pipeline_step_row_is_the_envs_row() {
+    use mappo_env::Env;
+    let cfg = pipeline_config(1, &[]);
+    let dev = candle_core::Device::Cpu;
+    let dim = cfg.env.embed_dim;
+    let policy = mappo_train::RoutingPolicy::init(&cfg, dim, &dev).expect("policy");
+    let mut env = mappo_env::PipelineEnv::new(&cfg.env, 6, cfg.train.seed, &dev).expect("env");
+    let mut rng = Rng::new(4);
+    let mut obs = env.reset(&mut rng).expect("reset");
+    let mut earlier: Vec<Vec<u32>> = vec![Vec::new(); 6];
+    for stage in 0..3 {
+        let rows = obs.to_vec2::<f32>().expect("rows");
+        for (row, e) in rows.iter().zip(&earlier) {
+            let mine = policy.step_row(&row[..dim], 0.0, e, None).expect("fits");
+            assert_eq!(&mine, row, "stage {stage}, earlier {e:?}");
+        }
+        let actions: Vec<u32> = (0..6).map(|i| ((i + stage) % 4) as u32).collect();
+        for (e, &a) in earlier.iter_mut().zip(&actions) {
+            e.push(a);
+        }
+        let step = env.step(&actions, &mut rng).expect("step");
+        match step.next_obs {
+            Some(o) => obs = o,
+            None => break,
+        }
+    }
+    assert!(earlier.iter().all(|e| e.len() == 3), "three stages stepped");
+    assert!(policy.step_row(&vec![0.0; dim], 0.0, &earlier[0], None).is_err(), "no fourth stage");
+}

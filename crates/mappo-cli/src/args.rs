@@ -41,7 +41,8 @@ pub enum Cmd {
     /// Draw the training curves of runs from their metrics.jsonl into an SVG or PNG (several runs
     /// overlaid).
     Plot(PlotArgs),
-    /// Route texts with a text-env checkpoint: the chosen (most probable) agent and every agent's probability.
+    /// Route texts with a text-env, conversation or cascade checkpoint, or prompt vectors through a
+    /// pipeline checkpoint's stages: the chosen (most probable) agent and every agent's probability.
     Route(RouteArgs),
     /// Find the cost weight λ at which a cost-aware router meets a budget on a calibration corpus.
     Calibrate(CalibrateArgs),
@@ -310,19 +311,39 @@ pub struct CalibrateArgs {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "A pipeline checkpoint routes prompt vectors, not texts: every prompt passes \
+the stages in order, each stage greedy and seeing the earlier stages' choices. Each prompt prints one \
+tab-separated line per stage (prompt, stage, option index, option, every option's probability), then \
+`prompt expected_reward=R optimal_reward=R* optimal_agents=a,b,c`: the noise-free team reward of the \
+chosen options and of the best joint action (by enumeration), which the env knows.\n\n  \
+mappo route --checkpoint runs/pipeline --samples 5 --seed 1 --json\n  \
+mappo route --checkpoint runs/pipeline < vectors.jsonl   # per line a JSON array of env.embed_dim numbers")]
 pub struct RouteArgs {
-    /// Checkpoint of a text-env, conversation or cascade run, or its run directory (newest
-    /// checkpoint that loads). A conversation checkpoint routes the texts as the turns of one
-    /// conversation, each turn seeing the agent chosen at the one before (on stdin, an empty line
-    /// starts a new conversation). A cascade checkpoint prints each prompt's first agent and, with
-    /// --response, whether to accept that agent's answer or escalate.
+    /// Checkpoint of a text-env, conversation, cascade or pipeline run, or its run directory
+    /// (newest checkpoint that loads). A conversation checkpoint routes the texts as the turns of
+    /// one conversation, each turn seeing the agent chosen at the one before (on stdin, an empty
+    /// line starts a new conversation). A cascade checkpoint prints each prompt's first agent and,
+    /// with --response, whether to accept that agent's answer or escalate. A pipeline checkpoint
+    /// routes prompt vectors through every stage: --samples N drawn from its env, or JSON arrays
+    /// of env.embed_dim numbers on stdin, one prompt per line (each L2-normalised, as the env's).
     #[arg(long, value_name = "CHECKPOINT|RUN_DIR")]
     pub checkpoint: PathBuf,
     /// One JSON object per decision: {"text", "agent_index", "agent", "probabilities" (in option
     /// order), "by_agent" {name: probability}, "turn" for a conversation, "stage" for a cascade}
-    /// instead of a tab-separated line.
+    /// instead of a tab-separated line. A pipeline: one object per prompt, {"prompt" (0-based
+    /// index), "stages": [{"stage", "agent", "agent_index", "probabilities", "by_agent"}, ...] in
+    /// stage order, "expected_reward", "optimal_reward", "optimal_agents"}.
     #[arg(long)]
     pub json: bool,
+    /// Pipeline checkpoints: route N prompts drawn from the env of the checkpoint's run, as
+    /// `mappo eval` draws its fresh prompts (`mappo eval --episodes N --seed S` scores the same
+    /// prompts).
+    #[arg(long, value_name = "N", conflicts_with = "texts")]
+    pub samples: Option<usize>,
+    /// Seed of the --samples prompts (default 2024, as `mappo eval`'s; the options and tables come
+    /// from the run).
+    #[arg(long, value_name = "S", requires = "samples")]
+    pub seed: Option<u64>,
     /// Device: auto (CUDA when built with `cuda` and a GPU answers, else the CPU), cpu,
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -336,7 +357,8 @@ pub struct RouteArgs {
     #[arg(long, value_name = "ANSWER")]
     pub response: Option<String>,
     /// Texts to route; without any, stdin is routed line by line (a filter: each line's answer is
-    /// printed as soon as it is read). Empty texts are refused. The model is English-only.
+    /// printed as soon as it is read). Empty texts are refused. The model is English-only. A
+    /// pipeline checkpoint takes no texts (see --samples).
     pub texts: Vec<String>,
 }
 

@@ -258,7 +258,20 @@ pub fn route(a: RouteArgs) -> Result<()> {
         bail!("--cost-weight must be a finite number, got {}", a.cost_weight);
     }
     let (device, _) = select_device(a.device.parse().context("--device")?)?;
-    let router = mappo_eval::Router::load(&checkpoint_file(&a.checkpoint)?, &device)?;
+    let file = checkpoint_file(&a.checkpoint)?;
+    let ckpt = Checkpoint::load(&file, &device)?;
+    if ckpt.env_kind == mappo_config::EnvKind::Pipeline.as_str() {
+        return route_pipeline(&a, &ckpt, &device);
+    }
+    if a.samples.is_some() {
+        bail!(
+            "--samples draws prompt vectors from a pipeline env: this checkpoint was trained on `{}`; give \
+             it texts to route instead (arguments, or one per line on stdin)",
+            ckpt.env_kind
+        );
+    }
+    drop(ckpt);
+    let router = mappo_eval::Router::load(&file, &device)?;
     if a.cost_weight != 0.0 && !router.cost_aware() {
         tracing::warn!("--cost-weight is ignored: this router has no costs (no agent has a `cost`)");
     }
@@ -358,6 +371,100 @@ pub fn route(a: RouteArgs) -> Result<()> {
         for r in router.route_at(&[line.as_str()], w)? {
             print(&r)?;
         }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// `mappo route` on a pipeline checkpoint: prompt vectors (drawn with --samples, or JSON arrays
+/// on stdin) through every stage, each prompt with its expected and optimal team reward.
+fn route_pipeline(a: &RouteArgs, ckpt: &Checkpoint, device: &Device) -> Result<()> {
+    let router = mappo_eval::PipelineRouter::from_checkpoint(ckpt, device)?;
+    let dim = router.embed_dim();
+    let vectors = format!(
+        "give --samples N (and --seed S) to route N prompts drawn from its env, or JSON arrays of {dim} \
+         numbers (env.embed_dim) on stdin, one prompt per line"
+    );
+    if !a.texts.is_empty() {
+        bail!("a pipeline checkpoint routes prompt vectors, not texts: {vectors}");
+    }
+    if a.response.is_some() {
+        bail!("--response is for cascade checkpoints: a pipeline's stages see no answers");
+    }
+    if a.cost_weight != 0.0 {
+        tracing::warn!(
+            "--cost-weight is ignored: a pipeline's λ is its run's env.cost_weight ({}), not an input",
+            ckpt.config.env.cost_weight
+        );
+    }
+    let stage_agents = router.policy().stage_agents();
+    let print = |r: &mappo_eval::PipelineRoute| -> Result<()> {
+        let options = |k: usize| stage_agents.get(k).map_or(&[][..], Vec::as_slice);
+        if a.json {
+            let mut v = serde_json::to_value(r)?;
+            for (k, (stage, c)) in v["stages"].as_array_mut().into_iter().flatten().zip(&r.stages).enumerate()
+            {
+                let by_agent: serde_json::Map<String, serde_json::Value> =
+                    options(k).iter().zip(&c.probabilities).map(|(n, p)| (n.clone(), (*p).into())).collect();
+                stage["by_agent"] = by_agent.into();
+            }
+            outln!("{v}");
+        } else {
+            for (k, c) in r.stages.iter().enumerate() {
+                let probs: Vec<String> =
+                    options(k).iter().zip(&c.probabilities).map(|(n, p)| format!("{n}={p:.3}")).collect();
+                outln!("{}\t{}\t{}\t{}\t{}", r.prompt, c.stage, c.agent_index, c.agent, probs.join(" "));
+            }
+            outln!(
+                "{}\texpected_reward={:.4}\toptimal_reward={:.4}\toptimal_agents={}",
+                r.prompt,
+                r.expected_reward,
+                r.optimal_reward,
+                r.optimal_agents.join(",")
+            );
+        }
+        Ok(())
+    };
+    if let Some(n) = a.samples {
+        if n == 0 {
+            bail!("--samples must be at least 1");
+        }
+        for r in router.route_samples(n, a.seed.unwrap_or(2024))? {
+            print(&r)?;
+        }
+        return Ok(());
+    }
+    // A filter: one prompt vector per stdin line, routed as it arrives.
+    {
+        use std::io::IsTerminal;
+        if std::io::stdin().is_terminal() {
+            tracing::info!("reading prompt vectors from stdin; or {vectors}");
+        }
+    }
+    let mut routed = 0;
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.with_context(|| format!("reading stdin, line {}", n + 1))?;
+        if line.trim().is_empty() {
+            tracing::warn!("stdin line {} is empty: not routed", n + 1);
+            continue;
+        }
+        let x: Vec<f32> = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "stdin line {}: not a JSON array of numbers (a pipeline routes prompt vectors: {vectors})",
+                n + 1
+            )
+        })?;
+        if x.len() != dim {
+            bail!(
+                "stdin line {}: {} numbers, but this pipeline's prompts have {dim} (env.embed_dim)",
+                n + 1,
+                x.len()
+            );
+        }
+        for r in router.route_prompts(&x, routed).with_context(|| format!("stdin line {}", n + 1))? {
+            print(&r)?;
+        }
+        routed += 1;
         std::io::stdout().flush()?;
     }
     Ok(())

@@ -191,3 +191,200 @@ fn conversations_are_served_simulated_learned_gated_and_evaluated_from_the_log()
     assert!(ok.success());
     assert_eq!(server.wait().expect("serve exit").code(), Some(0));
 }
+
+/// `mappo route` sends `stdin` to a run of `args` and waits for it.
+fn mappo_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mappo"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mappo");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// Issue 22: `mappo route` on a pipeline checkpoint routes prompts through every stage in order,
+/// greedy, with each stage's probabilities, and scores each joint choice against the optimum —
+/// on the prompts `mappo eval` draws for the same count and seed, so the means agree.
+#[test]
+fn a_pipeline_checkpoint_routes_prompts_through_every_stage() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let run = tmp.path().join("pipeline");
+    let o = mappo(&[
+        "train",
+        "--config",
+        s(&root.join("configs/pipeline.toml")),
+        "--out",
+        s(&run),
+        "--quiet",
+        "--set",
+        "train.device=\"cpu\"",
+        "--set",
+        "train.total_updates=100",
+        "--set",
+        "train.save_interval=100",
+        "--set",
+        "train.eval_interval=0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stages = ["retrieval", "answerer", "checker"];
+    let options: [&[&str]; 3] = [
+        &["none", "docs", "web", "hybrid"],
+        &["small", "medium", "large", "code"],
+        &["none", "self-check", "verifier", "human-rubric"],
+    ];
+
+    let o = mappo(&["route", "--checkpoint", s(&run), "--samples", "200", "--seed", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let routed: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(routed.len(), 200, "one object per prompt");
+    let (mut expected, mut optimal) = (0f64, 0f64);
+    for (i, r) in routed.iter().enumerate() {
+        assert_eq!(r["prompt"], i, "{r}");
+        let got = r["stages"].as_array().expect("stages");
+        assert_eq!(got.len(), 3, "{r}");
+        for (k, st) in got.iter().enumerate() {
+            assert_eq!(st["stage"], stages[k], "stages in config order: {r}");
+            let p: Vec<f64> = st["probabilities"]
+                .as_array()
+                .expect("probabilities")
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .collect();
+            assert_eq!(p.len(), options[k].len(), "{st}");
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{st}");
+            let best = (0..p.len()).fold(0, |b, j| if p[j] > p[b] { j } else { b });
+            assert_eq!(st["agent_index"], best, "greedy: {st}");
+            assert_eq!(st["agent"], options[k][best], "{st}");
+            for (name, q) in options[k].iter().zip(&p) {
+                assert_eq!(st["by_agent"][name].as_f64(), Some(*q), "{st}");
+            }
+        }
+        let (e, b) = (
+            r["expected_reward"].as_f64().expect("expected"),
+            r["optimal_reward"].as_f64().expect("optimal"),
+        );
+        assert!(e <= b + 1e-6, "no joint choice beats the optimum: {r}");
+        let best: Vec<&str> = r["optimal_agents"]
+            .as_array()
+            .expect("optimal agents")
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(best.len() == 3 && best.iter().zip(options).all(|(a, o)| o.contains(a)), "{r}");
+        let chosen: Vec<&str> = got.iter().filter_map(|st| st["agent"].as_str()).collect();
+        if chosen == best {
+            assert!((e - b).abs() < 1e-6, "{r}");
+        }
+        expected += e / 200.0;
+        optimal += b / 200.0;
+    }
+    // The same prompts as `mappo eval --episodes 200 --seed 1`, the same greedy choices.
+    let o = mappo(&["eval", "--checkpoint", s(&run), "--episodes", "200", "--seed", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ev = json_last_line(&o);
+    let (mean, best, random) = (
+        ev["mean_return"].as_f64().expect("mean"),
+        ev["optimal_return"].as_f64().expect("optimal"),
+        ev["random_return"].as_f64().expect("random"),
+    );
+    assert!((expected - mean).abs() < 1e-6, "route's mean {expected} vs eval's {mean}: {ev}");
+    assert!((optimal - best).abs() < 1e-6, "route's optimum {optimal} vs eval's {best}: {ev}");
+    assert!(
+        expected > random + 0.8 * (best - random),
+        "it learned: {expected} vs random {random}, optimum {best}"
+    );
+    // Another seed draws other prompts.
+    let o = mappo(&["route", "--checkpoint", s(&run), "--samples", "200", "--seed", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(stdout(&o).lines().next(), Some(serde_json::to_string(&routed[0]).expect("json").as_str()));
+
+    // The text form: a line per stage, then the rewards.
+    let o = mappo(&["route", "--checkpoint", s(&run), "--samples", "2", "--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Vec<String>> =
+        stdout(&o).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    for (k, line) in lines[..3].iter().enumerate() {
+        assert_eq!((line.len(), line[0].as_str(), line[1].as_str()), (5, "0", stages[k]), "{line:?}");
+        assert_eq!(line[3], routed[0]["stages"][k]["agent"], "{line:?}");
+    }
+    assert!(lines[3][1].starts_with("expected_reward=") && lines[7][0] == "1", "{lines:?}");
+
+    // Prompt vectors on stdin, one per line: normalised as the env's (a scaled copy routes the
+    // same), numbered in order; an empty line is skipped.
+    let v: Vec<f64> = (0..32).map(|i| (f64::from(i) * 0.7).sin()).collect();
+    let scaled: Vec<f64> = v.iter().map(|x| 3.0 * x).collect();
+    let input = format!("{}\n\n{}\n", serde_json::json!(v), serde_json::json!(scaled));
+    let o = mappo_with_stdin(&["route", "--checkpoint", s(&run), "--json", "--quiet"], &input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let two: Vec<serde_json::Value> =
+        stdout(&o).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert_eq!((two[0]["prompt"].as_u64(), two[1]["prompt"].as_u64()), (Some(0), Some(1)));
+    // A prompt's length does not matter (up to the rounding of its normalisation).
+    for (a, b) in
+        two[0]["stages"].as_array().expect("stages").iter().zip(two[1]["stages"].as_array().expect("stages"))
+    {
+        assert_eq!(a["agent"], b["agent"], "{two:?}");
+        let p = |st: &serde_json::Value| -> Vec<f64> {
+            st["probabilities"].as_array().expect("p").iter().filter_map(|x| x.as_f64()).collect()
+        };
+        assert!(p(a).iter().zip(p(b)).all(|(x, y)| (x - y).abs() < 1e-5), "{two:?}");
+    }
+    assert!(
+        (two[0]["expected_reward"].as_f64().expect("r") - two[1]["expected_reward"].as_f64().expect("r"))
+            .abs()
+            < 1e-6
+    );
+
+    // Clear errors, no panics.
+    let refused = |o: &std::process::Output, want: &[&str]| {
+        let e = stderr(o);
+        assert!(!o.status.success() && !e.contains("panicked"), "{e}");
+        assert!(want.iter().all(|w| e.contains(w)), "{want:?} in: {e}");
+    };
+    let o = mappo(&["route", "--checkpoint", s(&run), "my parcel never arrived"]);
+    refused(&o, &["routes prompt vectors, not texts", "--samples N", "JSON arrays of 32 numbers"]);
+    let o = mappo_with_stdin(&["route", "--checkpoint", s(&run)], "[1, 2, 3]\n");
+    refused(&o, &["stdin line 1", "3 numbers", "32"]);
+    let o = mappo_with_stdin(&["route", "--checkpoint", s(&run)], "my parcel never arrived\n");
+    refused(&o, &["stdin line 1", "not a JSON array", "--samples"]);
+    let o = mappo_with_stdin(
+        &["route", "--checkpoint", s(&run)],
+        &format!("{}\n", serde_json::json!(vec![0.0; 32])),
+    );
+    refused(&o, &["stdin line 1", "all zeros"]);
+    let o = mappo(&["route", "--checkpoint", s(&run), "--samples", "0"]);
+    refused(&o, &["--samples must be at least 1"]);
+    let o = mappo(&["route", "--checkpoint", s(&run), "--samples", "2", "--response", "an answer"]);
+    refused(&o, &["--response is for cascade checkpoints"]);
+
+    // --samples is for pipelines: a text checkpoint says what to give it instead.
+    let text_run = tmp.path().join("text");
+    let o = mappo(&[
+        "train",
+        "--config",
+        s(&root.join("configs/prompts.toml")),
+        "--out",
+        s(&text_run),
+        "--quiet",
+        "--set",
+        &format!("env.corpus={:?}", s(&root.join("data/prompts.jsonl"))),
+        "--set",
+        &format!("env.cache_dir={:?}", s(&tmp.path().join("cache"))),
+        "--set",
+        "train.total_updates=2",
+        "--set",
+        "train.eval_interval=0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mappo(&["route", "--checkpoint", s(&text_run), "--samples", "5"]);
+    refused(&o, &["--samples draws prompt vectors from a pipeline env", "`text`", "give it texts"]);
+}

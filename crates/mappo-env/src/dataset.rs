@@ -39,6 +39,7 @@ struct CostTerm {
 
 impl DatasetEnv {
     /// `obs` is row-major `[rows, dim]`, `expected` `[rows, num_actions]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         obs: &[f32],
         dim: usize,

@@ -189,6 +189,65 @@ impl PipelineEnv {
         r
     }
 
+    /// Starts episodes on the given prompts instead of drawn ones: `prompts` row-major
+    /// `[num_envs, dim]`, each row L2-normalised here as drawn prompts are (the reward's
+    /// cosines do not depend on a prompt's length). Errors on a wrong length, a non-finite
+    /// value or a zero row. Returns the first stage's observations, as [`Env::reset`] does.
+    pub fn reset_with_prompts(&mut self, prompts: &[f32]) -> Result<Tensor, EnvError> {
+        if prompts.len() != self.prompts.len() {
+            return Err(EnvError::Setup(format!(
+                "{} prompt values for {} prompts of {} dimensions",
+                prompts.len(),
+                self.num_envs,
+                self.dim
+            )));
+        }
+        for (row, p) in prompts.chunks(self.dim.max(1)).enumerate() {
+            let which = if self.num_envs == 1 { "the prompt".to_string() } else { format!("prompt {row}") };
+            if let Some(x) = p.iter().find(|x| !x.is_finite()) {
+                return Err(EnvError::Setup(format!("{which} holds {x}: every value must be finite")));
+            }
+            if p.iter().all(|&x| x == 0.0) {
+                return Err(EnvError::Setup(format!("{which} is all zeros: it has no direction")));
+            }
+        }
+        self.prompts.copy_from_slice(prompts);
+        self.start_episodes()
+    }
+
+    /// Normalises the current prompts, computes their cosines to every option and starts the
+    /// episodes at the first stage.
+    fn start_episodes(&mut self) -> Result<Tensor, EnvError> {
+        let d = self.dim.max(1);
+        for p in self.prompts.chunks_mut(d) {
+            normalise(p);
+        }
+        for (k, &n) in self.sizes.iter().enumerate() {
+            for (row, p) in self.prompts.chunks(d).enumerate() {
+                for (a, u) in self.units[k].chunks(d).enumerate() {
+                    self.cos[k][row * n + a] = p.iter().zip(u).map(|(x, y)| x * y).sum();
+                }
+            }
+        }
+        self.stage = 0;
+        self.ready = true;
+        self.observations()
+    }
+
+    /// The best joint action for `row`'s prompt by enumerating all of them (the first on ties,
+    /// in [`decode`](Self::decode) order) and its noise-free team reward.
+    pub fn optimal_joint(&self, row: usize) -> (Vec<u32>, f32) {
+        let mut best = (self.decode(0), f32::NEG_INFINITY);
+        for j in 0..self.joint_actions() {
+            let a = self.decode(j);
+            let r = self.expected_return(row, &a);
+            if r > best.1 {
+                best = (a, r);
+            }
+        }
+        best
+    }
+
     fn row_obs(&self, row: usize) -> Result<Vec<f32>, EnvError> {
         let x = &self.prompts[row * self.dim..(row + 1) * self.dim];
         if self.mode != PipelineMode::Staged {
@@ -249,20 +308,7 @@ impl Env for PipelineEnv {
 
     fn reset(&mut self, rng: &mut Rng) -> Result<Tensor, EnvError> {
         rng.fill_normal(&mut self.prompts);
-        let d = self.dim.max(1);
-        for p in self.prompts.chunks_mut(d) {
-            normalise(p);
-        }
-        for (k, &n) in self.sizes.iter().enumerate() {
-            for (row, p) in self.prompts.chunks(d).enumerate() {
-                for (a, u) in self.units[k].chunks(d).enumerate() {
-                    self.cos[k][row * n + a] = p.iter().zip(u).map(|(x, y)| x * y).sum();
-                }
-            }
-        }
-        self.stage = 0;
-        self.ready = true;
-        self.observations()
+        self.start_episodes()
     }
 
     fn step(&mut self, actions: &[u32], rng: &mut Rng) -> Result<Step, EnvError> {
@@ -425,7 +471,34 @@ mod tests {
         for (row, &best) in rows.iter().enumerate().take(5) {
             let m = (0..64).map(|j| env.expected_return(row, &env.decode(j))).fold(f32::MIN, f32::max);
             assert!((f64::from(m) - best).abs() < 1e-6);
+            let (joint, r) = env.optimal_joint(row);
+            assert_eq!(r, m);
+            assert_eq!(env.expected_return(row, &joint), m);
         }
+    }
+
+    #[test]
+    fn given_prompts_are_normalised_and_scored_as_drawn_ones() {
+        let cfg = config(&[3, 2], 0.4);
+        let mut drawn = PipelineEnv::new(&cfg, 2, 9, &Device::Cpu).expect("env");
+        let obs = drawn.reset(&mut Rng::new(5)).expect("reset").to_vec2::<f32>().expect("host");
+        let scaled: Vec<f32> = drawn.prompts().iter().map(|x| 3.0 * x).collect();
+        let mut given = PipelineEnv::new(&cfg, 2, 9, &Device::Cpu).expect("env");
+        let again = given.reset_with_prompts(&scaled).expect("given").to_vec2::<f32>().expect("host");
+        for (a, b) in obs.iter().flatten().zip(again.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        for j in 0..6 {
+            let a = drawn.decode(j);
+            assert!((drawn.expected_return(1, &a) - given.expected_return(1, &a)).abs() < 1e-6);
+        }
+        given.step(&[0, 1], &mut Rng::new(1)).expect("the episodes started");
+        assert!(given.reset_with_prompts(&scaled[..8]).is_err(), "one prompt short");
+        let mut zero = scaled.clone();
+        zero[8..].fill(0.0);
+        assert!(given.reset_with_prompts(&zero).is_err(), "a zero prompt has no direction");
+        zero[8] = f32::NAN;
+        assert!(given.reset_with_prompts(&zero).is_err(), "not finite");
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn evaluate_conversation(
     evaluate_episodes(&mut env, policy.network(), &mut Rng::derived(eval_seed, "fresh-eval"))
 }
 
-fn expect_kind(ckpt: &Checkpoint, kind: EnvKind) -> Result<(), EvalError> {
+pub(crate) fn expect_kind(ckpt: &Checkpoint, kind: EnvKind) -> Result<(), EvalError> {
     if ckpt.env_kind == kind.as_str() {
         return Ok(());
     }

@@ -7,7 +7,8 @@
 //!   by the quality–cost curve, APGR and CPT ([`curve`]) beside the full-information
 //!   [`RidgeRouter`] baseline; [`evaluate_synthetic`] for a synthetic-env checkpoint.
 //! * [`calibrate`]: the cost weight λ at which a cost-aware router meets a budget.
-//! * [`Router`]: a checkpoint and its embedder, routing texts.
+//! * [`Router`]: a checkpoint and its embedder, routing texts; [`PipelineRouter`]: a pipeline
+//!   checkpoint routing prompt vectors through its stages.
 //! * [`ridge`]: the one ridge-regression solver (the baseline's, and off-policy evaluation's
 //!   reward model in `mappo-learn`).
 //!
@@ -32,6 +33,7 @@ mod corpus;
 pub mod curve;
 mod episodes;
 mod error;
+mod pipeline;
 pub mod ridge;
 mod router;
 
@@ -45,4 +47,5 @@ pub use curve::{CurvePoint, CurveSummary, OutcomeTable, SingleAgent};
 pub use episodes::{CascadeReport, evaluate_cascade, evaluate_conversation, evaluate_pipeline};
 pub use error::EvalError;
 pub use mappo_env::text::EmbedProgress;
+pub use pipeline::{PipelineRoute, PipelineRouter, StageChoice};
 pub use router::{Routed, Router};
