@@ -30,6 +30,57 @@ pub(crate) struct LoadedPolicy {
     pub agents: Arc<[String]>,
 }
 
+/// What the served policy's agents cost and how its rewards are defined: what the dashboard
+/// needs to price the logged decisions (a snapshot of one version, taken when it is swapped in).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PolicyCosts {
+    /// The version.
+    pub version: i64,
+    /// Each agent with its cost per request (`[[env.agents]] cost`; 0 when none is given), in
+    /// action order.
+    pub agents: Vec<(String, f64)>,
+    /// Whether the policy takes the cost weight λ as an input: then the reward it is trained on,
+    /// and the one the service expects from `/v1/feedback`, is `quality − λ·cost / max cost`.
+    pub cost_input: bool,
+    /// For a cascade, the agent its escalation calls (its second step logs `accept` or
+    /// `escalate`, not an agent).
+    pub escalates_to: Option<String>,
+}
+
+impl PolicyCosts {
+    /// The snapshot of `p`.
+    pub fn of(p: &LoadedPolicy) -> Self {
+        let costs = p.model.costs();
+        let agents = p
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.clone(), costs.get(i).copied().filter(|c| c.is_finite()).unwrap_or(0.0)))
+            .collect();
+        PolicyCosts {
+            version: p.version,
+            agents,
+            cost_input: p.model.cost_aware(),
+            escalates_to: escalation_target(p),
+        }
+    }
+
+    /// Whether some agent has a cost > 0.
+    pub fn has_costs(&self) -> bool {
+        self.agents.iter().any(|(_, c)| *c > 0.0)
+    }
+
+    /// The cost of `agent`, `None` when the policy has no agent of that name.
+    pub fn cost(&self, agent: &str) -> Option<f64> {
+        self.agents.iter().find(|(a, _)| a == agent).map(|(_, c)| *c)
+    }
+
+    /// The most expensive agent's cost (0 without agents).
+    pub fn max_cost(&self) -> f64 {
+        self.agents.iter().map(|(_, c)| *c).fold(0.0, f64::max)
+    }
+}
+
 /// One routed text.
 #[derive(Debug, Clone)]
 pub(crate) struct Scored {
@@ -111,6 +162,7 @@ pub(crate) struct Engine {
     version: Arc<AtomicI64>,
     agents: Arc<RwLock<Arc<[String]>>>,
     escalates_to: Arc<RwLock<Option<String>>>,
+    costs: Arc<RwLock<Arc<PolicyCosts>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -153,6 +205,7 @@ impl Engine {
         let version = Arc::new(AtomicI64::new(policy.version));
         let agents = Arc::new(RwLock::new(policy.agents.clone()));
         let escalates_to = Arc::new(RwLock::new(escalation_target(&policy)));
+        let costs = Arc::new(RwLock::new(Arc::new(PolicyCosts::of(&policy))));
         metrics.policy_version.set(policy.version);
         let shadow_rng = Rng::new(rng.next_u64());
         let worker = Worker {
@@ -167,10 +220,11 @@ impl Engine {
             version: version.clone(),
             agents: agents.clone(),
             escalates_to: escalates_to.clone(),
+            costs: costs.clone(),
             metrics,
         };
         let thread = std::thread::Builder::new().name("mappo-model".into()).spawn(move || worker.run(rx))?;
-        Ok(Self { tx: Some(tx), pending, version, agents, escalates_to, thread: Some(thread) })
+        Ok(Self { tx: Some(tx), pending, version, agents, escalates_to, costs, thread: Some(thread) })
     }
 
     /// Routes `texts` (one job, answered together) at cost weight 0.
@@ -239,6 +293,11 @@ impl Engine {
         get(&self.escalates_to)
     }
 
+    /// The agents' costs of the version the model thread serves now.
+    pub fn costs(&self) -> Arc<PolicyCosts> {
+        get(&self.costs)
+    }
+
     /// Stops the thread once the queued jobs are answered.
     pub fn stop(&mut self) {
         self.tx = None;
@@ -266,6 +325,7 @@ struct Worker {
     version: Arc<AtomicI64>,
     agents: Arc<RwLock<Arc<[String]>>>,
     escalates_to: Arc<RwLock<Option<String>>>,
+    costs: Arc<RwLock<Arc<PolicyCosts>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -314,6 +374,7 @@ impl Worker {
             self.version.store(p.version, Ordering::Release);
             set(&self.agents, p.agents.clone());
             set(&self.escalates_to, escalation_target(&p));
+            set(&self.costs, Arc::new(PolicyCosts::of(&p)));
             self.metrics.policy_version.set(p.version);
             self.metrics.policy_switches.inc();
             self.policy = p;
@@ -610,6 +671,38 @@ mod tests {
         assert_eq!((r.version, r.items[0].action), (2, 2));
         assert_eq!(engine.version(), 2);
         assert_eq!(&*engine.agents(), &["a", "b", "c"]);
+        assert!(!engine.costs().has_costs() && engine.costs().version == 2);
+
+        // The agents' costs follow the served version.
+        let names: Vec<String> = ["a", "b", "x"].iter().map(|s| s.to_string()).collect();
+        engine.swap(LoadedPolicy {
+            version: 3,
+            agents: names.clone().into(),
+            model: Box::new(Priced(names)),
+        });
+        engine.route(vec!["w".into()], true).await.expect("routed");
+        let c = engine.costs();
+        assert_eq!((c.version, c.cost_input, c.escalates_to.as_deref()), (3, true, None));
+        assert_eq!(c.agents, vec![("a".into(), 1.0), ("b".into(), 4.0), ("x".into(), 0.0)]);
+        assert_eq!((c.cost("b"), c.cost("c"), c.max_cost()), (Some(4.0), None, 4.0));
+    }
+
+    /// Takes λ; its agents cost 1, 4 and a non-finite value (priced 0).
+    struct Priced(Vec<String>);
+
+    impl PolicyModel for Priced {
+        fn agents(&self) -> &[String] {
+            &self.0
+        }
+        fn probabilities(&self, _: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, crate::ModelError> {
+            Ok(vec![vec![1.0 / 3.0; 3]; rows])
+        }
+        fn cost_aware(&self) -> bool {
+            true
+        }
+        fn costs(&self) -> Vec<f64> {
+            vec![1.0, 4.0, f64::NAN]
+        }
     }
 
     /// Uniform over the three agents (so the served choice is a real draw).

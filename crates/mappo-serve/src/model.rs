@@ -81,6 +81,12 @@ pub trait PolicyModel: Send + 'static {
     fn cost_aware(&self) -> bool {
         false
     }
+    /// Each agent's cost per request (its `[[env.agents]] cost`, in any unit shared by all
+    /// agents), in the order of [`PolicyModel::agents`]; empty when the policy knows no costs
+    /// (default). The dashboard prices the logged decisions with it.
+    fn costs(&self) -> Vec<f64> {
+        Vec::new()
+    }
     /// The stage of the step after `earlier` (an episode's actions so far), or why the episode
     /// has no such step. Default: one stage, the agents, every step.
     fn stage(&self, earlier: &[u32]) -> Result<StageInfo, String> {
@@ -178,6 +184,8 @@ impl TextEmbedder for MiniLm {
 /// other part of mappo (route, eval, learn, ope) uses.
 struct MlpPolicy {
     policy: RoutingPolicy,
+    /// The checkpoint config's agent costs, one per agent (empty when they do not line up).
+    costs: Vec<f64>,
 }
 
 impl PolicyModel for MlpPolicy {
@@ -216,6 +224,10 @@ impl PolicyModel for MlpPolicy {
 
     fn cost_aware(&self) -> bool {
         self.policy.cost_aware()
+    }
+
+    fn costs(&self) -> Vec<f64> {
+        self.costs.clone()
     }
 
     fn escalates_to(&self) -> Option<usize> {
@@ -278,7 +290,12 @@ impl ModelLoader for CandleLoader {
                 policy.spec().embed_dim()
             )));
         }
-        Ok(Box::new(MlpPolicy { policy }))
+        // The agents are the config's `[[env.agents]]` (a servable config has them), so their
+        // costs line up; anything else prices nothing.
+        let costs: Vec<f64> = ckpt.config.env.agents.iter().map(|a| a.cost).collect();
+        let names_match = ckpt.config.env.agents.iter().map(|a| &a.name).eq(policy.agents().iter());
+        let costs = if names_match { costs } else { Vec::new() };
+        Ok(Box::new(MlpPolicy { policy, costs }))
     }
 
     fn fresh_checkpoint(&self, cfg: &Config) -> Result<Vec<u8>, ModelError> {

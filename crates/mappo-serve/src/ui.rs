@@ -7,13 +7,22 @@
 //! of sampled, greedy and forced decisions), `#reward` (mean reward per bucket with its 95%
 //! interval; the share rewarded), `#versions` (published versions and gate decisions on the
 //! time axis, as a table too; the shadow's agreement), `#ope` (the newest gate decision's
-//! estimates of the candidate and the current version), `#cost` (the cost weight λ over time)
-//! and `#recent` (the newest 50 decisions).
+//! estimates of the candidate and the current version), `#cost` (for a policy whose agents have
+//! costs: the cost per request per bucket and over the range, priced with the served version's
+//! agent costs — decisions of agents it does not have are left out and named —, the quality
+//! proxy beside it, the agents' costs, a per-bucket table `#cost-buckets`; and the cost weight λ
+//! over time) and `#recent` (the newest 50 decisions).
+//!
+//! The quality proxy is what the rewards allow: for a one-step policy that takes λ the logged
+//! reward is, by the project's convention, net of cost (`quality − λ·cost / max cost`, as in
+//! training), so the page adds the cost term back (the *implied quality*) beside the mean logged
+//! reward; for any other policy with costs it shows the mean logged reward, labelled as such.
 //!
 //! Query parameters: `minutes` (the range back from now, default 60, clamped to 1..=43200),
 //! `bucket` (seconds per bucket, default about 60 buckets, at most [`MAX_BUCKETS`] buckets) and
 //! `refresh` (seconds, 0 = never, the default); anything else is 422.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
@@ -24,6 +33,7 @@ use mappo_log::{Dashboard, DashboardQuery, DecisionKind, GateRecord, Tally, Time
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use crate::engine::PolicyCosts;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -51,6 +61,9 @@ const PALETTE: [RGBColor; 8] = [
 
 /// The charts over the time axis.
 type TimeChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart's series: each one's label and colour (shown under the chart).
+type Legend = Vec<(&'static str, RGBColor)>;
 
 /// The y axis of a time chart and the chart's height.
 struct Axis {
@@ -161,7 +174,9 @@ pub(crate) async fn ui(State(st): State<Arc<AppState>>, uri: Uri) -> Result<Resp
     let now = Timestamp::now();
     let q = DashboardQuery::last_minutes(now, params.minutes, params.bucket);
     let dash = st.db_read(st.log.dashboard(&q)).await?;
-    let page = Page { dash: &dash, params, now, replica: &st.replica, serving: st.engine.version() };
+    let costs = st.engine.costs();
+    let page =
+        Page { dash: &dash, params, now, replica: &st.replica, serving: st.engine.version(), costs: &costs };
     let mut resp = Html(page.render()).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -215,12 +230,143 @@ fn minutes_before(t: Timestamp, now: Timestamp) -> f64 {
     (t.0 - now.0) as f64 / 60e6
 }
 
+/// Decisions priced with the served policy's agent costs (a bucket's, or the whole range's), and
+/// their rewards: what the cost panel shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Priced {
+    /// Every decision counted, priced or not.
+    decisions: i64,
+    /// Requests whose cost is known: decisions of the policy's agents (a cascade's first steps).
+    requests: i64,
+    /// What they cost, a cascade's escalations included.
+    cost_sum: f64,
+    /// A cascade's escalations (each calls the strong agent; counted in `cost_sum`).
+    escalations: i64,
+    /// Decisions of agents the policy does not have: their cost is unknown, left out.
+    unpriced: i64,
+    /// Rewarded decisions, unpriced ones aside.
+    rewarded: i64,
+    /// The sum of their rewards.
+    reward_sum: f64,
+    /// Rewarded decisions with an implied quality (`reward + λ·cost / max cost`).
+    quality_n: i64,
+    /// The sum of their implied qualities.
+    quality_sum: f64,
+    /// Of `quality_n`, those whose λ is their group's mean (the group mixes several λ and not all
+    /// of its decisions are rewarded).
+    estimated: i64,
+    /// Rewarded decisions left out of the quality: their group has decisions without a λ.
+    no_lambda: i64,
+}
+
+impl Priced {
+    fn add(&mut self, o: &Priced) {
+        self.decisions += o.decisions;
+        self.requests += o.requests;
+        self.cost_sum += o.cost_sum;
+        self.escalations += o.escalations;
+        self.unpriced += o.unpriced;
+        self.rewarded += o.rewarded;
+        self.reward_sum += o.reward_sum;
+        self.quality_n += o.quality_n;
+        self.quality_sum += o.quality_sum;
+        self.estimated += o.estimated;
+        self.no_lambda += o.no_lambda;
+    }
+
+    /// Adds the decisions `t` of one bucket, `agent` and kind, priced by `costs`; those of an
+    /// agent `costs` does not have are counted in `unknown` too.
+    fn add_group(
+        &mut self,
+        costs: &PolicyCosts,
+        agent: &str,
+        t: &Tally,
+        unknown: &mut BTreeMap<String, i64>,
+    ) {
+        self.decisions += t.decisions;
+        let cost = match costs.cost(agent) {
+            Some(c) => c,
+            None => {
+                // A cascade's second step: accepting costs nothing more, escalating calls the
+                // strong agent. Neither is a request of its own.
+                let step = match (costs.escalates_to.as_deref(), agent) {
+                    (Some(_), "accept") => Some(0.0),
+                    (Some(strong), "escalate") => costs.cost(strong),
+                    _ => None,
+                };
+                match step {
+                    Some(extra) => {
+                        self.cost_sum += t.decisions as f64 * extra;
+                        if agent == "escalate" {
+                            self.escalations += t.decisions;
+                        }
+                        self.rewarded += t.rewarded;
+                        self.reward_sum += t.reward_sum;
+                    }
+                    None => {
+                        self.unpriced += t.decisions;
+                        *unknown.entry(agent.to_string()).or_default() += t.decisions;
+                    }
+                }
+                return;
+            }
+        };
+        self.requests += t.decisions;
+        self.cost_sum += t.decisions as f64 * cost;
+        self.rewarded += t.rewarded;
+        self.reward_sum += t.reward_sum;
+        // The implied quality: only where the reward is net of cost (a one-step policy that
+        // takes λ), with the λ of the rewarded decisions.
+        let max = costs.max_cost();
+        if !costs.cost_input || costs.escalates_to.is_some() || t.rewarded == 0 || max <= 0.0 {
+            return;
+        }
+        if t.cost_weighted < t.decisions {
+            self.no_lambda += t.rewarded;
+            return;
+        }
+        // Σλ over the rewarded decisions: exact when all are rewarded or λ is one value.
+        let lambda_sum = match (t.cost_weight_min, t.cost_weight_max) {
+            _ if t.rewarded == t.decisions => t.cost_weight_sum,
+            (Some(lo), Some(hi)) if lo == hi => lo * t.rewarded as f64,
+            _ => {
+                self.estimated += t.rewarded;
+                t.cost_weight_mean().unwrap_or(0.0) * t.rewarded as f64
+            }
+        };
+        self.quality_n += t.rewarded;
+        self.quality_sum += t.reward_sum + cost / max * lambda_sum;
+    }
+
+    /// Whether it holds no decision.
+    fn is_empty(&self) -> bool {
+        self.decisions == 0
+    }
+
+    /// The mean cost per request, `None` without a request.
+    fn cost_per_request(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.cost_sum / self.requests as f64)
+    }
+
+    /// The mean logged reward, `None` without one.
+    fn reward_mean(&self) -> Option<f64> {
+        (self.rewarded > 0).then(|| self.reward_sum / self.rewarded as f64)
+    }
+
+    /// The mean implied quality, `None` without one.
+    fn quality_mean(&self) -> Option<f64> {
+        (self.quality_n > 0).then(|| self.quality_sum / self.quality_n as f64)
+    }
+}
+
 struct Page<'a> {
     dash: &'a Dashboard,
     params: UiParams,
     now: Timestamp,
     replica: &'a str,
     serving: i64,
+    /// The served policy's agent costs.
+    costs: &'a PolicyCosts,
 }
 
 impl Page<'_> {
@@ -709,38 +855,382 @@ impl Page<'_> {
         h.push_str("</tbody></table></section>");
     }
 
+    /// The decisions priced with the served policy's agent costs: the whole range, each bucket
+    /// of the range (oldest first) and the decisions of agents the policy does not know, by
+    /// agent.
+    fn priced(&self) -> (Priced, Vec<(Timestamp, Priced)>, BTreeMap<String, i64>) {
+        let mut buckets: BTreeMap<Timestamp, Priced> =
+            self.dash.query.buckets().into_iter().map(|b| (b, Priced::default())).collect();
+        let mut unknown = BTreeMap::new();
+        for g in &self.dash.groups {
+            buckets.entry(g.bucket).or_default().add_group(self.costs, &g.agent, &g.tally, &mut unknown);
+        }
+        let mut total = Priced::default();
+        for p in buckets.values() {
+            total.add(p);
+        }
+        (total, buckets.into_iter().collect(), unknown)
+    }
+
     fn cost(&self, h: &mut String, t: &Tally) {
+        let c = self.costs;
+        let has_costs = c.has_costs();
+        let (total, buckets, unknown) = self.priced();
+        // What the quality proxy is: the implied quality when the rewards are net of cost.
+        let net = has_costs && c.cost_input && c.escalates_to.is_none();
+        let when = |v: Option<f64>| if has_costs { num(v) } else { String::new() };
         let _ = write!(
             h,
             "<section id=\"cost\" data-cost-weighted=\"{}\" data-cost-weight-mean=\"{}\" \
-             data-cost-weight-min=\"{}\" data-cost-weight-max=\"{}\" data-agent-costs=\"unknown\">\
-             <h2>Cost weight λ</h2>",
+             data-cost-weight-min=\"{}\" data-cost-weight-max=\"{}\" data-agent-costs=\"{}\" \
+             data-costs-version=\"{}\" data-cost-per-request=\"{}\" data-requests=\"{}\" \
+             data-unpriced=\"{}\" data-escalations=\"{}\" data-reward-net-of-cost=\"{net}\" \
+             data-reward-mean=\"{}\" data-rewarded=\"{}\" data-quality-mean=\"{}\" data-quality-n=\"{}\" \
+             data-quality-estimated=\"{}\" data-quality-no-lambda=\"{}\"><h2>Cost, quality and λ</h2>",
             t.cost_weighted,
             num(t.cost_weight_mean()),
             num(t.cost_weight_min),
             num(t.cost_weight_max),
+            if has_costs { "known" } else { "none" },
+            c.version,
+            when(total.cost_per_request()),
+            total.requests,
+            total.unpriced,
+            total.escalations,
+            when(total.reward_mean()),
+            total.rewarded,
+            if net { num(total.quality_mean()) } else { String::new() },
+            total.quality_n,
+            total.estimated,
+            total.no_lambda,
         );
+        match (has_costs, t.cost_weighted) {
+            (true, _) => self.cost_and_quality(h, &total, &buckets, &unknown, net),
+            (false, 0) => {
+                let _ = write!(
+                    h,
+                    "<p>The served policy (version {}) is not cost-aware: it gives no agent a cost, so there \
+                     is no cost per request or quality proxy to show, and no decision in this range logged a \
+                     cost weight λ.</p></section>",
+                    c.version
+                );
+                return;
+            }
+            (false, _) => {
+                let _ = write!(
+                    h,
+                    "<p>The served policy (version {}) gives no agent a cost: there is no cost per request or \
+                     quality proxy to show.</p>",
+                    c.version
+                );
+            }
+        }
         if t.cost_weighted == 0 {
-            h.push_str(
-                "<p>No decision in this range logged a cost weight λ: the policy served is not \
-                 cost-aware (no agent has a cost).</p></section>",
-            );
+            h.push_str("<p>No decision in this range logged a cost weight λ.</p></section>");
             return;
         }
         let _ = write!(
             h,
-            "<p>{} decisions decided at λ: mean {}, from {} to {}. The cost per request is not shown: \
-             the agents' costs are not known to the dashboard.</p>",
+            "<h3>Cost weight λ</h3><p>{} decisions decided at λ: mean {}, from {} to {}.</p>",
             t.cost_weighted,
             show(t.cost_weight_mean()),
             show(t.cost_weight_min),
             show(t.cost_weight_max),
         );
-        Self::figure(h, self.cost_chart());
+        Self::figure(h, self.lambda_chart());
         h.push_str("</section>");
     }
 
-    fn cost_chart(&self) -> Result<String, ChartError> {
+    /// The cost per request and the quality proxy of a policy whose agents have costs: text,
+    /// charts, the agents' costs and the numbers per bucket.
+    fn cost_and_quality(
+        &self,
+        h: &mut String,
+        total: &Priced,
+        buckets: &[(Timestamp, Priced)],
+        unknown: &BTreeMap<String, i64>,
+        net: bool,
+    ) {
+        let c = self.costs;
+        let _ = write!(
+            h,
+            "<p>Cost per request, priced with the agent costs of the served version {} (in the agents' \
+             own cost unit): <b>{}</b> over {} requests",
+            c.version,
+            show(total.cost_per_request()),
+            total.requests,
+        );
+        if let Some(strong) = &c.escalates_to {
+            let _ = write!(
+                h,
+                " (a cascade: its first steps; each of the {} escalations adds {}'s cost)",
+                total.escalations,
+                esc(strong)
+            );
+        }
+        h.push_str(".</p>");
+        if !unknown.is_empty() {
+            let names: Vec<&str> = unknown.keys().map(String::as_str).collect();
+            let list: Vec<String> = unknown.iter().map(|(a, n)| format!("{} ({n})", esc(a))).collect();
+            let _ = write!(
+                h,
+                "<p class=\"warn\" id=\"cost-unknown\" data-unpriced=\"{}\" data-agents=\"{}\">{} decisions \
+                 went to agents that version {} does not have: {}. Their cost is unknown: they are left \
+                 out of the cost per request, and of the reward and quality below.</p>",
+                total.unpriced,
+                esc(&names.join(",")),
+                total.unpriced,
+                c.version,
+                list.join(", "),
+            );
+        }
+        Self::figure(h, self.cost_per_request_chart(buckets));
+        h.push_str("<h3>Quality proxy</h3>");
+        if net {
+            let _ = write!(
+                h,
+                "<p>A cost-aware router's reward — what the learner trains on and <code>/v1/feedback</code> expects \
+                 — is by this project's convention net of cost: <i>quality − λ·cost / max cost</i> \
+                 (docs/guide/llm-routing.md). The <b>implied quality</b> adds the cost term back with \
+                 each decision's logged λ and its agent's cost (max cost {}): <b>{}</b> over {} rewarded \
+                 decisions, beside the mean logged (net) reward <b>{}</b> over {}. It is a quality only \
+                 if the rewards were sent net of cost.",
+                c.max_cost(),
+                show(total.quality_mean()),
+                total.quality_n,
+                show(total.reward_mean()),
+                total.rewarded,
+            );
+            if total.estimated > 0 {
+                let _ = write!(
+                    h,
+                    " For {} of them λ is estimated: their bucket, agent and kind mix several λ and not \
+                     all of their decisions are rewarded, so the group's mean λ stands in.",
+                    total.estimated
+                );
+            }
+            if total.no_lambda > 0 {
+                let _ = write!(
+                    h,
+                    " {} rewarded decisions are left out of the implied quality: decisions of their \
+                     bucket, agent and kind logged no λ.",
+                    total.no_lambda
+                );
+            }
+            h.push_str("</p>");
+        } else if c.escalates_to.is_some() {
+            let _ = write!(
+                h,
+                "<p>Mean logged reward: <b>{}</b> over {} rewarded decisions (both steps of the cascade). \
+                 A cascade's rewards are not split into quality and cost per decision, so no quality is \
+                 derived from them: shown as logged.</p>",
+                show(total.reward_mean()),
+                total.rewarded,
+            );
+        } else {
+            let _ = write!(
+                h,
+                "<p>Mean logged reward: <b>{}</b> over {} rewarded decisions. This policy does not take \
+                 λ, so its rewards are not defined net of cost: shown as logged, beside the cost.</p>",
+                show(total.reward_mean()),
+                total.rewarded,
+            );
+        }
+        match self.quality_chart(buckets, net) {
+            Ok((svg, legend)) => {
+                Self::figure(h, Ok(svg));
+                h.push_str("<p class=\"legend\">");
+                for (label, RGBColor(r, g, b)) in legend {
+                    let _ = write!(
+                        h,
+                        "<span class=\"key\" style=\"background:rgb({r},{g},{b})\"></span>{} ",
+                        esc(label)
+                    );
+                }
+                h.push_str("</p>");
+            }
+            Err(e) => Self::figure(h, Err(e)),
+        }
+        self.agent_costs(h, unknown);
+        let _ = write!(
+            h,
+            "<details id=\"cost-buckets\"><summary>per bucket</summary><table class=\"cost-buckets\"><thead>\
+             <tr><th>bucket</th><th>requests</th><th>cost per request</th><th>unknown cost</th>\
+             <th>mean reward</th><th>{}</th><th>mean λ</th></tr></thead><tbody>",
+            if net { "implied quality" } else { "–" }
+        );
+        let lambda: BTreeMap<Timestamp, Option<f64>> =
+            self.dash.by_bucket().into_iter().map(|(b, t)| (b, t.cost_weight_mean())).collect();
+        let mut rows = 0;
+        for (b, p) in buckets.iter().filter(|(_, p)| !p.is_empty()) {
+            let l = lambda.get(b).copied().flatten();
+            let q = if net { p.quality_mean() } else { None };
+            let _ = write!(
+                h,
+                "<tr data-bucket-us=\"{}\" data-requests=\"{}\" data-cost-per-request=\"{}\" \
+                 data-unpriced=\"{}\" data-reward-mean=\"{}\" data-quality-mean=\"{}\" \
+                 data-cost-weight-mean=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td></tr>",
+                b.0,
+                p.requests,
+                num(p.cost_per_request()),
+                p.unpriced,
+                num(p.reward_mean()),
+                num(q),
+                num(l),
+                esc(&clock(*b)),
+                p.requests,
+                show(p.cost_per_request()),
+                p.unpriced,
+                show(p.reward_mean()),
+                show(q),
+                show(l),
+            );
+            rows += 1;
+        }
+        if rows == 0 {
+            h.push_str("<tr><td colspan=\"7\">no decision in this range</td></tr>");
+        }
+        h.push_str("</tbody></table></details>");
+    }
+
+    /// The served policy's agents with their costs and decisions in the range, a cascade's second
+    /// step's options, then the logged agents it does not have.
+    fn agent_costs(&self, h: &mut String, unknown: &BTreeMap<String, i64>) {
+        let c = self.costs;
+        let decisions = self.dash.by_agent();
+        let count = |a: &str| decisions.get(a).map_or(0, |t| t.decisions);
+        let max = c.max_cost();
+        h.push_str(
+            "<table class=\"agent-costs\"><thead><tr><th>agent</th><th>cost per request</th>\
+             <th>÷ max cost</th><th>decisions</th></tr></thead><tbody>",
+        );
+        for (agent, cost) in &c.agents {
+            let _ = write!(
+                h,
+                "<tr data-cost-agent=\"{}\" data-cost=\"{cost}\" data-decisions=\"{}\"><td>{}</td><td>{}</td>\
+                 <td>{:.3}</td><td>{}</td></tr>",
+                esc(agent),
+                count(agent),
+                esc(agent),
+                cost,
+                if max > 0.0 { cost / max } else { 0.0 },
+                count(agent),
+            );
+        }
+        if let Some(strong) = &c.escalates_to {
+            for (step, what) in
+                [("accept", "0 (keeps the first answer)"), ("escalate", "calls the strong agent")]
+            {
+                if c.cost(step).is_none() && count(step) > 0 {
+                    let _ = write!(
+                        h,
+                        "<tr data-cascade-step=\"{step}\" data-decisions=\"{}\"><td>{step}</td><td>{}</td>\
+                         <td></td><td>{}</td></tr>",
+                        count(step),
+                        if step == "escalate" {
+                            format!("{what}: {} ({})", esc(strong), c.cost(strong).unwrap_or(0.0))
+                        } else {
+                            what.to_string()
+                        },
+                        count(step),
+                    );
+                }
+            }
+        }
+        for (agent, n) in unknown {
+            let _ = write!(
+                h,
+                "<tr class=\"warn\" data-cost-agent=\"{}\" data-cost=\"\" data-decisions=\"{n}\"><td>{}</td>\
+                 <td>unknown: not an agent of version {}</td><td></td><td>{n}</td></tr>",
+                esc(agent),
+                esc(agent),
+                c.version,
+            );
+        }
+        h.push_str("</tbody></table>");
+    }
+
+    /// Per bucket: its middle (minutes before now) and `value` of its priced decisions, where
+    /// there is one.
+    fn bucket_points(
+        &self,
+        buckets: &[(Timestamp, Priced)],
+        value: impl Fn(&Priced) -> Option<f64>,
+    ) -> Vec<(f64, f64)> {
+        let half = self.bucket_minutes() / 2.0;
+        buckets
+            .iter()
+            .filter_map(|(b, p)| {
+                value(p).filter(|v| v.is_finite()).map(|v| (minutes_before(*b, self.now) + half, v))
+            })
+            .collect()
+    }
+
+    fn cost_per_request_chart(&self, buckets: &[(Timestamp, Priced)]) -> Result<String, ChartError> {
+        let points = self.bucket_points(buckets, Priced::cost_per_request);
+        let top = points.iter().map(|p| p.1).fold(self.costs.max_cost(), f64::max).max(1e-9);
+        let axis =
+            Axis { height: 200, y: 0.0..top * 1.08, desc: "cost per request", labels: 6, format: decimal };
+        let color = PALETTE[5];
+        self.time_chart(axis, |chart| {
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                .map_err(draw_err)?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err)?;
+            Ok(())
+        })
+    }
+
+    /// The mean logged reward per bucket and, when the rewards are net of cost, the implied
+    /// quality; with each series' label and colour (the page's legend).
+    fn quality_chart(
+        &self,
+        buckets: &[(Timestamp, Priced)],
+        net: bool,
+    ) -> Result<(String, Legend), ChartError> {
+        let mut series = vec![(
+            if net { "mean logged reward (net of cost)" } else { "mean logged reward" },
+            PALETTE[0],
+            self.bucket_points(buckets, Priced::reward_mean),
+        )];
+        if net {
+            series.push((
+                "implied quality: reward + λ·cost / max cost",
+                PALETTE[2],
+                self.bucket_points(buckets, Priced::quality_mean),
+            ));
+        }
+        let (lo, hi) = series
+            .iter()
+            .flat_map(|s| s.2.iter().map(|p| p.1))
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
+        let (lo, hi) = if lo.is_finite() && hi.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.08).max(0.05);
+        let axis = Axis {
+            height: 220,
+            y: (lo - pad)..(hi + pad),
+            desc: "reward / quality",
+            labels: 6,
+            format: decimal,
+        };
+        let chart = self.time_chart(axis, |chart| {
+            for (_, color, points) in &series {
+                let color = *color;
+                chart
+                    .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                    .map_err(draw_err)?;
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(draw_err)?;
+            }
+            Ok(())
+        });
+        let legend: Legend = series.iter().map(|s| (s.0, s.1)).collect();
+        chart.map(|svg| (svg, legend))
+    }
+
+    fn lambda_chart(&self) -> Result<String, ChartError> {
         let mean = |t: &Tally| Some((t.cost_weight_mean()?, t.cost_weight_min?, t.cost_weight_max?));
         self.interval_chart(mean, 200, "λ (mean, min–max)", PALETTE[4], false)
     }
@@ -843,7 +1333,8 @@ section{border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin:14px 0}
 figure{margin:6px 0}svg{max-width:100%;height:auto}\
 table{border-collapse:collapse;font-size:13px;width:100%}th,td{text-align:left;padding:2px 6px;border-bottom:1px solid #eee}\
 .key{display:inline-block;width:10px;height:10px;margin-right:6px}.warn{color:#a40}\
-form{font-size:13px}input{width:6em}\
+form{font-size:13px}input{width:6em}.legend{font-size:13px;margin:0 0 6px}\
+details{margin:6px 0;font-size:13px}summary{cursor:pointer}\
 </style>";
 
 #[cfg(test)]
@@ -883,5 +1374,125 @@ mod tests {
     #[test]
     fn escapes_markup() {
         assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    fn costs(agents: &[(&str, f64)], cost_input: bool, escalates_to: Option<&str>) -> PolicyCosts {
+        PolicyCosts {
+            version: 3,
+            agents: agents.iter().map(|(a, c)| (a.to_string(), *c)).collect(),
+            cost_input,
+            escalates_to: escalates_to.map(str::to_string),
+        }
+    }
+
+    /// `n` decisions, `rewarded` of them rewarded with `reward_sum`, at the λ of `lambdas`
+    /// (min, max and mean over all `n`; `None`: no λ logged).
+    fn tally(n: i64, rewarded: i64, reward_sum: f64, lambdas: Option<(f64, f64, f64)>) -> Tally {
+        let mut t = Tally { decisions: n, sampled: n, rewarded, reward_sum, ..Tally::default() };
+        if let Some((lo, hi, mean)) = lambdas {
+            t.cost_weighted = n;
+            t.cost_weight_sum = mean * n as f64;
+            t.cost_weight_min = Some(lo);
+            t.cost_weight_max = Some(hi);
+        }
+        t
+    }
+
+    #[test]
+    fn prices_decisions_with_the_served_costs() {
+        let c = costs(&[("a", 1.0), ("b", 4.0)], true, None);
+        let mut p = Priced::default();
+        let mut unknown = BTreeMap::new();
+        // λ one value: exact; all rewarded: exact (Σλ is the group's).
+        p.add_group(&c, "a", &tally(3, 2, 1.0, Some((0.5, 0.5, 0.5))), &mut unknown);
+        p.add_group(&c, "b", &tally(2, 2, 0.4, Some((0.1, 0.3, 0.2))), &mut unknown);
+        // An agent the policy does not have: left out, named.
+        p.add_group(&c, "gone", &tally(5, 5, 5.0, Some((0.5, 0.5, 0.5))), &mut unknown);
+        assert_eq!((p.requests, p.unpriced), (5, 5));
+        assert_eq!(unknown, BTreeMap::from([("gone".to_string(), 5)]));
+        assert_eq!(p.cost_per_request(), Some((3.0 * 1.0 + 2.0 * 4.0) / 5.0));
+        assert_eq!((p.rewarded, p.reward_mean()), (4, Some(1.4 / 4.0)));
+        // a: 1.0 + 0.25·0.5·2; b: 0.4 + 1·(0.2·2).
+        let q = p.quality_mean().expect("quality");
+        assert!((q - (1.25 + 0.8) / 4.0).abs() < 1e-12, "{q}");
+        assert_eq!((p.quality_n, p.estimated, p.no_lambda), (4, 0, 0));
+        // Several λ, not all rewarded: the group's mean λ stands in, counted.
+        p.add_group(&c, "b", &tally(4, 1, 0.5, Some((0.0, 1.0, 0.5))), &mut unknown);
+        assert_eq!((p.quality_n, p.estimated), (5, 1));
+        // Decisions without λ (a version that did not take it): out of the quality, counted.
+        p.add_group(&c, "a", &tally(2, 1, 1.0, None), &mut unknown);
+        assert_eq!((p.quality_n, p.no_lambda, p.requests, p.rewarded), (5, 1, 11, 6));
+    }
+
+    #[test]
+    fn prices_a_cascade_per_request_and_derives_no_quality() {
+        let c = costs(&[("weak", 1.0), ("strong", 10.0)], true, Some("strong"));
+        let mut p = Priced::default();
+        let mut unknown = BTreeMap::new();
+        p.add_group(&c, "weak", &tally(10, 10, 5.0, Some((0.2, 0.2, 0.2))), &mut unknown);
+        p.add_group(&c, "strong", &tally(2, 0, 0.0, Some((0.2, 0.2, 0.2))), &mut unknown);
+        p.add_group(&c, "escalate", &tally(3, 3, 1.5, Some((0.2, 0.2, 0.2))), &mut unknown);
+        p.add_group(&c, "accept", &tally(7, 0, 0.0, Some((0.2, 0.2, 0.2))), &mut unknown);
+        // 12 requests (first steps): 10·1 + 2·10 + 3 escalations·10.
+        assert_eq!((p.requests, p.escalations, p.unpriced), (12, 3, 0));
+        assert_eq!(p.cost_per_request(), Some(60.0 / 12.0));
+        assert!(unknown.is_empty());
+        assert_eq!((p.rewarded, p.quality_mean()), (13, None));
+        let mut only_accept = Priced::default();
+        only_accept.add_group(&c, "accept", &tally(2, 0, 0.0, None), &mut unknown);
+        assert!(!only_accept.is_empty() && only_accept.cost_per_request().is_none());
+        // Without a cascade, `escalate` is an unknown agent.
+        let plain = costs(&[("weak", 1.0), ("strong", 10.0)], true, None);
+        let mut q = Priced::default();
+        q.add_group(&plain, "escalate", &tally(3, 0, 0.0, None), &mut unknown);
+        assert_eq!((q.unpriced, q.cost_per_request()), (3, None));
+    }
+
+    #[test]
+    fn the_cost_panel_renders_every_case() {
+        let now = Timestamp(1_764_158_940_000_000);
+        let query = DashboardQuery::last_minutes(now, 10, 60);
+        let bucket = query.bucket_of(Timestamp(now.0 - 90_000_000));
+        let group = |agent: &str, t: Tally| mappo_log::DashboardGroup {
+            bucket,
+            agent: agent.into(),
+            kind: DecisionKind::Sampled,
+            tally: t,
+        };
+        let dash = Dashboard {
+            query,
+            groups: vec![
+                group("a", tally(3, 2, 1.0, Some((0.5, 0.5, 0.5)))),
+                group("gone <x>", tally(2, 0, 0.0, Some((0.5, 0.5, 0.5)))),
+            ],
+            cut_at: None,
+            recent: Vec::new(),
+            versions: Vec::new(),
+            gates: Vec::new(),
+        };
+        let params = UiParams { minutes: 10, bucket: 60, refresh: 0 };
+        let priced = costs(&[("a", 2.0), ("b", 4.0)], true, None);
+        let page = Page { dash: &dash, params, now, replica: "r", serving: 3, costs: &priced }.render();
+        assert!(
+            page.contains("data-agent-costs=\"known\" data-costs-version=\"3\" data-cost-per-request=\"2\"")
+        );
+        assert!(page.contains("data-unpriced=\"2\" data-agents=\"gone &lt;x&gt;\""), "named, escaped");
+        assert!(page.contains(&format!("<tr data-bucket-us=\"{}\" data-requests=\"3\"", bucket.0)));
+        assert!(page.contains("data-reward-net-of-cost=\"true\""));
+        assert!(!page.contains("chart-error"));
+        // No costs: said, and nothing priced.
+        let free = costs(&[("a", 0.0), ("b", 0.0)], false, None);
+        let page = Page { dash: &dash, params, now, replica: "r", serving: 3, costs: &free }.render();
+        assert!(page.contains("data-agent-costs=\"none\""));
+        assert!(page.contains("gives no agent a cost"));
+        assert!(page.contains("data-cost-per-request=\"\""));
+        // Costs without λ (the rewards are not net of cost), and an empty range.
+        let conv = costs(&[("a", 2.0), ("b", 4.0)], false, None);
+        let empty = Dashboard { groups: Vec::new(), ..dash.clone() };
+        let page = Page { dash: &empty, params, now, replica: "r", serving: 3, costs: &conv }.render();
+        assert!(page.contains("data-reward-net-of-cost=\"false\""));
+        assert!(page.contains("not defined net of cost"));
+        assert!(page.contains("no decision in this range"));
+        assert!(!page.contains("chart-error"));
     }
 }
