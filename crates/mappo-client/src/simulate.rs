@@ -171,12 +171,12 @@ pub async fn simulate(corpus: &[SimPrompt], opts: &SimOptions) -> Result<SimRepo
     })
 }
 
+/// A worker's `(index, value)` results.
+pub(crate) type Results = Vec<(usize, Option<f64>)>;
+
 /// Each worker's `(index, value)` results in index order (`None` where a worker failed or gave
 /// none).
-pub(crate) async fn gather(
-    workers: Vec<tokio::task::JoinHandle<Vec<(usize, Option<f64>)>>>,
-    n: usize,
-) -> Vec<Option<f64>> {
+pub(crate) async fn gather(workers: Vec<tokio::task::JoinHandle<Results>>, n: usize) -> Vec<Option<f64>> {
     let mut by_index: Vec<Option<f64>> = vec![None; n];
     for w in workers {
         if let Ok(rs) = w.await {

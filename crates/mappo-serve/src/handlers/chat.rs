@@ -533,6 +533,8 @@ async fn decide_one(
 }
 
 /// The upstream of the chosen agent, or a 503 naming the missing table.
+// The error is the answer itself, returned to the client at once: not worth a box.
+#[allow(clippy::result_large_err)]
 fn upstream_of<'a>(st: &'a AppState, chosen: &Chosen) -> Result<&'a crate::upstream::Target, Response> {
     st.upstreams.get(&chosen.agent).ok_or_else(|| {
         st.metrics.observe_upstream(&chosen.agent, "unconfigured");
