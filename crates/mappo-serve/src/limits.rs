@@ -6,10 +6,19 @@
 //!   that long); graceful shutdown lets in-flight requests finish;
 //! - the body deadline ([`read_body`]): a request's whole body must arrive within
 //!   `serve.body_timeout_ms` (408 otherwise) — a deadline for the body, not per chunk, so a
-//!   client sending a byte a second cannot hold a handler.
+//!   client sending a byte a second cannot hold a handler;
+//! - the lingering close ([`Lingering`]): a connection the server ends after answering on it
+//!   (`Connection: close` after a 408 or 413, a kept-alive one idle past the header timeout)
+//!   is half-closed and drained for up to
+//!   [`LINGER`] before the socket is dropped, so that bytes the client is still sending do not
+//!   make the kernel answer with a reset — which would throw away the answer the client has
+//!   not read yet (the lingering close of Apache and nginx).
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,7 +31,7 @@ use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -119,7 +128,10 @@ pub(crate) async fn serve_connections(
             tokio::spawn(refuse(stream, refusal.clone()));
             continue;
         };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let conn = graceful.watch(http.serve_connection(
+            TokioIo::new(Lingering { stream: Some(stream), answered: false }),
+            service.clone(),
+        ));
         let metrics = st.metrics.clone();
         metrics.connections_open.inc();
         tokio::spawn(async move {
@@ -150,11 +162,105 @@ fn refusal(max: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Answers 503 and closes, reading (for at most a second) what the client sent so that the
+/// Answers 503 and closes, reading (for at most [`LINGER`]) what the client sent so that the
 /// answer is not lost to a reset.
 async fn refuse(mut stream: TcpStream, answer: Arc<Vec<u8>>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(&answer).await;
+    if tokio::time::timeout(Duration::from_secs(1), stream.write_all(&answer)).await.is_ok() {
+        linger(stream).await;
+    }
+}
+
+/// How long a closed connection is drained before its socket is dropped.
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+
+/// A connection's socket that, when hyper drops it, is not closed at once: it is half-closed
+/// (the answer already written is followed by a FIN) and read until the client closes its side
+/// or [`LINGER`] passes. Closing a socket with unread bytes, or receiving bytes after the close,
+/// makes the kernel send a reset, and a client's kernel that receives a reset discards the
+/// answer it has not handed to the client yet: a slow body would see its 408 vanish.
+/// A connection that was never answered (a slowloris one, an idle one) has nothing to lose and
+/// is closed at once.
+struct Lingering {
+    stream: Option<TcpStream>,
+    /// Whether the server wrote anything on this connection.
+    answered: bool,
+}
+
+impl Lingering {
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.answered = true;
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.answered = true;
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else { return };
+        if !self.answered {
+            return;
+        }
+        // Outside a runtime (the process is ending) there is nothing to linger for.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(linger(stream));
+    }
+}
+
+/// Half-closes `stream` and reads what the client still sends until it closes its side, an
+/// error, or [`LINGER`]; then the socket is dropped.
+async fn linger(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 4096];
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
