@@ -38,16 +38,17 @@ mod error;
 mod group;
 mod log;
 pub mod migrations;
+mod tally;
 mod types;
 mod url;
 
 pub use dashboard::{
-    Dashboard, DashboardGroup, DashboardQuery, DashboardTiming, MeanCi, RecentDecision, Tally, VersionMark,
-    mean_ci, share,
+    Dashboard, DashboardGroup, DashboardQuery, DashboardTiming, RecentDecision, VersionMark,
 };
 pub use error::LogError;
 pub use group::{CommitCounters, GroupCommitOptions, GroupCommitter};
 pub use log::{DecisionLog, OpenOptions};
+pub use tally::{MeanCi, ROLLUP_US, Tally, mean_ci, share};
 pub use types::{
     AgentStats, Decision, DecisionKind, EpisodeEnd, EpisodeState, EpisodeStep, EventQuery, ExportLine,
     ExportOptions, GateRecord, JoinedEvent, LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward,

@@ -1,5 +1,6 @@
 //! [`DecisionLog`]: the two backends behind one type.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::LogError;
 use crate::migrations::{self, Migration};
+use crate::tally;
 use crate::types::{
     AgentStats, Decision, DecisionKind, EpisodeEnd, EpisodeState, EpisodeStep, EventQuery, ExportLine,
     ExportOptions, GateRecord, JoinedEvent, LearnerState, Policy, PolicyInfo, PublishMeta, Published, Reward,
@@ -631,8 +633,11 @@ impl DecisionLog {
                         .push_bind(d.episode.as_ref().map(|e| i64::from(e.step)))
                         .push_bind(d.episode.as_ref().map(|e| e.stage.clone()));
                 });
-                qb.build().execute(&mut *tx).await.map_err(|e| dup(self, e, chunk))?;
+                // Not kept as a prepared statement: each batch size is a different text.
+                qb.build().persistent(false).execute(&mut *tx).await.map_err(|e| dup(self, e, chunk))?;
             }
+            let mut rollup = BTreeMap::new();
+            tally::tally_decisions(&mut rollup, decisions.iter().copied());
             // A step of an episode that has ended is refused (the whole transaction: the group
             // committer then retries each request alone, so only that one fails).
             for d in decisions {
@@ -663,6 +668,16 @@ impl DecisionLog {
                 .map_err(|e| self.err(e))?
                 .rows_affected();
                 if inserted == 1 {
+                    let row = sqlx::query(tally::ROLLUP_KEY_SQL)
+                        .bind(r.id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(|e| self.err(e))?;
+                    let c = |e: sqlx::Error| LogError::Corrupt(e.to_string());
+                    let time_us: i64 = row.try_get("time_us").map_err(c)?;
+                    let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
+                    let key = (tally::rollup_bucket(time_us), row.try_get("agent").map_err(c)?, kind.as_str());
+                    tally::tally_reward(&mut rollup, key, r.reward);
                     outcomes.push(Ok(()));
                     continue;
                 }
@@ -707,6 +722,27 @@ impl DecisionLog {
                 } else {
                     LogError::UnknownEpisode(w.episode.clone())
                 }));
+            }
+            // The dashboard's rollup, last and in key order (see `ROLLUP_UPSERT_SQL`).
+            for ((bucket, agent, kind), t) in &rollup {
+                sqlx::query(tally::ROLLUP_UPSERT_SQL)
+                    .bind(bucket)
+                    .bind(agent)
+                    .bind(*kind)
+                    .bind(t.decisions)
+                    .bind(t.rewarded)
+                    .bind(t.reward_sum)
+                    .bind(t.reward_sq_sum)
+                    .bind(t.cost_weighted)
+                    .bind(t.cost_weight_sum)
+                    .bind(t.cost_weight_min)
+                    .bind(t.cost_weight_max)
+                    .bind(t.shadowed)
+                    .bind(t.shadow_agreed)
+                    .bind(t.shadow_version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
             }
             tx.commit().await.map_err(|e| self.err(e))?;
             Ok((outcomes, ended))

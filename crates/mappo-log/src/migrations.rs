@@ -13,6 +13,10 @@
 //! - 5: episodes: `decisions.episode_id`, `step`, `stage` (nullable; NULL for a one-step
 //!   decision) with a unique index on `(episode_id, step)` (one decision per step, whichever
 //!   replica takes it), and `episode_ends` (one row per ended episode, with its reward if any).
+//! - 6: `decisions_dashboard`, an index covering the dashboard's range aggregate.
+//! - 7: `dashboard_rollup`: the decisions' counts and sums per 10-second bucket, agent and kind
+//!   (what `GET /ui` reads for any range in time proportional to its buckets), kept by every write
+//!   transaction (`log.rs`'s write, with `tally.rs`) and filled here from the rows already logged.
 
 /// One schema step.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +151,7 @@ CREATE INDEX decisions_dashboard ON decisions
     (time_us, agent, kind, action, cost_weight, shadow_version, shadow_action, id);
 ",
     },
+    Migration { version: 7, name: "dashboard rollup", sql: ROLLUP_SQL },
 ];
 
 /// PostgreSQL's migrations.
@@ -264,4 +269,50 @@ CREATE INDEX decisions_dashboard ON decisions
     (time_us, agent, kind, action, cost_weight, shadow_version, shadow_action, id);
 ",
     },
+    Migration { version: 7, name: "dashboard rollup", sql: ROLLUP_SQL },
 ];
+
+/// The rollup's rows computed from every decision (and reward) logged, in buckets of
+/// [`crate::ROLLUP_US`] (10 s: the `10000000` below). Integer division truncates on both
+/// backends, as the writers' buckets do for the times a log holds (after 1970). Migration 7
+/// runs it once; `DecisionLog::rebuild_dashboard_rollup` runs it again.
+macro_rules! rollup_backfill {
+    () => {
+        "INSERT INTO dashboard_rollup
+SELECT (d.time_us / 10000000) * 10000000, d.agent, d.kind, COUNT(*), COUNT(r.decision_id),
+    COALESCE(SUM(r.reward), 0), COALESCE(SUM(r.reward * r.reward), 0),
+    COUNT(d.cost_weight), COALESCE(SUM(d.cost_weight), 0), MIN(d.cost_weight), MAX(d.cost_weight),
+    COUNT(d.shadow_action), COUNT(CASE WHEN d.shadow_action = d.action THEN 1 END), MAX(d.shadow_version)
+FROM decisions d LEFT JOIN rewards r ON r.decision_id = d.id
+GROUP BY 1, 2, 3"
+    };
+}
+
+/// See [`rollup_backfill!`].
+pub const ROLLUP_BACKFILL: &str = rollup_backfill!();
+
+/// Migration 7, the same on both backends: the rollup table, then the rows of every decision
+/// (and reward) already logged.
+const ROLLUP_SQL: &str = concat!(
+    "
+CREATE TABLE dashboard_rollup (
+    bucket_us BIGINT NOT NULL,
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    decisions BIGINT NOT NULL,
+    rewarded BIGINT NOT NULL,
+    reward_sum DOUBLE PRECISION NOT NULL,
+    reward_sq_sum DOUBLE PRECISION NOT NULL,
+    cost_weighted BIGINT NOT NULL,
+    cost_weight_sum DOUBLE PRECISION NOT NULL,
+    cost_weight_min DOUBLE PRECISION,
+    cost_weight_max DOUBLE PRECISION,
+    shadowed BIGINT NOT NULL,
+    shadow_agreed BIGINT NOT NULL,
+    shadow_version BIGINT,
+    PRIMARY KEY (bucket_us, agent, kind)
+);
+",
+    rollup_backfill!(),
+    ";\n"
+);

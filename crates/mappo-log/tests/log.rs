@@ -616,3 +616,129 @@ async fn episodes_steps_ends_export_and_stats(db: &TestDb) {
     assert_eq!((s.decisions, s.episodes, s.episodes_ended), (5, 3, 2));
     assert_eq!(s.episode_reward_mean, Some(2.5));
 }
+
+both!(dashboard_rollup_counts_what_was_logged);
+/// The dashboard's rollup (kept by every write transaction) against a count made here from the
+/// decisions and rewards sent: written by four concurrent group committers (rewards in the same
+/// batches as their decisions and in later ones, a second reward refused), read over a range
+/// whose ends fall inside rollup buckets (so both edges are scanned), in minute buckets; then
+/// the same after `rebuild_dashboard_rollup` (migration 7's backfill) and from a scan.
+async fn dashboard_rollup_counts_what_was_logged(db: &TestDb) {
+    use std::collections::BTreeMap;
+
+    use mappo_log::{DashboardQuery, ShadowChoice, Tally};
+    let log = db.open().await;
+    let base = 1_700_000_000_000_000i64; // a multiple of 10 s
+    let mut ds = Vec::new();
+    for i in 0..800u32 {
+        let mut d = decision(i);
+        // 4 minutes, 0.3 s apart, so every 10-s bucket and minute holds several.
+        d.time = Timestamp(base + i64::from(i) * 300_000 + 1234);
+        if i % 3 == 0 {
+            d.cost_weight = Some((i % 7) as f32 * 0.125);
+        }
+        if i % 4 == 0 {
+            d.shadow = Some(ShadowChoice { version: 2 + i64::from(i % 2), action: i % 2, propensity: 0.5 });
+        }
+        ds.push(d);
+    }
+    let rewards: BTreeMap<usize, f64> =
+        (0..ds.len()).filter(|i| i % 3 != 1).map(|i| (i, (i % 11) as f64 * 0.1 - 0.3)).collect();
+    let committer = GroupCommitter::new(log.clone(), GroupCommitOptions::default());
+    let mut tasks = Vec::new();
+    for part in 0..4 {
+        let (c, ds, rewards) = (committer.clone(), ds.clone(), rewards.clone());
+        tasks.push(tokio::spawn(async move {
+            for (i, d) in ds.iter().enumerate().filter(|(i, _)| i % 4 == part) {
+                c.log_decisions(std::slice::from_ref(d)).await.unwrap();
+                if let Some(r) = rewards.get(&i).filter(|_| i % 2 == 0) {
+                    c.record_reward(d.id, *r).await.unwrap();
+                }
+            }
+            for (i, d) in ds.iter().enumerate().filter(|(i, _)| i % 4 == part) {
+                if let Some(r) = rewards.get(&i).filter(|_| i % 2 == 1) {
+                    c.record_reward(d.id, *r).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(matches!(log.record_reward(ds[0].id, 9.0).await, Err(LogError::AlreadyRewarded(_))));
+
+    // The range: from decision 17 to before decision 777, neither on a 10-s boundary.
+    let q = DashboardQuery {
+        from: ds[17].time,
+        to: ds[777].time,
+        bucket_us: 60_000_000,
+        max_decisions: 100_000,
+        recent: 5,
+        history: 5,
+    };
+    assert_ne!(q.from.0 % mappo_log::ROLLUP_US, 0);
+    let mut want: BTreeMap<(i64, String, &str), Tally> = BTreeMap::new();
+    for (i, d) in ds.iter().enumerate().filter(|(_, d)| d.time >= q.from && d.time < q.to) {
+        let t = want.entry((q.bucket_of(d.time).0, d.agent.clone(), d.kind.as_str())).or_default();
+        t.decisions += 1;
+        match d.kind {
+            DecisionKind::Sampled => t.sampled += 1,
+            DecisionKind::Greedy => t.greedy += 1,
+            DecisionKind::Forced => t.forced += 1,
+        }
+        if let Some(r) = rewards.get(&i) {
+            t.rewarded += 1;
+            t.reward_sum += r;
+            t.reward_sq_sum += r * r;
+        }
+        if let Some(cw) = d.cost_weight.map(f64::from) {
+            t.cost_weighted += 1;
+            t.cost_weight_sum += cw;
+            t.cost_weight_min = Some(t.cost_weight_min.map_or(cw, |m| m.min(cw)));
+            t.cost_weight_max = Some(t.cost_weight_max.map_or(cw, |m| m.max(cw)));
+        }
+        if let Some(s) = d.shadow {
+            t.shadowed += 1;
+            t.shadow_agreed += i64::from(s.action == d.action);
+            t.shadow_version = t.shadow_version.max(Some(s.version));
+        }
+    }
+    assert_eq!(want.values().map(|t| t.decisions).sum::<i64>(), 760);
+    let check = |dash: &mappo_log::Dashboard, how: &str| {
+        assert_eq!(dash.cut_at, None, "{how}");
+        let got: BTreeMap<(i64, String, &str), Tally> =
+            dash.groups.iter().map(|g| ((g.bucket.0, g.agent.clone(), g.kind.as_str()), g.tally)).collect();
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{how}");
+        for (k, w) in &want {
+            let g = &got[k];
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+            assert!(
+                close(g.reward_sum, w.reward_sum) && close(g.reward_sq_sum, w.reward_sq_sum),
+                "{how} {k:?}"
+            );
+            assert!(close(g.cost_weight_sum, w.cost_weight_sum), "{how} {k:?}");
+            let exact = |t: &Tally| Tally { reward_sum: 0.0, reward_sq_sum: 0.0, cost_weight_sum: 0.0, ..*t };
+            assert_eq!(exact(g), exact(w), "{how} {k:?}");
+        }
+    };
+    check(&log.dashboard(&q).await.unwrap(), "rollup");
+    // A scan of the same range (10-s buckets summed into minutes by hand would be the rollup
+    // again; 30-s buckets are a multiple, 15-s ones are not): 15-s buckets summed per minute.
+    let scan = log.dashboard(&DashboardQuery { bucket_us: 15_000_000, ..q }).await.unwrap();
+    let mut by_minute = scan.clone();
+    by_minute.query = q;
+    by_minute.groups.clear();
+    let mut merged: BTreeMap<(i64, String, &str), (DecisionKind, Tally)> = BTreeMap::new();
+    for g in &scan.groups {
+        let e = merged
+            .entry((q.bucket_of(g.bucket).0, g.agent.clone(), g.kind.as_str()))
+            .or_insert((g.kind, Tally::default()));
+        e.1.add(&g.tally);
+    }
+    for ((b, agent, _), (kind, tally)) in merged {
+        by_minute.groups.push(mappo_log::DashboardGroup { bucket: Timestamp(b), agent, kind, tally });
+    }
+    check(&by_minute, "scan");
+    log.rebuild_dashboard_rollup().await.unwrap();
+    check(&log.dashboard(&q).await.unwrap(), "rebuilt");
+}

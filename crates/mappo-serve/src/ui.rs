@@ -96,8 +96,8 @@ pub(crate) struct UiParams {
 impl UiParams {
     /// Parses `minutes`, `bucket` and `refresh` from a query string: integers; `minutes` is
     /// clamped to 1..=43200; `bucket` must give at most [`MAX_BUCKETS`] buckets (default: the
-    /// range in about 60); `refresh` is 0..=86400. Anything else (another name, a repeated
-    /// name, not an integer) is an error message.
+    /// range in about 60, a multiple of 10 s); `refresh` is 0..=86400. Anything else (another
+    /// name, a repeated name, not an integer) is an error message.
     pub(crate) fn parse(query: Option<&str>) -> Result<Self, String> {
         let (mut minutes, mut bucket, mut refresh) = (None, None, None);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -124,7 +124,8 @@ impl UiParams {
         let minutes = minutes.unwrap_or(60).clamp(1, MAX_MINUTES);
         let range_s = minutes * 60;
         let bucket = match bucket {
-            None => (range_s / 60).max(1),
+            // About 60 buckets, a multiple of the log's 10-s rollup (read without a scan).
+            None => ((range_s / 60 + 9) / 10 * 10).max(10),
             Some(b) if b < 1 => return Err(format!("bucket must be at least 1 second, got {b}")),
             Some(b) => b.min(range_s),
         };
@@ -1349,6 +1350,11 @@ mod tests {
         assert_eq!(p, UiParams { minutes: 1, bucket: 5, refresh: 30 });
         let p = UiParams::parse(Some("minutes=999999")).expect("clamped");
         assert_eq!((p.minutes, p.bucket), (MAX_MINUTES, MAX_MINUTES));
+        // Default buckets are whole multiples of the log's 10-s rollup.
+        for (minutes, bucket) in [(1, 10), (5, 10), (15, 20), (90, 90), (1440, 1440)] {
+            let p = UiParams::parse(Some(&format!("minutes={minutes}"))).expect("default bucket");
+            assert_eq!(p.bucket, bucket, "{minutes} minutes");
+        }
         assert_eq!(UiParams::parse(Some("minutes=10&bucket=9999")).expect("one bucket").bucket, 600);
         for bad in [
             "minutes=abc",
