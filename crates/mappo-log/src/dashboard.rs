@@ -230,15 +230,31 @@ fn rollup_span(q: &DashboardQuery) -> Span {
     }
 }
 
-/// The aggregate: decisions of the range after the cut `(time, id)`, by bucket, agent and kind.
-const GROUPS_SQL: &str = "SELECT d.time_us / $1 AS b, d.agent AS agent, d.kind AS kind, COUNT(*) AS n, \
-     COUNT(r.decision_id) AS rewarded, SUM(r.reward) AS rsum, SUM(r.reward * r.reward) AS rsq, \
-     COUNT(d.cost_weight) AS ncw, SUM(d.cost_weight) AS cwsum, MIN(d.cost_weight) AS cwmin, \
-     MAX(d.cost_weight) AS cwmax, COUNT(d.shadow_action) AS nshadow, \
-     COUNT(CASE WHEN d.shadow_action = d.action THEN 1 END) AS agree, MAX(d.shadow_version) AS shadow \
-     FROM decisions d LEFT JOIN rewards r ON r.decision_id = d.id \
-     WHERE d.time_us >= $2 AND d.time_us < $3 AND (d.time_us > $4 OR (d.time_us = $4 AND d.id > $5)) \
-     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
+/// The aggregate's text up to its WHERE: decisions by bucket, agent and kind, rewards joined.
+macro_rules! groups_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT d.time_us / $1 AS b, d.agent AS agent, d.kind AS kind, COUNT(*) AS n, \
+             COUNT(r.decision_id) AS rewarded, SUM(r.reward) AS rsum, SUM(r.reward * r.reward) AS rsq, \
+             COUNT(d.cost_weight) AS ncw, SUM(d.cost_weight) AS cwsum, MIN(d.cost_weight) AS cwmin, \
+             MAX(d.cost_weight) AS cwmax, COUNT(d.shadow_action) AS nshadow, \
+             COUNT(CASE WHEN d.shadow_action = d.action THEN 1 END) AS agree, MAX(d.shadow_version) AS shadow \
+             FROM decisions d LEFT JOIN rewards r ON r.decision_id = d.id \
+             WHERE d.time_us >= $2 AND d.time_us < $3",
+            $filter,
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+    };
+}
+
+/// The aggregate of the decisions of `[$2, $3)` (a rollup's partial edge).
+const GROUPS_SQL: &str = groups_sql!("");
+
+/// The aggregate of the decisions of `[$2, $3)` after the cut `($4, $5)` = (time, id). Only the
+/// bounded scan uses it: SQLite plans the OR as a second range, fast for a cut far into the
+/// range, but 25x slower than [`GROUPS_SQL`] on a short edge (61 ms against 2.3 ms for 1,653
+/// decisions of a 1M log).
+const GROUPS_AFTER_CUT_SQL: &str = groups_sql!(" AND (d.time_us > $4 OR (d.time_us = $4 AND d.id > $5))");
 
 /// The newest decision left out by the bound, if any: the `max_decisions`-th after the newest.
 const CUT_SQL: &str = "SELECT time_us, id FROM decisions WHERE time_us >= $1 AND time_us < $2 \
@@ -273,15 +289,10 @@ impl DecisionLog {
         };
         let span = rollup_span(q);
         on_pool!(self, p, Db, pg => {
-            // One scan of the decisions of [lo, hi) after the cut, grouped as the query asks.
+            // One scan of decisions (a GROUPS query), grouped as the query asks.
             macro_rules! scan {
-                ($lo:expr, $hi:expr, $cut_time:expr, $cut_id:expr) => {{
-                    let rows = sqlx::query(GROUPS_SQL)
-                        .bind(q.bucket_us)
-                        .bind($lo)
-                        .bind($hi)
-                        .bind($cut_time)
-                        .bind($cut_id)
+                ($query:expr) => {{
+                    let rows = $query
                         .fetch_all(p)
                         .await
                         .map_err(|e| self.err(e))?;
@@ -312,7 +323,7 @@ impl DecisionLog {
             match span {
                 Span::Rollup { whole, edges } => {
                     for (lo, hi) in edges.into_iter().flatten() {
-                        scan!(lo, hi, i64::MIN, Uuid::nil());
+                        scan!(sqlx::query(GROUPS_SQL).bind(q.bucket_us).bind(lo).bind(hi));
                     }
                     if let Some((lo, hi)) = whole {
                         let rows = sqlx::query(ROLLUP_SQL)
@@ -356,8 +367,17 @@ impl DecisionLog {
                         None => None,
                     };
                     cut_at = cut.map(|(t, _)| Timestamp(t));
-                    let (cut_time, cut_id) = cut.unwrap_or((i64::MIN, Uuid::nil()));
-                    scan!(q.from.0, q.to.0, cut_time, cut_id);
+                    match cut {
+                        Some((cut_time, cut_id)) => scan!(
+                            sqlx::query(GROUPS_AFTER_CUT_SQL)
+                                .bind(q.bucket_us)
+                                .bind(q.from.0)
+                                .bind(q.to.0)
+                                .bind(cut_time)
+                                .bind(cut_id)
+                        ),
+                        None => scan!(sqlx::query(GROUPS_SQL).bind(q.bucket_us).bind(q.from.0).bind(q.to.0)),
+                    }
                 }
             }
             let mut groups = Vec::with_capacity(merged.len());
