@@ -311,6 +311,13 @@ pub struct PpoConfig {
     /// and its outputs are mapped back to the reward's scale for GAE. The statistics are saved
     /// in checkpoints. Default false.
     pub value_norm: bool,
+    /// Decoupled PPO for updates from logged decisions (`mappo learn`; Hilton et al. 2022,
+    /// "Batch size-invariance for policy optimization"): 0 (default) clips the ratio π/μ against
+    /// the logged propensity μ, as before; a value c > 0 clips the ratio against the policy as
+    /// it is at the start of the update (the proximal policy π_prox) and weights each advantage
+    /// by min(π_prox/μ, c), so that decisions taken by versions several updates old still move
+    /// the policy instead of being clipped. Not used by `mappo train` (its rollouts are on-policy).
+    pub decoupled_max_weight: f64,
 }
 
 impl Default for PpoConfig {
@@ -333,6 +340,7 @@ impl Default for PpoConfig {
             target_kl: 0.0,
             input_dropout: 0.0,
             value_norm: false,
+            decoupled_max_weight: 0.0,
         }
     }
 }
@@ -620,6 +628,7 @@ impl Config {
         at_least("ppo.epochs", p.epochs as u64, 1)?;
         at_least("ppo.minibatches", p.minibatches as u64, 1)?;
         non_negative("ppo.target_kl", p.target_kl)?;
+        non_negative("ppo.decoupled_max_weight", p.decoupled_max_weight)?;
         if !(0.0..1.0).contains(&p.input_dropout) {
             return Err(bad("ppo.input_dropout", p.input_dropout, "must be in [0, 1)"));
         }

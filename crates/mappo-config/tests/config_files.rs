@@ -61,7 +61,7 @@ fn rewritten(old: &str, c: &Config) -> String {
             out.push_str("cost = 0.0\n");
         }
         if line.starts_with("target_kl = ") {
-            out.push_str("input_dropout = 0.0\nvalue_norm = false\n");
+            out.push_str("input_dropout = 0.0\nvalue_norm = false\ndecoupled_max_weight = 0.0\n");
         }
     }
     format!("{out}{}", serve_section(c))

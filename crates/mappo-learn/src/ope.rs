@@ -259,7 +259,7 @@ impl Default for OpeOptions {
 pub fn score_interval(value: f64, range: [f64; 2], n: f64) -> [f64; 2] {
     let [lo, hi] = range;
     let width = hi - lo;
-    if !(width > 0.0) || !(n > 0.0) || !value.is_finite() {
+    if width.is_nan() || width <= 0.0 || n.is_nan() || n <= 0.0 || !value.is_finite() {
         return [lo.min(value), hi.max(value)];
     }
     let p = ((value - lo) / width).clamp(0.0, 1.0);

@@ -286,15 +286,34 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         self.actor.set_lr(p.lr_actor);
         self.critic.set_lr(p.lr_critic);
         let obs = batch.obs.to_device(&self.device)?;
-        let values = self.policy.forward(&obs)?.values.detach().to_vec1::<f32>()?;
+        let out = self.policy.forward(&obs)?;
+        let values = out.values.detach().to_vec1::<f32>()?;
         let log_mu: Vec<f32> = batch.propensities.iter().map(|m| m.ln()).collect();
+        // Decoupled PPO: the ratio against π_prox (this policy now), the advantage weighted by
+        // min(π_prox/μ, c). Without it the logged μ is the old policy.
+        let decoupled = (p.decoupled_max_weight > 0.0).then(|| -> Result<_, TrainError> {
+            let logits = out.logits.detach().flatten_all()?.to_vec1::<f32>()?;
+            let a = logits.len() / n;
+            let mut row = vec![0f64; a];
+            let mut log_prox = Vec::with_capacity(n);
+            let mut weights = Vec::with_capacity(n);
+            for (i, (&act, &lm)) in batch.actions.iter().zip(&log_mu).enumerate() {
+                mappo_nn::log_softmax_row(&logits[i * a..(i + 1) * a], &mut row);
+                let lp = row[act as usize];
+                log_prox.push(lp as f32);
+                weights.push((lp - f64::from(lm)).exp().min(p.decoupled_max_weight) as f32);
+            }
+            Ok((log_prox, weights))
+        });
+        let decoupled = decoupled.transpose()?;
+        let old_log_probs = decoupled.as_ref().map_or(&log_mu, |(lp, _)| lp);
         let logged = if batch.ends.is_empty() {
             // One-step episodes: one batched transition.
             let mut logged = Rollout::new(n);
             logged.push(Transition {
                 obs: &obs,
                 actions: &batch.actions,
-                log_probs: &log_mu,
+                log_probs: old_log_probs,
                 values: &values,
                 rewards: &batch.rewards,
                 done: &vec![true; n],
@@ -304,11 +323,16 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             self.episode_returns = (batch.rewards.iter().map(|&r| f64::from(r)).sum(), n);
             logged
         } else {
-            self.logged_episodes(batch, &obs, &values, &log_mu)?
+            self.logged_episodes(batch, &obs, &values, old_log_probs)?
         };
         let (gae, explained_variance) = self.advantages(&logged, &[])?;
         let mean_reward = batch.rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64;
-        let targets = self.value_targets(gae);
+        let mut targets = self.value_targets(gae);
+        if let Some((_, w)) = &decoupled {
+            // The weight scales the advantage only (the critic's targets stay as they are):
+            // w·min(r·A, clip(r)·A) = min(r·wA, clip(r)·wA) for w ≥ 0.
+            targets.advantages.iter_mut().zip(w).for_each(|(a, w)| *a *= w);
+        }
         let collected = std::mem::replace(&mut self.rollout, logged);
         let result = self.optimise(&targets);
         self.rollout = collected;
@@ -323,7 +347,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
         batch: &LoggedBatch,
         obs: &Tensor,
         values: &[f32],
-        log_mu: &[f32],
+        old_log_probs: &[f32],
     ) -> Result<Rollout, TrainError> {
         let truncated = batch.ends.iter().filter(|&&e| e == StepEnd::Truncated).count();
         let boot = match &batch.bootstrap_obs {
@@ -345,7 +369,7 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             logged.push(Transition {
                 obs: &obs.narrow(0, i, 1)?,
                 actions: &batch.actions[i..=i],
-                log_probs: &log_mu[i..=i],
+                log_probs: &old_log_probs[i..=i],
                 values: &values[i..=i],
                 rewards: &batch.rewards[i..=i],
                 done: &[*end == StepEnd::Done],
