@@ -230,15 +230,18 @@ fn rollup_span(q: &DashboardQuery) -> Span {
     }
 }
 
-/// The aggregate's text up to its WHERE: decisions by bucket, agent and kind, rewards joined.
+/// The aggregate of decisions by bucket, agent and kind, rewards joined, with `$filter` added to
+/// its WHERE; its columns are named as the rollup's ([`ROLLUP_SQL`]), so one decoding reads both.
 macro_rules! groups_sql {
     ($filter:literal) => {
         concat!(
-            "SELECT d.time_us / $1 AS b, d.agent AS agent, d.kind AS kind, COUNT(*) AS n, \
-             COUNT(r.decision_id) AS rewarded, SUM(r.reward) AS rsum, SUM(r.reward * r.reward) AS rsq, \
-             COUNT(d.cost_weight) AS ncw, SUM(d.cost_weight) AS cwsum, MIN(d.cost_weight) AS cwmin, \
-             MAX(d.cost_weight) AS cwmax, COUNT(d.shadow_action) AS nshadow, \
-             COUNT(CASE WHEN d.shadow_action = d.action THEN 1 END) AS agree, MAX(d.shadow_version) AS shadow \
+            "SELECT (d.time_us / $1) * $1 AS bucket_us, d.agent AS agent, d.kind AS kind, \
+             COUNT(*) AS decisions, COUNT(r.decision_id) AS rewarded, SUM(r.reward) AS reward_sum, \
+             SUM(r.reward * r.reward) AS reward_sq_sum, COUNT(d.cost_weight) AS cost_weighted, \
+             SUM(d.cost_weight) AS cost_weight_sum, MIN(d.cost_weight) AS cost_weight_min, \
+             MAX(d.cost_weight) AS cost_weight_max, COUNT(d.shadow_action) AS shadowed, \
+             COUNT(CASE WHEN d.shadow_action = d.action THEN 1 END) AS shadow_agreed, \
+             MAX(d.shadow_version) AS shadow_version \
              FROM decisions d LEFT JOIN rewards r ON r.decision_id = d.id \
              WHERE d.time_us >= $2 AND d.time_us < $3",
             $filter,
@@ -289,7 +292,34 @@ impl DecisionLog {
         };
         let span = rollup_span(q);
         on_pool!(self, p, Db, pg => {
-            // One scan of decisions (a GROUPS query), grouped as the query asks.
+            // One row of a GROUPS query or of the rollup (the same columns) added to `merged`.
+            macro_rules! add_row {
+                ($row:expr) => {{
+                    let row = $row;
+                    let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
+                    let sum = |name: &str| -> Result<f64, LogError> {
+                        Ok(row.try_get::<Option<f64>, _>(name).map_err(c)?.unwrap_or(0.0))
+                    };
+                    let tally = Tally {
+                        decisions: row.try_get("decisions").map_err(c)?,
+                        rewarded: row.try_get("rewarded").map_err(c)?,
+                        reward_sum: sum("reward_sum")?,
+                        reward_sq_sum: sum("reward_sq_sum")?,
+                        cost_weighted: row.try_get("cost_weighted").map_err(c)?,
+                        cost_weight_sum: sum("cost_weight_sum")?,
+                        cost_weight_min: row.try_get("cost_weight_min").map_err(c)?,
+                        cost_weight_max: row.try_get("cost_weight_max").map_err(c)?,
+                        shadowed: row.try_get("shadowed").map_err(c)?,
+                        shadow_agreed: row.try_get("shadow_agreed").map_err(c)?,
+                        shadow_version: row.try_get("shadow_version").map_err(c)?,
+                        ..Tally::default()
+                    }
+                    .of_kind(kind);
+                    let bucket = q.bucket_of(Timestamp(row.try_get("bucket_us").map_err(c)?)).0;
+                    add(bucket, row.try_get("agent").map_err(c)?, kind, tally);
+                }};
+            }
+            // The rows of a GROUPS query or of the rollup, added to `merged`.
             macro_rules! scan {
                 ($query:expr) => {{
                     let rows = $query
@@ -297,25 +327,7 @@ impl DecisionLog {
                         .await
                         .map_err(|e| self.err(e))?;
                     for row in &rows {
-                        let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
-                        let n: i64 = row.try_get("n").map_err(c)?;
-                        let b: i64 = row.try_get("b").map_err(c)?;
-                        let tally = Tally {
-                            decisions: n,
-                            rewarded: row.try_get("rewarded").map_err(c)?,
-                            reward_sum: row.try_get::<Option<f64>, _>("rsum").map_err(c)?.unwrap_or(0.0),
-                            reward_sq_sum: row.try_get::<Option<f64>, _>("rsq").map_err(c)?.unwrap_or(0.0),
-                            cost_weighted: row.try_get("ncw").map_err(c)?,
-                            cost_weight_sum: row.try_get::<Option<f64>, _>("cwsum").map_err(c)?.unwrap_or(0.0),
-                            cost_weight_min: row.try_get("cwmin").map_err(c)?,
-                            cost_weight_max: row.try_get("cwmax").map_err(c)?,
-                            shadowed: row.try_get("nshadow").map_err(c)?,
-                            shadow_agreed: row.try_get("agree").map_err(c)?,
-                            shadow_version: row.try_get("shadow").map_err(c)?,
-                            ..Tally::default()
-                        }
-                        .of_kind(kind);
-                        add(b.saturating_mul(q.bucket_us), row.try_get("agent").map_err(c)?, kind, tally);
+                        add_row!(row);
                     }
                 }};
             }
@@ -326,32 +338,7 @@ impl DecisionLog {
                         scan!(sqlx::query(GROUPS_SQL).bind(q.bucket_us).bind(lo).bind(hi));
                     }
                     if let Some((lo, hi)) = whole {
-                        let rows = sqlx::query(ROLLUP_SQL)
-                            .bind(lo)
-                            .bind(hi)
-                            .fetch_all(p)
-                            .await
-                            .map_err(|e| self.err(e))?;
-                        for row in &rows {
-                            let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
-                            let b: i64 = row.try_get("bucket_us").map_err(c)?;
-                            let tally = Tally {
-                                decisions: row.try_get("decisions").map_err(c)?,
-                                rewarded: row.try_get("rewarded").map_err(c)?,
-                                reward_sum: row.try_get("reward_sum").map_err(c)?,
-                                reward_sq_sum: row.try_get("reward_sq_sum").map_err(c)?,
-                                cost_weighted: row.try_get("cost_weighted").map_err(c)?,
-                                cost_weight_sum: row.try_get("cost_weight_sum").map_err(c)?,
-                                cost_weight_min: row.try_get("cost_weight_min").map_err(c)?,
-                                cost_weight_max: row.try_get("cost_weight_max").map_err(c)?,
-                                shadowed: row.try_get("shadowed").map_err(c)?,
-                                shadow_agreed: row.try_get("shadow_agreed").map_err(c)?,
-                                shadow_version: row.try_get("shadow_version").map_err(c)?,
-                                ..Tally::default()
-                            }
-                            .of_kind(kind);
-                            add(q.bucket_of(Timestamp(b)).0, row.try_get("agent").map_err(c)?, kind, tally);
-                        }
+                        scan!(sqlx::query(ROLLUP_SQL).bind(lo).bind(hi));
                     }
                 }
                 Span::Scan => {
