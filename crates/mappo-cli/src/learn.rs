@@ -390,7 +390,7 @@ fn from_file(a: &LearnArgs, file: &Path, cfg: Config) -> Result<i32> {
             break;
         }
         i = next;
-        let m = update_trainer(&mut trainer, &b)?;
+        let m = update_trainer(&mut trainer, &b, s.events.learned)?;
         s.events.add(&b.counts);
         s.updates += 1;
         tracing::info!(

@@ -6,8 +6,10 @@ use crate::{ConfigError, GateEstimator, MissingReward};
 
 /// How `mappo learn` turns the decision log into PPO updates. The batch of one
 /// update is `train.batch_size` events; epochs, minibatches, clipping and
-/// learning rates come from `[ppo]` (the learning rates stay constant: a
-/// learner has no last update to anneal towards).
+/// learning rates come from `[ppo]`. They stay constant unless
+/// `lr_decay_events` is set (a learner has no last update to anneal towards;
+/// this gives it a horizon in logged steps, with a floor so that it keeps
+/// adapting afterwards).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnConfig {
@@ -40,6 +42,13 @@ pub struct LearnConfig {
     /// bootstrapped from the critic). Until then the learner waits for it (and for everything
     /// logged after it). Default 600.
     pub episode_timeout_s: f64,
+    /// Decay both learning rates linearly over the first this many learned events (logged
+    /// steps) of the learner, from `ppo.lr_actor`/`ppo.lr_critic` down to `lr_floor` times them,
+    /// then hold them there. 0 keeps them constant. Default 0.
+    pub lr_decay_events: u64,
+    /// The fraction of the learning rates kept after `lr_decay_events` (a learner that keeps
+    /// running keeps adapting to new traffic). Default 0.1.
+    pub lr_floor: f64,
 }
 
 impl Default for LearnConfig {
@@ -54,11 +63,24 @@ impl Default for LearnConfig {
             gate_estimator: GateEstimator::Dr,
             round_updates: 100,
             episode_timeout_s: 600.0,
+            lr_decay_events: 0,
+            lr_floor: 0.1,
         }
     }
 }
 
 impl LearnConfig {
+    /// The factor on `ppo.lr_actor`/`ppo.lr_critic` for an update after `learned` events:
+    /// 1 − (1 − `lr_floor`) · learned / `lr_decay_events`, never below `lr_floor`; 1 when
+    /// `lr_decay_events` is 0.
+    pub fn lr_scale(&self, learned: u64) -> f64 {
+        if self.lr_decay_events == 0 {
+            return 1.0;
+        }
+        let done = (learned as f64 / self.lr_decay_events as f64).min(1.0);
+        1.0 - (1.0 - self.lr_floor) * done
+    }
+
     /// Checks every value's range; the error names the key (`learn.…`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, value: &dyn std::fmt::Display, allowed: &str| ConfigError::Invalid {
@@ -83,6 +105,12 @@ impl LearnConfig {
         if !(self.episode_timeout_s.is_finite() && self.episode_timeout_s >= 0.0) {
             return Err(bad("episode_timeout_s", &self.episode_timeout_s, "must be a finite number >= 0"));
         }
+        if !(self.lr_floor.is_finite() && (0.0..=1.0).contains(&self.lr_floor)) {
+            return Err(bad("lr_floor", &self.lr_floor, "must be a number in [0, 1]"));
+        }
+        if self.lr_decay_events > 1 << 53 {
+            return Err(bad("lr_decay_events", &self.lr_decay_events, "must be an integer in [0, 2^53]"));
+        }
         if !(1..=1_000_000).contains(&self.round_updates) {
             return Err(bad("round_updates", &self.round_updates, "must be an integer in [1, 1000000]"));
         }
@@ -99,6 +127,19 @@ mod tests {
         LearnConfig::default().validate().expect("defaults validate");
         let e = LearnConfig { gate_margin: -0.1, ..Default::default() }.validate().expect_err("negative");
         assert!(e.to_string().contains("learn.gate_margin"), "{e}");
+    }
+
+    /// The learning-rate scale of the learner after `learned` events.
+    #[test]
+    fn lr_decays_linearly_to_the_floor_and_stays() {
+        let c = LearnConfig { lr_decay_events: 1000, lr_floor: 0.1, ..Default::default() };
+        assert_eq!(c.lr_scale(0), 1.0);
+        assert!((c.lr_scale(500) - 0.55).abs() < 1e-12);
+        assert!((c.lr_scale(1000) - 0.1).abs() < 1e-12);
+        assert!((c.lr_scale(50_000) - 0.1).abs() < 1e-12);
+        assert_eq!(LearnConfig::default().lr_scale(1 << 40), 1.0, "off by default: constant");
+        let e = LearnConfig { lr_floor: 1.5, ..Default::default() }.validate().expect_err("floor");
+        assert!(e.to_string().contains("learn.lr_floor"), "{e}");
     }
 
     #[test]

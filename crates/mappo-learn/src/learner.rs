@@ -311,8 +311,14 @@ pub fn trainer_from_checkpoint(
 }
 
 /// One off-policy PPO update of `trainer` from a prepared batch (see
-/// [`mappo_train::Trainer::update_from_logged`]).
-pub fn update_trainer(trainer: &mut LogTrainer, b: &PreparedBatch) -> Result<UpdateMetrics, LearnError> {
+/// [`mappo_train::Trainer::update_from_logged`]), `learned` events after the learner's start:
+/// the learning rates follow `learn.lr_decay_events` / `learn.lr_floor` of the trainer's config.
+pub fn update_trainer(
+    trainer: &mut LogTrainer,
+    b: &PreparedBatch,
+    learned: u64,
+) -> Result<UpdateMetrics, LearnError> {
+    let lr_scale = trainer.config().learn.lr_scale(learned);
     let n = b.actions.len();
     let obs_dim = b.obs.len().checked_div(n).unwrap_or(0);
     let obs =
@@ -329,6 +335,7 @@ pub fn update_trainer(trainer: &mut LogTrainer, b: &PreparedBatch) -> Result<Upd
         rewards: b.rewards.clone(),
         ends: b.ends.clone(),
         bootstrap_obs,
+        lr_scale,
     };
     Ok(trainer.update_from_logged(&logged)?)
 }
@@ -562,7 +569,9 @@ impl Learner {
     pub fn update(&mut self, b: &PreparedBatch) -> Result<Candidate, LearnError> {
         let trainer =
             self.trainer.as_mut().ok_or_else(|| LearnError::BadLog("the learner is not loaded".into()))?;
-        let metrics = update_trainer(trainer, b)?;
+        let learned = self.saved.as_ref().map_or(0, |s| s.learned.max(0) as u64)
+            + self.pending.as_ref().map_or(0, |p| p.1.learned);
+        let metrics = update_trainer(trainer, b, learned)?;
         let pending = self.pending.get_or_insert((None, EventCounts::default()));
         pending.0 = b.watermark.or(pending.0);
         pending.1.add(&b.counts);

@@ -176,7 +176,9 @@ async fn an_end_reward_teaches_the_first_turn_and_open_episodes_wait_for_their_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_episode_learner_ends_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = settings(1.0);
+    let mut cfg = settings(1.0);
+    // The learning rates decay over the first half of the log: the schedule restarts right too.
+    cfg.learn.lr_decay_events = 600;
     let t = traffic(600, 0);
     let log_a = log_of(dir.path(), "a.db", &cfg, &t).await;
     let log_b = log_of(dir.path(), "b.db", &cfg, &t).await;
@@ -245,4 +247,36 @@ async fn decoupled_ppo_learns_from_a_stale_behaviour_policy() {
     let (coupled, decoupled) = (accuracy[0], accuracy[1]);
     eprintln!("first-turn accuracy from a stale log: coupled {coupled:.3}, decoupled {decoupled:.3}");
     assert!(decoupled > 0.7 && decoupled > coupled + 0.1, "coupled {coupled}, decoupled {decoupled}");
+}
+
+/// `learn.lr_decay_events`: the learning rates fall linearly with the events learned, from
+/// `ppo.lr_actor` to `learn.lr_floor` times it, and stay there; a restarted learner continues
+/// the schedule from its committed count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learning_rates_decay_with_the_events_learned_and_resume_with_the_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = settings(1.0);
+    cfg.learn.lr_decay_events = 256;
+    cfg.learn.lr_floor = 0.1;
+    let log = log_of(dir.path(), "a.db", &cfg, &traffic(400, 0)).await;
+    let mut lrs = Vec::new();
+    for restart in 0..7 {
+        // A new learner every other update: it reads its state back from the log.
+        let mut learner = Learner::new(log.clone(), DEFAULT_LEARNER, cfg.clone()).unwrap();
+        for _ in 0..(1 + restart % 2) {
+            let r = learner.round(far_future(), 1, None).await.unwrap();
+            assert_eq!((r.updates, r.counts.learned), (1, 64), "{r:?}");
+            let m = r.last.unwrap();
+            let scale = (m.lr_actor / cfg.ppo.lr_actor, m.lr_critic / cfg.ppo.lr_critic);
+            assert!((scale.0 - scale.1).abs() < 1e-9, "both rates scale alike: {scale:?}");
+            lrs.push(m.lr_actor);
+        }
+    }
+    // Updates after 0, 64, 128, ... events: 0.01 · (1 − 0.9 · min(1, learned / 256)).
+    let want: Vec<f64> =
+        (0..lrs.len()).map(|k| 0.01 * (1.0 - 0.9 * (k as f64 * 64.0 / 256.0).min(1.0))).collect();
+    assert_eq!(lrs.len(), 10);
+    for (k, (got, want)) in lrs.iter().zip(&want).enumerate() {
+        assert!((got - want).abs() < 1e-9, "update {k}: lr {got}, want {want} ({lrs:?})");
+    }
 }

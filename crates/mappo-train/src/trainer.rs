@@ -67,6 +67,9 @@ pub struct LoggedBatch {
     /// One observation row per [`StepEnd::Truncated`] step, in order: the state its episode was
     /// cut before, whose value is bootstrapped.
     pub bootstrap_obs: Option<Tensor>,
+    /// The factor on `ppo.lr_actor`/`ppo.lr_critic` for this update (1: as configured; a
+    /// learner's `learn.lr_decay_events` schedule).
+    pub lr_scale: f64,
 }
 
 /// How a logged step stands in its episode.
@@ -244,8 +247,9 @@ impl<E: Env, P: Policy> Trainer<E, P> {
     /// logged propensity μ plays the old policy, so the ratio is π(a|x)/μ(a|x), clipped as in
     /// [`Trainer::step`]; the critic is the baseline (advantage `r − V(x)`, every row a one-step
     /// episode); then the same `ppo.epochs × ppo.minibatches` of the same loss, gradient
-    /// clipping and Adam steps. The learning rates stay at `ppo.lr_actor`/`ppo.lr_critic`
-    /// (a learner from logs has no last update to anneal towards). The environment is not
+    /// clipping and Adam steps. The learning rates are `ppo.lr_actor`/`ppo.lr_critic` times the
+    /// batch's `lr_scale` (a learner from logs has no last update to anneal towards: its
+    /// schedule is its own, `learn.lr_decay_events`). The environment is not
     /// touched.
     pub fn update_from_logged(&mut self, batch: &LoggedBatch) -> Result<UpdateMetrics, TrainError> {
         let n = batch.len();
@@ -283,8 +287,14 @@ impl<E: Env, P: Policy> Trainer<E, P> {
             )));
         }
         let p = self.cfg.ppo.clone();
-        self.actor.set_lr(p.lr_actor);
-        self.critic.set_lr(p.lr_critic);
+        if !(batch.lr_scale.is_finite() && batch.lr_scale >= 0.0) {
+            return Err(TrainError::Setup(format!(
+                "learning-rate scale {} is not a number >= 0",
+                batch.lr_scale
+            )));
+        }
+        self.actor.set_lr(p.lr_actor * batch.lr_scale);
+        self.critic.set_lr(p.lr_critic * batch.lr_scale);
         let obs = batch.obs.to_device(&self.device)?;
         let out = self.policy.forward(&obs)?;
         let values = out.values.detach().to_vec1::<f32>()?;
