@@ -232,18 +232,31 @@ fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
     let routing = &r["routing"];
     assert_eq!(r["n"], 248);
     assert_eq!(routing["curve"].as_array().expect("curve").len(), 101);
-    // `small`'s answer says whether it is right (the prompt does not): accepting it when it
-    // sounds sure and escalating otherwise answers (nearly) every prompt right with about half of
-    // them reaching `large` — a one-step router needs all of them there for that quality.
+    // `small`'s answer says whether it is right (the prompt only partly does): accepting it when
+    // it sounds sure and escalating otherwise answers (nearly) every prompt right with only the
+    // prompts `small` gets wrong reaching `large` (plus at most 0.1) — a one-step router needs far
+    // more of them there for that quality.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&corpus)
+        .expect("corpus")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let small_wrong = rows.iter().filter(|r| r["outcomes"]["small"] == 0).count() as f64 / rows.len() as f64;
     let first = &routing["curve"][0];
     let quality = first["quality"].as_f64().expect("quality");
     let large = first["share"]["large"].as_f64().expect("share");
-    assert!(quality > 0.95 && large < 0.65, "λ = 0: quality {quality} with {large} at large: {first}");
+    assert!(
+        quality > 0.95 && large < small_wrong + 0.1,
+        "λ = 0: quality {quality} with {large} at large ({small_wrong} is the least that can be): {first}"
+    );
     let apgr = routing["apgr"].as_f64().expect("apgr");
     assert!(apgr > 0.7, "cascade APGR {apgr}: {routing}");
     let escalated: Vec<f64> =
         r["escalated"].as_array().expect("escalated").iter().filter_map(|v| v.as_f64()).collect();
-    assert!(escalated.iter().any(|&e| e > 0.3), "it must escalate after unsure answers: {escalated:?}");
+    // Part of `small`'s mistakes can be foreseen from the prompt (those go to `large` at once,
+    // how many depends on the run); the rest must be caught by escalating after its answer.
+    assert!(escalated.iter().any(|&e| e > 0.15), "it must escalate after unsure answers: {escalated:?}");
     // An escalation pays both calls: the cost paid is at least the final agents' cost.
     for (p, paid) in
         routing["curve"].as_array().expect("curve").iter().zip(r["cost_paid"].as_array().expect("paid"))
@@ -255,7 +268,8 @@ fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
     assert!(o.status.success() && stdout(&o).contains("APGR"), "{}", stderr(&o));
 
     // `mappo route` shows both decisions: the first agent, then (given that agent's answer)
-    // accept or escalate. An unsure answer is escalated, a sure one accepted.
+    // accept or escalate. On the same prompt, an unsure answer is escalated, a sure one accepted
+    // (a prompt `small` is sent: one the policy foresees it failing goes to `large` at once).
     let ck = ckpt.to_str().expect("utf-8");
     let route = |text: &str, answer: &str| -> Vec<serde_json::Value> {
         let o = mappo(&[
@@ -273,7 +287,7 @@ fn a_cascade_sees_the_cheap_answer_and_escalates_only_when_it_pays() {
         stdout(&o).lines().map(json).collect()
     };
     let unsure = route(
-        "Can you tighten this abstract to 150 words?",
+        "Estimate the square root of 50 to two decimal places without a calculator.",
         "Sorry, I am not sure about this one; my answer is probably wrong.",
     );
     let sure = route(
