@@ -292,34 +292,7 @@ impl DecisionLog {
         };
         let span = rollup_span(q);
         on_pool!(self, p, Db, pg => {
-            // One row of a GROUPS query or of the rollup (the same columns) added to `merged`.
-            macro_rules! add_row {
-                ($row:expr) => {{
-                    let row = $row;
-                    let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
-                    let sum = |name: &str| -> Result<f64, LogError> {
-                        Ok(row.try_get::<Option<f64>, _>(name).map_err(c)?.unwrap_or(0.0))
-                    };
-                    let tally = Tally {
-                        decisions: row.try_get("decisions").map_err(c)?,
-                        rewarded: row.try_get("rewarded").map_err(c)?,
-                        reward_sum: sum("reward_sum")?,
-                        reward_sq_sum: sum("reward_sq_sum")?,
-                        cost_weighted: row.try_get("cost_weighted").map_err(c)?,
-                        cost_weight_sum: sum("cost_weight_sum")?,
-                        cost_weight_min: row.try_get("cost_weight_min").map_err(c)?,
-                        cost_weight_max: row.try_get("cost_weight_max").map_err(c)?,
-                        shadowed: row.try_get("shadowed").map_err(c)?,
-                        shadow_agreed: row.try_get("shadow_agreed").map_err(c)?,
-                        shadow_version: row.try_get("shadow_version").map_err(c)?,
-                        ..Tally::default()
-                    }
-                    .of_kind(kind);
-                    let bucket = q.bucket_of(Timestamp(row.try_get("bucket_us").map_err(c)?)).0;
-                    add(bucket, row.try_get("agent").map_err(c)?, kind, tally);
-                }};
-            }
-            // The rows of a GROUPS query or of the rollup, added to `merged`.
+            // The rows of a GROUPS query or of the rollup (the same columns), added to `merged`.
             macro_rules! scan {
                 ($query:expr) => {{
                     let rows = $query
@@ -327,7 +300,27 @@ impl DecisionLog {
                         .await
                         .map_err(|e| self.err(e))?;
                     for row in &rows {
-                        add_row!(row);
+                        let kind = DecisionKind::from_str(&row.try_get::<String, _>("kind").map_err(c)?)?;
+                        let sum = |name: &str| -> Result<f64, LogError> {
+                            Ok(row.try_get::<Option<f64>, _>(name).map_err(c)?.unwrap_or(0.0))
+                        };
+                        let tally = Tally {
+                            decisions: row.try_get("decisions").map_err(c)?,
+                            rewarded: row.try_get("rewarded").map_err(c)?,
+                            reward_sum: sum("reward_sum")?,
+                            reward_sq_sum: sum("reward_sq_sum")?,
+                            cost_weighted: row.try_get("cost_weighted").map_err(c)?,
+                            cost_weight_sum: sum("cost_weight_sum")?,
+                            cost_weight_min: row.try_get("cost_weight_min").map_err(c)?,
+                            cost_weight_max: row.try_get("cost_weight_max").map_err(c)?,
+                            shadowed: row.try_get("shadowed").map_err(c)?,
+                            shadow_agreed: row.try_get("shadow_agreed").map_err(c)?,
+                            shadow_version: row.try_get("shadow_version").map_err(c)?,
+                            ..Tally::default()
+                        }
+                        .of_kind(kind);
+                        let bucket = q.bucket_of(Timestamp(row.try_get("bucket_us").map_err(c)?)).0;
+                        add(bucket, row.try_get("agent").map_err(c)?, kind, tally);
                     }
                 }};
             }
